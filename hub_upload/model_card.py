@@ -1,0 +1,225 @@
+"""Model cards (README.md) for converted HRNet weights, built with huggingface_hub's ModelCard / ModelCardData."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import timm
+import torch
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = ['CardFacts', 'Complexity', 'HRNET_CITATION', 'PAPER_URL', 'measure_complexity', 'build_model_card']
+
+PAPER_URL = 'https://arxiv.org/abs/1908.07919'
+PAPER_TITLE = 'Deep High-Resolution Representation Learning for Visual Recognition'
+OFFICIAL_CODE_URL = 'https://github.com/HRNet/HRNet-Image-Classification'
+HRNET_CITATION = """@article{WangSCJDZLMTWLX19,
+  title={Deep High-Resolution Representation Learning for Visual Recognition},
+  author={Jingdong Wang and Ke Sun and Tianheng Cheng and Borui Jiang and Chaorui Deng and Yang Zhao and Dong Liu
+          and Yadong Mu and Mingkui Tan and Xinggang Wang and Wenyu Liu and Bin Xiao},
+  journal={IEEE Transactions on Pattern Analysis and Machine Intelligence},
+  year={2019}
+}"""
+_SOURCE_TITLES = {
+    'mmpretrain': 'OpenMMLab mmpretrain model zoo',
+    'official': 'HRNet-Image-Classification (official release)',
+    'canonical': 'HRNet checkpoint in the official layout',
+    'timm': 'timm',
+}
+
+
+@dataclass(frozen=True)
+class CardFacts:
+    """What the source publishes about a checkpoint; everything optional except the layout it came in."""
+
+    source: str = 'auto'  # the layout the checkpoint was detected in
+    source_name: str | None = None  # the source's own model name, e.g. hrnet-w18_3rdparty_8xb32_in1k
+    source_url: str | None = None  # where the checkpoint was downloaded from
+    source_config: str | None = None
+    converted_from: str | None = None  # the weights the source itself converted (mmpretrain's 3rdparty models)
+    license: str = 'mit'
+    dataset: str = 'imagenet-1k'
+    top1: float | None = None
+    top5: float | None = None
+    source_params: int | None = None
+    source_flops: int | None = None
+    results_url: str | None = None  # where the published accuracy comes from
+    description: str | None = None
+
+
+@dataclass(frozen=True)
+class Complexity:
+    params: int
+    macs: int
+    input_size: tuple[int, int, int]
+
+
+def measure_complexity(model_name: str, input_size: tuple[int, int, int] = (3, 224, 224), **model_kwargs) -> Complexity:
+    """Parameter count and multiply-accumulates of one image, counted on the meta device (no memory, no compute)."""
+    with torch.device('meta'):
+        model = timm.create_model(model_name, pretrained=False, **model_kwargs).eval()
+        image = torch.empty(1, *input_size)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(image)
+    params = sum(p.numel() for p in model.parameters())
+    return Complexity(params=params, macs=counter.get_total_flops() // 2, input_size=tuple(input_size))
+
+
+def _result_source(facts: CardFacts) -> dict[str, str]:
+    """Where the published numbers come from; the model-index schema wants a URL whenever a source is named."""
+    url = facts.results_url or facts.source_url
+    return dict(source_name=_SOURCE_TITLES.get(facts.source, facts.source), source_url=url) if url else {}
+
+
+def _eval_results(facts: CardFacts, model_name: str) -> list[EvalResult] | None:
+    metrics = [('Top 1 Accuracy', facts.top1), ('Top 5 Accuracy', facts.top5)]
+    results = [
+        EvalResult(
+            task_type='image-classification',
+            task_name='Image Classification',
+            dataset_type=facts.dataset,
+            dataset_name='ImageNet-1k' if facts.dataset == 'imagenet-1k' else facts.dataset,
+            dataset_split='validation',
+            metric_type='accuracy',
+            metric_name=name,
+            metric_value=value,
+            **_result_source(facts),
+        )
+        for name, value in metrics
+        if value is not None
+    ]
+    return results or None
+
+
+def _details_table(rows: list[tuple[str, str]]) -> str:
+    lines = ['| | |', '|---|---|']
+    lines += [f'| {key} | {value} |' for key, value in rows]
+    return '\n'.join(lines)
+
+
+def build_model_card(
+        repo_id: str,
+        architecture: str,
+        pretrained_cfg: dict,
+        complexity: Complexity,
+        facts: CardFacts,
+        source_file: str,
+        source_sha256: str,
+) -> ModelCard:
+    """A model card whose YAML metadata carries license, dataset and model-index results, plus usage and citation."""
+    model_name = repo_id.split('/')[-1]
+    card_data = ModelCardData(
+        library_name='timm',
+        pipeline_tag='image-classification',
+        license=facts.license,
+        tags=['image-classification', 'timm', 'hrnet', 'timm_hrnet'],
+        datasets=[facts.dataset],
+        metrics=['accuracy'] if facts.top1 is not None else None,
+        model_name=model_name,
+        eval_results=_eval_results(facts, model_name),
+    )
+    source_title = _SOURCE_TITLES.get(facts.source, facts.source)
+    dataset_title = 'ImageNet-1k' if facts.dataset == 'imagenet-1k' else facts.dataset
+    source_link = f'[{source_file}]({facts.source_url})' if facts.source_url else f'`{source_file}`'
+    rows = [
+        ('Model type', 'Image classification / feature backbone'),
+        ('Architecture', f'`{architecture}`'),
+        ('Params (M)', f'{complexity.params / 1e6:.2f}'),
+        ('GMACs', f'{complexity.macs / 1e9:.2f} (at {complexity.input_size[1]}x{complexity.input_size[2]})'),
+        ('Image size', f'{complexity.input_size[1]} x {complexity.input_size[2]}'),
+        ('Preprocessing', _preprocessing_text(pretrained_cfg)),
+        ('Dataset', dataset_title),
+        ('Paper', f'[{PAPER_TITLE}]({PAPER_URL})'),
+        ('Original code', OFFICIAL_CODE_URL),
+        ('Source', f'{source_title}' + (f', `{facts.source_name}`' if facts.source_name else '')),
+        ('Source checkpoint', f'{source_link} (sha256 `{source_sha256}`)'),
+    ]
+    if facts.source_config:
+        rows.append(('Source config', facts.source_config))
+    if facts.converted_from:
+        rows.append(('Source converted from', facts.converted_from))
+    if facts.source_params is not None:
+        rows.append(('Params reported by the source', f'{facts.source_params:,}'))
+    if facts.source_flops is not None:
+        rows.append(('FLOPs reported by the source', f'{facts.source_flops:,}'))
+    rows.append(('License', facts.license))
+
+    description = facts.description or (
+        f'An HRNet image classification model trained on {dataset_title}. The weights come from {source_title}'
+        + (f' (`{facts.source_name}`)' if facts.source_name else '')
+        + ', converted to the timm layout by timm_hrnet\'s `hub_upload`, which checked that the converted model '
+        'reproduces the source checkpoint\'s outputs.'
+    )
+    sections = [
+        f'# Model card for {model_name}',
+        description,
+        '## Model Details',
+        _details_table(rows),
+    ]
+    if facts.top1 is not None:
+        sections += ['## Results', _results_table(facts)]
+    sections += ['## Model Usage', _usage(repo_id), '## Citation', f'```bibtex\n{HRNET_CITATION}\n```']
+    content = f'---\n{card_data.to_yaml()}\n---\n\n' + '\n\n'.join(sections) + '\n'
+    return ModelCard(content)
+
+
+def _preprocessing_text(cfg: dict) -> str:
+    size = cfg['input_size'][-1]
+    resize = round(size / cfg['crop_pct'])
+    return (
+        f'resize shorter side to {resize} ({cfg["interpolation"]}), center crop {size}, '
+        f'normalize mean {tuple(cfg["mean"])} std {tuple(cfg["std"])}'
+    )
+
+
+def _results_table(facts: CardFacts) -> str:
+    top5 = f'{facts.top5:.2f}' if facts.top5 is not None else '-'
+    source = f'[{facts.source}]({facts.results_url or facts.source_url})' if (
+        facts.results_url or facts.source_url) else facts.source
+    return '\n'.join([
+        '| Dataset | Top-1 (%) | Top-5 (%) | Reported by |',
+        '|---|---|---|---|',
+        f'| ImageNet-1k val | {facts.top1:.2f} | {top5} | {source} |',
+    ])
+
+
+def _usage(repo_id: str) -> str:
+    return f"""### Image classification
+```python
+from urllib.request import urlopen
+
+import timm
+import torch
+from PIL import Image
+
+img = Image.open(urlopen(
+    'https://huggingface.co/datasets/huggingface/documentation-images/resolve/main/beignets-task-guide.png'
+))
+model = timm.create_model('hf-hub:{repo_id}', pretrained=True).eval()
+data_config = timm.data.resolve_model_data_config(model)
+transforms = timm.data.create_transform(**data_config, is_training=False)
+with torch.no_grad():
+    probabilities = model(transforms(img).unsqueeze(0)).softmax(dim=1)
+top5_probabilities, top5_class_indices = torch.topk(probabilities * 100, k=5)
+```
+
+### Feature map extraction
+```python
+model = timm.create_model('hf-hub:{repo_id}', pretrained=True, features_only=True).eval()
+print(model.feature_info.channels(), model.feature_info.reduction())
+with torch.no_grad():
+    for feature_map in model(transforms(img).unsqueeze(0)):
+        print(feature_map.shape)
+```
+
+### Image embeddings
+```python
+model = timm.create_model('hf-hub:{repo_id}', pretrained=True, num_classes=0).eval()
+with torch.no_grad():
+    embedding = model(transforms(img).unsqueeze(0))  # (1, num_features) pooled features
+```
+
+`import timm_hrnet` first to use the timm_hrnet implementation; plain timm loads the same weights into its
+built-in HRNet."""

@@ -1,0 +1,22 @@
+"""Small utilities shared by the test modules."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def randomize_batchnorm(model: nn.Module, seed: int = 1) -> nn.Module:
+    """Give every BatchNorm non-trivial statistics and affine params so that folding or mis-wiring shows up."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2, generator=g)
+                m.running_var.uniform_(0.5, 2.0, generator=g)
+                m.weight.uniform_(0.5, 1.5, generator=g)
+                m.bias.uniform_(-0.2, 0.2, generator=g)
+    return model
+
+
+def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.float() - b.float()).abs().max().item()

@@ -1,0 +1,129 @@
+"""Export paths of the classifier and the features model: TorchScript, torch.export, ONNX (dynamo), FX."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import timm
+import torch
+from timm.models import create_feature_extractor
+from torch import nn
+
+import timm_hrnet  # noqa: F401  (registers our hrnet_* entrypoints with timm)
+from timm_hrnet import HRNet
+
+NAME = 'hrnet_w18_small'
+# torch 2.14 deprecates torch.jit.script; it still works and TorchScript deployments still rely on it
+SCRIPT_DEPRECATION = pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated:FutureWarning')
+
+
+def randomize_bn_stats(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Realistic BatchNorm statistics keep activations in a sane range, so float tolerances mean something."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2, generator=gen)
+            m.running_var.uniform_(0.5, 2.0, generator=gen)
+    return model
+
+
+@pytest.fixture(scope='module')
+def classifier() -> HRNet:
+    torch.manual_seed(0)
+    return randomize_bn_stats(timm.create_model(NAME)).eval()
+
+
+@pytest.fixture(scope='module')
+def weights_file(classifier: HRNet, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp('weights') / f'{NAME}.safetensors'
+    safetensors.torch.save_file({k: v.contiguous() for k, v in classifier.state_dict().items()}, str(path))
+    return path
+
+
+def features_model(weights_file: Path, **kwargs) -> nn.Module:
+    """A features model loaded with the classifier's weights (the head's weights are dropped)."""
+    overlay = dict(file=str(weights_file))
+    return timm.create_model(NAME, pretrained=True, features_only=True, pretrained_cfg_overlay=overlay, **kwargs).eval()
+
+
+def assert_features_close(actual: list[torch.Tensor], expected: list[torch.Tensor], rel: float = 1e-5) -> None:
+    """Equal up to float rounding, measured against each map's magnitude (un-normalised features grow large)."""
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected):
+        assert a.shape == e.shape
+        torch.testing.assert_close(a, e, rtol=rel, atol=rel * max(1.0, e.abs().max().item()))
+
+
+@SCRIPT_DEPRECATION
+def test_torchscript_classifier(classifier: HRNet) -> None:
+    scripted = torch.jit.script(classifier)
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), classifier(x))
+    with pytest.raises(torch.jit.Error, match='expects 3 input channels, got 1'):
+        scripted(torch.randn(1, 1, 64, 64))
+
+
+@SCRIPT_DEPRECATION
+@pytest.mark.parametrize('location', ['incre', ''])
+def test_torchscript_features(weights_file: Path, location: str) -> None:
+    model = features_model(weights_file, feature_location=location)
+    scripted = torch.jit.script(model)
+    x = torch.randn(1, 3, 77, 109)
+    with torch.no_grad():
+        assert_features_close(scripted(x), model(x))
+    with pytest.raises(torch.jit.Error, match='at least 32x32 pixels'):
+        scripted(torch.randn(1, 3, 16, 64))
+    with pytest.raises(torch.jit.Error, match='4-D'):
+        scripted(torch.randn(3, 64, 64))
+
+
+def test_torch_export_dynamic_size(weights_file: Path) -> None:
+    model = features_model(weights_file, feature_location='')
+    size = torch.export.Dim('height', min=64, max=1024), torch.export.Dim('width', min=64, max=1024)
+    exported = torch.export.export(model, (torch.randn(1, 3, 64, 96),), dynamic_shapes=({2: size[0], 3: size[1]},))
+    with torch.no_grad():
+        for shape in [(1, 3, 64, 96), (1, 3, 77, 109)]:
+            x = torch.randn(*shape)
+            assert_features_close(exported.module()(x), model(x))
+
+
+def test_onnx_export_matches_onnxruntime(weights_file: Path, tmp_path: Path) -> None:
+    """dynamo=True exports with a dynamic batch and image size; onnxruntime agrees to 1e-4."""
+    ort = pytest.importorskip('onnxruntime')
+    model = features_model(weights_file, feature_location='')
+    path = tmp_path / 'hrnet_features.onnx'
+    batch = torch.export.Dim('batch', min=1, max=8)
+    size = torch.export.Dim('height', min=64, max=1024), torch.export.Dim('width', min=64, max=1024)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # exporter progress chatter and deprecation notices
+        torch.onnx.export(
+            model, (torch.randn(1, 3, 64, 96),), str(path), dynamo=True, input_names=['image'],
+            dynamic_shapes=({0: batch, 2: size[0], 3: size[1]},),
+        )
+    session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    for shape in [(1, 3, 64, 96), (2, 3, 77, 109)]:
+        x = torch.randn(*shape)
+        outputs = session.run(None, {'image': x.numpy()})
+        with torch.no_grad():
+            assert_features_close([torch.from_numpy(o) for o in outputs], model(x), rel=1e-4)
+
+
+@pytest.mark.parametrize('location', ['incre', ''])
+def test_fx_feature_extraction(classifier: HRNet, weights_file: Path, location: str) -> None:
+    """feature_cls='fx' and create_feature_extractor trace every module name feature_info reports."""
+    expected_model = features_model(weights_file, feature_location=location)
+    fx_model = features_model(weights_file, feature_location=location, feature_cls='fx')
+    assert type(fx_model).__name__ == 'FeatureGraphNet'
+    names = expected_model.feature_info.module_name()
+    reference = timm.create_model(NAME, feature_location=location)
+    reference.load_state_dict(classifier.state_dict())
+    extractor = create_feature_extractor(reference.eval(), return_nodes={name: name for name in names})
+    x = torch.randn(1, 3, 77, 109)
+    with torch.no_grad():
+        expected = expected_model(x)
+        assert_features_close(fx_model(x), expected)
+        assert_features_close(list(extractor(x).values()), expected)

@@ -1,0 +1,186 @@
+"""inference_model decoding and input types, get_model's mmpretrain-name table and unknown-name suggestions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+from timm.data import ImageNetInfo, create_transform, resolve_data_config
+
+import timm_hrnet  # noqa: F401  (registers our hrnet_* entrypoints with timm)
+from timm_hrnet.inference import (
+    MMPRETRAIN_NAMES,
+    UnknownModelError,
+    UnreadableImageError,
+    get_model,
+    inference_model,
+    resolve_model_name,
+)
+
+SMALL_INPUT = dict(input_size=(3, 64, 64))
+
+
+@pytest.fixture(scope='module', autouse=True)
+def single_torch_thread():
+    """One intra-op thread: on a shared 2-core machine OpenMP spin-waiting makes 2 threads many times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+EXPECTED_MMPRETRAIN = {
+    'hrnet-w18_3rdparty_8xb32_in1k': 'hrnet_w18.ms_in1k',
+    'hrnet-w30_3rdparty_8xb32_in1k': 'hrnet_w30.ms_in1k',
+    'hrnet-w32_3rdparty_8xb32_in1k': 'hrnet_w32.ms_in1k',
+    'hrnet-w40_3rdparty_8xb32_in1k': 'hrnet_w40.ms_in1k',
+    'hrnet-w44_3rdparty_8xb32_in1k': 'hrnet_w44.ms_in1k',
+    'hrnet-w48_3rdparty_8xb32_in1k': 'hrnet_w48.ms_in1k',
+    'hrnet-w64_3rdparty_8xb32_in1k': 'hrnet_w64.ms_in1k',
+    'hrnet-w18_3rdparty_8xb32-ssld_in1k': 'hrnet_w18_ssld.paddle_in1k',
+    'hrnet-w48_3rdparty_8xb32-ssld_in1k': 'hrnet_w48_ssld.paddle_in1k',
+}
+
+
+@pytest.fixture(scope='module')
+def model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model('hrnet_w18_small', pretrained_cfg_overlay=SMALL_INPUT).eval()
+
+
+@pytest.fixture(scope='module')
+def image_paths(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    folder = tmp_path_factory.mktemp('images')
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, size in enumerate([(60, 70), (80, 64)]):
+        path = folder / f'image{i}.png'
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def _reference_scores(model: torch.nn.Module, path: str) -> torch.Tensor:
+    """Softmax computed straight from timm's transform, independently of inference_model."""
+    transform = create_transform(**resolve_data_config(model=model))
+    with torch.no_grad():
+        return model(transform(Image.open(path).convert('RGB')).unsqueeze(0)).softmax(-1)[0]
+
+
+def test_single_path_gives_one_decoded_dict(model: torch.nn.Module, image_paths: list[str]) -> None:
+    result = inference_model(model, image_paths[0], topk=4)
+    reference = _reference_scores(model, image_paths[0])
+    torch.testing.assert_close(result['pred_scores'], reference, rtol=1e-4, atol=1e-6)
+    assert result['pred_scores'].shape == (1000,)
+    assert result['pred_label'] == int(reference.argmax())
+    assert result['pred_class'] == ImageNetInfo().index_to_description(result['pred_label'])
+    assert result['pred_score'] == pytest.approx(float(reference.max()), rel=1e-4)
+    assert len(result['topk']) == 4
+    scores = [score for _, _, score in result['topk']]
+    assert scores == sorted(scores, reverse=True)
+    assert result['topk'][0] == (result['pred_label'], result['pred_class'], result['pred_score'])
+    assert [label for label, _, _ in result['topk']] == reference.topk(4).indices.tolist()
+
+
+def test_input_types_agree_and_lists_give_lists(model: torch.nn.Module, image_paths: list[str]) -> None:
+    from_paths = inference_model(model, image_paths)
+    assert isinstance(from_paths, list) and len(from_paths) == 2
+    pil_images = [Image.open(path) for path in image_paths]
+    arrays = [np.asarray(image.convert('RGB')) for image in pil_images]
+    transform = create_transform(**resolve_data_config(model=model))
+    batch = torch.stack([transform(image.convert('RGB')) for image in pil_images])
+    for other in (inference_model(model, pil_images), inference_model(model, arrays), inference_model(model, batch)):
+        assert [r['pred_label'] for r in other] == [r['pred_label'] for r in from_paths]
+        for mine, theirs in zip(other, from_paths, strict=True):
+            torch.testing.assert_close(mine['pred_scores'], theirs['pred_scores'], rtol=1e-4, atol=1e-6)
+    assert isinstance(inference_model(model, arrays[0]), dict)
+    assert isinstance(inference_model(model, batch[0]), dict)
+
+
+def test_label_names_from_pretrained_cfg_and_topk_clamped() -> None:
+    names = ['cat', 'dog', 'cow']
+    model = timm.create_model(
+        'hrnet_w18_small', num_classes=3, pretrained_cfg_overlay=dict(**SMALL_INPUT, label_names=names)
+    )
+    model.train()
+    result = inference_model(model, np.full((64, 64, 3), 128, dtype=np.uint8), topk=5)
+    assert model.training, 'inference_model must restore the train/eval mode'
+    assert len(result['topk']) == 3
+    assert sorted(name for _, name, _ in result['topk']) == sorted(names)
+    assert result['pred_class'] == names[result['pred_label']]
+    assert float(result['pred_scores'].sum()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_unreadable_image_error_names_the_path(model: torch.nn.Module, tmp_path) -> None:
+    broken = tmp_path / 'broken.jpg'
+    broken.write_bytes(b'\xff\xd8\xff\xe0 definitely not a jpeg')
+    with pytest.raises(UnreadableImageError, match='broken.jpg'):
+        inference_model(model, [str(broken)])
+
+
+@pytest.mark.parametrize('mmpretrain_name', sorted(EXPECTED_MMPRETRAIN))
+def test_mmpretrain_name_maps_to_registered_weights(mmpretrain_name: str) -> None:
+    timm_name = resolve_model_name(mmpretrain_name)
+    assert timm_name == EXPECTED_MMPRETRAIN[mmpretrain_name]
+    assert timm_name in timm.list_pretrained(), f'{timm_name} has no pretrained cfg registered'
+    assert timm.models.get_pretrained_cfg(timm_name).num_classes == 1000
+
+
+def test_mmpretrain_table_is_exactly_the_nine_names() -> None:
+    assert MMPRETRAIN_NAMES == EXPECTED_MMPRETRAIN
+
+
+def test_get_model_builds_our_variant_for_an_mmpretrain_name() -> None:
+    with torch.device('meta'):
+        model = get_model('hrnet-w18_3rdparty_8xb32-ssld_in1k')
+    reference = timm.create_model('hrnet_w18_ssld.paddle_in1k', pretrained=False)
+    assert type(model) is type(reference)
+    assert model.pretrained_cfg['architecture'] == 'hrnet_w18_ssld'
+    assert model.pretrained_cfg['tag'] == 'paddle_in1k'
+    assert {k: v.shape for k, v in model.state_dict().items()} == {
+        k: v.shape for k, v in reference.state_dict().items()
+    }
+
+
+@pytest.mark.parametrize('name, suggestion', [
+    ('hrnet_w81', 'hrnet_w18'),
+    ('hrnet_w18.ms_in1kk', 'hrnet_w18.ms_in1k'),
+    ('hrnet-w18_3rdparty_in1k', 'hrnet-w18_3rdparty_8xb32_in1k'),
+])
+def test_unknown_name_lists_close_matches(name: str, suggestion: str) -> None:
+    with pytest.raises(UnknownModelError, match='did you mean') as error:
+        get_model(name)
+    assert suggestion in str(error.value)
+
+
+def test_timm_names_with_and_without_tag_pass_through() -> None:
+    assert resolve_model_name('hrnet_w18_small') == 'hrnet_w18_small'
+    assert resolve_model_name('hrnet_w18.ms_in1k') == 'hrnet_w18.ms_in1k'
+
+
+REFDATA = Path(__file__).resolve().parents[2] / 'shared' / 'refdata' / 'mmpretrain'
+
+
+@pytest.mark.skipif(not REFDATA.is_dir(), reason=f'reference fixtures not found at {REFDATA}')
+def test_extract_feat_mapping_documented_in_tools_md() -> None:
+    """mmpretrain extract_feat(stage='backbone') == features_only(feature_location=''), stage='neck' == pre_logits."""
+    from timm_hrnet.convert import convert_state_dict
+
+    reference = torch.load(REFDATA / 'ref_hrnet-w18_mmpretrain.pt', weights_only=True)
+    state_dict = convert_state_dict(REFDATA / 'hrnet-w18_mmpretrain_random.pth', 'hrnet_w18')
+    image = reference['input'][:1]
+    model = get_model('hrnet-w18_3rdparty_8xb32_in1k').eval()
+    model.load_state_dict(state_dict)
+    backbone = get_model('hrnet-w18_3rdparty_8xb32_in1k', features_only=True, feature_location='',
+                         out_indices=(1, 2, 3, 4)).eval()
+    backbone.load_state_dict({k: v for k, v in state_dict.items() if k in backbone.state_dict()})
+    with torch.no_grad():
+        pooled = model.forward_head(model.forward_features(image), pre_logits=True)
+        branches = backbone(image)
+    torch.testing.assert_close(pooled, reference['neck_feat'][:1], rtol=1e-4, atol=1e-4)
+    assert len(branches) == len(reference['backbone_feats']) == 4
+    for mine, theirs in zip(branches, reference['backbone_feats'], strict=True):
+        torch.testing.assert_close(mine, theirs[:1], rtol=1e-4, atol=1e-4)

@@ -1,0 +1,93 @@
+"""The `timm-hrnet` command: predict, validate, models, benchmark.
+
+`predict` lives here; the other subcommands live in validate.py, model_table.py and benchmark.py, each exposing
+`add_arguments(parser)` and `run(args)`. User errors (missing files, unknown model names) print one line on stderr
+and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from timm_hrnet import benchmark, model_table, validate
+from timm_hrnet.cli_common import CliError, load_model_or_fail
+from timm_hrnet.inference import UnreadableImageError, build_eval_transform, inference_model, load_rgb_image
+
+__all__ = ['build_parser', 'main', 'predict']
+
+DEFAULT_PREDICT_MODEL = 'hrnet_w18.ms_in1k'
+
+
+def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('images', nargs='+', metavar='IMAGE', help='image files')
+    parser.add_argument('--model', default=DEFAULT_PREDICT_MODEL, help='timm name (tag optional) or mmpretrain name')
+    parser.add_argument('--checkpoint', help='weights in any layout the converter reads; default: published weights')
+    parser.add_argument('--topk', type=int, default=5, help='classes to print per image')
+    parser.add_argument('--json', action='store_true', help='print a JSON list instead of text')
+    parser.add_argument('--device', help='default: cuda when available, else cpu')
+    parser.add_argument('--img-size', type=int, help='square input size; default: from the pretrained cfg')
+    parser.add_argument('--crop-pct', type=float, help='center-crop fraction; default: from the pretrained cfg')
+
+
+def predict(args: argparse.Namespace) -> int:
+    """Classify each readable image; unreadable ones are reported on stderr and make the exit code 1."""
+    if args.topk < 1:
+        raise CliError('--topk must be at least 1')
+    model = load_model_or_fail(args.model, args.checkpoint)
+    transform = build_eval_transform(model, args.img_size, args.crop_pct)
+    paths, images = [], []
+    for path in args.images:
+        try:
+            images.append(load_rgb_image(path))
+            paths.append(path)
+        except UnreadableImageError as error:
+            print(f'skipped {error}', file=sys.stderr)
+    predictions = inference_model(model, images, topk=args.topk, device=args.device, transform=transform)
+    if args.json:
+        print(json.dumps([
+            {'path': path, 'pred_label': p['pred_label'], 'pred_score': p['pred_score'], 'pred_class': p['pred_class'],
+             'topk': [{'label': label, 'class': name, 'score': score} for label, name, score in p['topk']]}
+            for path, p in zip(paths, predictions, strict=True)
+        ], indent=2))
+    else:
+        for path, prediction in zip(paths, predictions, strict=True):
+            print(path)
+            for rank, (label, name, score) in enumerate(prediction['topk'], start=1):
+                print(f'  {rank}. {score:.4f}  {name} ({label})')
+    return 1 if len(paths) < len(args.images) else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; each subcommand stores its `run` function as `handler`."""
+    parser = argparse.ArgumentParser(prog='timm-hrnet', description='HRNet models for timm: everyday tools.')
+    subparsers = parser.add_subparsers(dest='command', required=True)
+    predict_parser = subparsers.add_parser('predict', help='classify images')
+    _add_predict_arguments(predict_parser)
+    predict_parser.set_defaults(handler=predict)
+    subcommands = {
+        'validate': (validate, 'ImageNet-style top-1/top-5 evaluation (works under torchrun)'),
+        'models': (model_table, 'table of variants, sizes, GMACs and published accuracies'),
+        'benchmark': (benchmark, 'inference throughput and peak memory'),
+    }
+    for command, (module, description) in subcommands.items():
+        subparser = subparsers.add_parser(command, help=description)
+        module.add_arguments(subparser)
+        subparser.set_defaults(handler=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `timm-hrnet` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except CliError as error:
+        print(f'timm-hrnet {args.command}: error: {error}', file=sys.stderr)
+        return 2
+
+
+if __name__ == '__main__':
+    sys.exit(main())

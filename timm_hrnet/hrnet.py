@@ -1,0 +1,626 @@
+"""HRNet: Deep High-Resolution Representation Learning for Visual Recognition (Wang et al., TPAMI 2019).
+
+One generic network builds every variant from its `HRNetSpec` (see `variants.py`). The module tree and the
+state-dict keys follow the canonical HRNet layout of the official checkpoints and timm's hub weights, so those
+weights load unchanged and weights saved from here load in plain timm.
+
+Beyond the reference implementations this model
+* accepts any input size of at least 32x32 (branches are fused by resizing to the target branch's actual size),
+* supports output strides 16 and 8 (the low-resolution branches keep their resolution and dilate instead),
+* recomputes activations under gradient checkpointing without updating BatchNorm statistics twice,
+* gives features through `features_only=True`, `forward_intermediates` and timm's feature wrappers.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from timm.layers import create_classifier, register_notrace_function
+from timm.models import FeatureInfo, build_model_with_cfg
+from timm.models._builder import pretrained_cfg_for_features
+from timm.models._features import feature_take_indices
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from .convert import canonicalize_on_load, checkpoint_filter_fn
+from .pretrained_cfgs import default_cfgs
+from .registration import register_hrnet
+from .variants import VARIANTS, HRNetSpec, StageSpec
+
+__all__ = ['HRNet', 'HRNetFeatures', 'MIN_INPUT_SIZE', 'HEAD_CHANNELS', 'default_cfgs']
+
+MIN_INPUT_SIZE = 32  # one pixel on the stride-32 branch
+HEAD_CHANNELS = (32, 64, 128, 256)  # bottleneck widths of the classification head's incre modules (x4 out)
+NUM_FEATURES = 2048
+_NOMINAL_STRIDES = (4, 8, 16, 32)
+
+
+def conv3x3(in_chs: int, out_chs: int, stride: int = 1, dilation: int = 1, bias: bool = False) -> nn.Conv2d:
+    return nn.Conv2d(in_chs, out_chs, 3, stride=stride, padding=dilation, dilation=dilation, bias=bias)
+
+
+def conv1x1(in_chs: int, out_chs: int, stride: int = 1, bias: bool = False) -> nn.Conv2d:
+    return nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=bias)
+
+
+def conv_bn(conv: nn.Conv2d, relu: bool) -> nn.Sequential:
+    """conv -> BN (-> ReLU); indices 0 and 1 are the canonical key names."""
+    layers = [conv, nn.BatchNorm2d(conv.out_channels)]
+    if relu:
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+def projection(in_chs: int, out_chs: int) -> nn.Sequential | None:
+    """1x1 projection shortcut, needed when a residual block changes the channel count."""
+    return conv_bn(conv1x1(in_chs, out_chs), relu=False) if in_chs != out_chs else None
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, in_chs: int, chs: int, dilation: int = 1) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(in_chs, chs, dilation=dilation)
+        self.bn1 = nn.BatchNorm2d(chs)
+        self.act1 = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(chs, chs, dilation=dilation)
+        self.bn2 = nn.BatchNorm2d(chs)
+        self.downsample = projection(in_chs, chs)
+        self.act2 = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        x = self.act1(self.bn1(self.conv1(x)))
+        x = self.bn2(self.conv2(x))
+        return self.act2(x + shortcut)
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, in_chs: int, chs: int, dilation: int = 1) -> None:
+        super().__init__()
+        out_chs = chs * self.expansion
+        self.conv1 = conv1x1(in_chs, chs)
+        self.bn1 = nn.BatchNorm2d(chs)
+        self.act1 = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(chs, chs, dilation=dilation)
+        self.bn2 = nn.BatchNorm2d(chs)
+        self.act2 = nn.ReLU(inplace=True)
+        self.conv3 = conv1x1(chs, out_chs)
+        self.bn3 = nn.BatchNorm2d(out_chs)
+        self.downsample = projection(in_chs, out_chs)
+        self.act3 = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        x = self.act1(self.bn1(self.conv1(x)))
+        x = self.act2(self.bn2(self.conv2(x)))
+        x = self.bn3(self.conv3(x))
+        return self.act3(x + shortcut)
+
+
+BLOCKS = {'basic': BasicBlock, 'bottleneck': Bottleneck}
+
+
+def residual_layer(block: str, in_chs: int, chs: int, num_blocks: int, dilation: int = 1) -> nn.Sequential:
+    block_cls = BLOCKS[block]
+    out_chs = chs * block_cls.expansion
+    return nn.Sequential(*[block_cls(in_chs if i == 0 else out_chs, chs, dilation) for i in range(num_blocks)])
+
+
+class Resolutions:
+    """Actual stride and dilation of each branch for a given output stride.
+
+    Branches whose nominal stride (4, 8, 16, 32) exceeds the output stride keep the output stride's resolution;
+    the convolution that would have halved the resolution runs with stride 1 and the branch dilates instead.
+    """
+
+    def __init__(self, output_stride: int = 32) -> None:
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f'output_stride must be 8, 16 or 32, got {output_stride}')
+        self.strides = [min(s, output_stride) for s in _NOMINAL_STRIDES]
+        self.dilations = [s // a for s, a in zip(_NOMINAL_STRIDES, self.strides)]
+
+    def down_conv(self, in_chs: int, out_chs: int, level: int, bias: bool = False) -> nn.Conv2d:
+        """The 3x3 conv taking branch `level` to the resolution of branch `level + 1`."""
+        stride = self.strides[level + 1] // self.strides[level]
+        return conv3x3(in_chs, out_chs, stride=stride, dilation=self.dilations[level] if stride == 1 else 1, bias=bias)
+
+
+class HRModule(nn.Module):
+    """Parallel residual branches followed by an exchange unit that fuses every branch into every other."""
+
+    def __init__(self, in_chs: list[int], stage: StageSpec, res: Resolutions) -> None:
+        super().__init__()
+        block_cls = BLOCKS[stage.block]
+        out_chs = [c * block_cls.expansion for c in stage.channels]
+        self.branches = nn.ModuleList([
+            residual_layer(stage.block, in_chs[i], stage.channels[i], stage.num_blocks[i], res.dilations[i])
+            for i in range(stage.num_branches)
+        ])
+        n = stage.num_branches
+        self.fuse_layers = nn.ModuleList(
+            [nn.ModuleList([self._fuse_path(out_chs, i, j, res) for j in range(n)]) for i in range(n)] if n > 1 else []
+        )
+        self.fuse_acts = nn.ModuleList([nn.ReLU(inplace=True) for _ in range(n)] if n > 1 else [])
+        # upsampled paths are resized to the target branch's size, unless output_stride made them equal
+        self.resize_paths: list[list[bool]] = [
+            [j > i and res.strides[j] != res.strides[i] for j in range(n)] for i in range(n)
+        ]
+
+    @staticmethod
+    def _fuse_path(chs: list[int], i: int, j: int, res: Resolutions) -> nn.Module:
+        """Path from branch j to branch i: 1x1 conv (then resize) from lower resolutions, strided 3x3s from higher."""
+        if j == i:
+            return nn.Identity()
+        if j > i:
+            return conv_bn(conv1x1(chs[j], chs[i]), relu=False)
+        steps = []
+        for level in range(j, i):
+            last = level == i - 1
+            steps.append(conv_bn(res.down_conv(chs[j], chs[i] if last else chs[j], level), relu=not last))
+        return nn.Sequential(*steps)
+
+    def forward(self, xs: list[Tensor]) -> list[Tensor]:
+        ys: list[Tensor] = []
+        for i, branch in enumerate(self.branches):
+            ys.append(branch(xs[i]))
+        if len(self.fuse_layers) == 0:
+            return ys
+        out: list[Tensor] = []
+        for i, (paths, act) in enumerate(zip(self.fuse_layers, self.fuse_acts)):
+            resize = self.resize_paths[i]
+            fused: Tensor | None = None
+            for j, path in enumerate(paths):
+                y = path(ys[j])
+                if resize[j]:
+                    y = F.interpolate(y, size=ys[i].shape[-2:], mode='nearest')
+                fused = y if fused is None else fused + y
+            assert fused is not None
+            out.append(act(fused))
+        return out
+
+
+@contextlib.contextmanager
+def frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
+    """Keep BatchNorm running stats unchanged while a checkpointed segment is recomputed.
+
+    Momentum 0 makes the running-average update a no-op without changing what is saved for backward (which
+    checkpointing verifies); the step counter is put back afterwards.
+    """
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, steps) in zip(norms, saved):
+            m.momentum = momentum
+            if steps is not None:
+                m.num_batches_tracked.copy_(steps)
+
+
+def checkpointed(module: nn.Module, *args, fn: Callable | None = None):
+    """Run `module` (or `fn`, a method of it) without keeping its activations: they are recomputed in backward."""
+    return checkpoint(
+        fn or module, *args, use_reentrant=False,
+        context_fn=lambda: (contextlib.nullcontext(), frozen_batchnorm_stats(module)),
+    )
+
+
+class Stage(nn.Sequential):
+    """A sequence of HRModules passing the list of branch tensors along."""
+
+    def __init__(self, modules: list[HRModule]) -> None:
+        super().__init__(*modules)
+        self.grad_checkpointing = False
+
+    def forward(self, xs: list[Tensor]) -> list[Tensor]:
+        for module in self:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                xs = checkpointed(module, xs)
+            else:
+                xs = module(xs)
+        return xs
+
+
+class Transition(nn.ModuleList):
+    """Adapts the branches between stages: channel changes on existing branches, a strided conv for the new one."""
+
+    def __init__(self, in_chs: list[int], out_chs: list[int], res: Resolutions) -> None:
+        paths: list[nn.Module] = []
+        for i, chs in enumerate(out_chs):
+            if i < len(in_chs):
+                if in_chs[i] == chs:
+                    paths.append(nn.Identity())
+                else:
+                    paths.append(conv_bn(conv3x3(in_chs[i], chs, dilation=res.dilations[i]), relu=True))
+            else:
+                steps = [
+                    conv_bn(res.down_conv(in_chs[-1], chs if level == i - 1 else in_chs[-1], level), relu=True)
+                    for level in range(len(in_chs) - 1, i)
+                ]
+                paths.append(nn.Sequential(*steps))
+        super().__init__(paths)
+        self.num_inputs = len(in_chs)
+
+    def forward(self, xs: list[Tensor]) -> list[Tensor]:
+        out: list[Tensor] = []
+        for i, path in enumerate(self):
+            out.append(path(xs[i] if i < self.num_inputs else xs[-1]))
+        return out
+
+
+@register_notrace_function
+def check_input(x: Tensor, in_chans: int, min_size: int) -> None:
+    """Reject inputs the network would otherwise mangle or fail on deep inside with an obscure message."""
+    if x.dim() != 4:
+        raise ValueError(f'HRNet expects a 4-D (N, C, H, W) tensor, got {x.dim()}-D with shape {list(x.shape)}')
+    if x.shape[1] != in_chans:
+        raise ValueError(f'HRNet expects {in_chans} input channels, got {x.shape[1]} (input shape {list(x.shape)})')
+    if x.shape[2] < min_size or x.shape[3] < min_size:
+        raise ValueError(
+            f'HRNet needs inputs of at least {min_size}x{min_size} pixels to reach stride 32, '
+            f'got {x.shape[2]}x{x.shape[3]}'
+        )
+
+
+class HRNet(nn.Module):
+    """HRNet classifier and backbone, built from an `HRNetSpec`.
+
+    `forward_features` returns the 2048-channel stride-32 map of the classification head; the parallel branch
+    outputs are available through `forward_intermediates` and `features_only=True`.
+    """
+
+    def __init__(
+            self,
+            spec: HRNetSpec,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'avg',
+            drop_rate: float = 0.0,
+            output_stride: int = 32,
+            feature_location: str = 'incre',
+    ) -> None:
+        super().__init__()
+        if feature_location not in ('incre', ''):
+            raise ValueError(f"feature_location must be 'incre' or '', got {feature_location!r}")
+        self.spec = spec
+        self.in_chans = in_chans
+        self.min_input_size = MIN_INPUT_SIZE
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+        self.output_stride = output_stride
+        self.feature_location = feature_location
+        self.grad_checkpointing = False
+        self.stem_only = False  # set when pruned to the stem feature alone
+        res = Resolutions(output_stride)
+
+        self.conv1 = nn.Conv2d(in_chans, spec.stem_width, 3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(spec.stem_width)
+        self.act1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(spec.stem_width, 64, 3, stride=2, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(64)
+        self.act2 = nn.ReLU(inplace=True)
+
+        stage1 = spec.stages[0]
+        self.layer1 = residual_layer(stage1.block, 64, stage1.channels[0], stage1.num_blocks[0])
+        chs = [stage1.channels[0] * BLOCKS[stage1.block].expansion]
+        for idx, stage in enumerate(spec.stages[1:], start=1):
+            setattr(self, f'transition{idx}', Transition(chs, list(stage.channels), res))
+            chs = list(stage.channels)
+            modules = []
+            for _ in range(stage.num_modules):
+                modules.append(HRModule(chs, stage, res))
+                chs = [c * BLOCKS[stage.block].expansion for c in stage.channels]
+            setattr(self, f'stage{idx + 1}', Stage(modules))
+        self.branch_channels = chs
+        self.num_taps = 1 + len(chs)  # feature indices: 0 the stem, 1..4 the branches
+
+        # classification head: widen each branch, walk down the resolutions summing, then project to 2048
+        bias = spec.head_conv_bias
+        head_out = [c * Bottleneck.expansion for c in HEAD_CHANNELS]
+        self.incre_modules = nn.ModuleList([
+            residual_layer('bottleneck', c, h, 1, res.dilations[i]) for i, (c, h) in enumerate(zip(chs, HEAD_CHANNELS))
+        ])
+        self.has_head = True  # False once pruned for features: the 2048-channel aggregation is gone
+        self.downsamp_modules = nn.ModuleList([
+            conv_bn(res.down_conv(head_out[i], head_out[i + 1], i, bias=bias), relu=True) for i in range(3)
+        ])
+        self.final_layer: nn.Module = conv_bn(conv1x1(head_out[-1], NUM_FEATURES, bias=bias), relu=True)
+        self.num_features = self.head_hidden_size = NUM_FEATURES
+        self.global_pool, self.classifier = create_classifier(NUM_FEATURES, num_classes, pool_type=global_pool)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head_hidden_size = NUM_FEATURES * self.global_pool.feat_mult()
+
+        incre = feature_location == 'incre'
+        self.feature_info = [dict(num_chs=spec.stem_width, reduction=2, module='act1')] + [
+            dict(
+                num_chs=head_out[i] if incre else c,
+                reduction=res.strides[i],
+                module=f'incre_modules.{i}' if incre else f'stage4.{len(self.stage4) - 1}.fuse_acts.{i}',
+            )
+            for i, c in enumerate(chs)
+        ]
+        self.init_weights()
+        self.register_load_state_dict_pre_hook(canonicalize_on_load)
+
+    def init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(
+            stem=r'^conv[12]|^bn[12]',
+            blocks=r'^(?:layer|transition|stage)(\d+)' if coarse else [
+                (r'^layer(\d+)\.(\d+)', None),
+                (r'^stage(\d+)\.(\d+)', None),
+                (r'^transition(\d+)', (99999,)),
+                (r'^(?:incre_modules|downsamp_modules|final_layer)', (100000,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        for stage in (self.stage2, self.stage3, self.stage4):
+            if isinstance(stage, Stage):
+                stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is None:
+            global_pool = self.global_pool.pool_type
+        self.global_pool, self.classifier = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+
+    def _stem1(self, x: Tensor) -> Tensor:
+        return self.act1(self.bn1(self.conv1(x)))
+
+    def _stem2(self, x: Tensor) -> Tensor:
+        return self.act2(self.bn2(self.conv2(x)))
+
+    def forward_stem(self, x: Tensor) -> Tensor:
+        """The stride-2 stem output (feature index 0)."""
+        check_input(x, self.in_chans, self.min_input_size)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpointed(self.bn1, x, fn=self._stem1)
+        return self._stem1(x)
+
+    def forward_branches(self, x: Tensor) -> list[Tensor]:
+        """From the stride-2 stem output to the four branch outputs of the last stage."""
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpointed(self.bn2, x, fn=self._stem2)
+        else:
+            x = self._stem2(x)
+        for block in self.layer1:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpointed(block, x)
+            else:
+                x = block(x)
+        xs = self.stage2(self.transition1([x]))
+        xs = self.stage3(self.transition2(xs))
+        return self.stage4(self.transition3(xs))
+
+    def forward_incre(self, xs: list[Tensor], count: int) -> list[Tensor]:
+        """The head's channel-increasing bottlenecks on the first `count` branches."""
+        out: list[Tensor] = []
+        for i, incre in enumerate(self.incre_modules):
+            if i < count:
+                if self.grad_checkpointing and not torch.jit.is_scripting():
+                    out.append(checkpointed(incre, xs[i]))
+                else:
+                    out.append(incre(xs[i]))
+        return out
+
+    def forward_aggregate(self, feats: list[Tensor]) -> Tensor:
+        """Walk down the resolutions summing the widened branches, then project to the 2048-channel map."""
+        if not self.has_head:
+            raise RuntimeError('the classification head was pruned from this model (features only)')
+        y = feats[0]
+        for i, down in enumerate(self.downsamp_modules):
+            y = feats[i + 1] + down(y)
+        return self.final_layer(y)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        xs = self.forward_branches(self.forward_stem(x))
+        return self.forward_aggregate(self.forward_incre(xs, len(xs)))
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = self.global_pool(x)
+        x = self.head_drop(x)
+        return x if pre_logits else self.classifier(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+            self,
+            x: Tensor,
+            indices: int | list[int] | None = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """Features at index 0 (stride-2 stem) and 1-4 (the branches at strides 4-32, see `feature_location`).
+
+        `norm` is accepted for timm's interface; HRNet has no final norm. Without `intermediates_only` the final
+        output is the 2048-channel head map when the head is present, else the list of branch outputs.
+        """
+        if output_fmt not in ('NCHW', 'NHWC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got '{output_fmt}'")
+        take_indices, max_index = feature_take_indices(self.num_taps, indices)
+        intermediates: list[Tensor] = []
+        x = self.forward_stem(x)
+        if 0 in take_indices:
+            intermediates.append(x)
+        if self.stem_only or (stop_early and max_index == 0):
+            return _format(intermediates, output_fmt) if intermediates_only else (x, _format(intermediates, output_fmt))
+
+        xs = self.forward_branches(x)
+        with_head = self.has_head and not intermediates_only
+        if self.feature_location == 'incre':
+            feats = self.forward_incre(xs, len(xs) if with_head else max_index)
+        else:
+            feats = xs
+        for i, feat in enumerate(feats):
+            if i + 1 in take_indices:
+                intermediates.append(feat)
+        if intermediates_only:
+            return _format(intermediates, output_fmt)
+        if with_head:
+            head_in = feats if self.feature_location == 'incre' else self.forward_incre(xs, len(xs))
+            return self.forward_aggregate(head_in), _format(intermediates, output_fmt)
+        return xs, _format(intermediates, output_fmt)
+
+    def prune_intermediate_layers(
+            self,
+            indices: int | list[int] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> list[int]:
+        """Drop what the requested features do not need: the classifier head, unused incre modules, the trunk."""
+        take_indices, max_index = feature_take_indices(self.num_taps, indices)
+        if max_index == 0:
+            for name in ('conv2', 'bn2', 'act2', 'layer1', 'transition1', 'stage2', 'transition2', 'stage3',
+                         'transition3', 'stage4'):
+                setattr(self, name, nn.Identity())
+            self.stem_only = True
+        if self.feature_location == 'incre':
+            self.incre_modules = self.incre_modules[:max_index]
+        else:
+            self.incre_modules = nn.ModuleList()
+        if prune_head or max_index < self.num_taps - 1 or self.feature_location == '':
+            self.has_head = False
+            self.downsamp_modules = nn.ModuleList()
+            self.final_layer = nn.Identity()
+            self.reset_classifier(0, '')
+        return take_indices
+
+
+def _format(features: list[Tensor], output_fmt: str) -> list[Tensor]:
+    return [f.permute(0, 2, 3, 1) for f in features] if output_fmt == 'NHWC' else features
+
+
+class HRNetFeatures(HRNet):
+    """`features_only=True` model: returns the stem and branch feature maps selected by `out_indices`.
+
+    Keeps the state-dict keys of the classifier it comes from (minus the pruned head), so pretrained weights load.
+    """
+
+    def __init__(
+            self,
+            spec: HRNetSpec,
+            out_indices: tuple[int, ...] = (0, 1, 2, 3, 4),
+            feature_location: str = 'incre',
+            **kwargs,
+    ) -> None:
+        super().__init__(spec, num_classes=0, global_pool='', feature_location=feature_location, **kwargs)
+        self.out_indices = self.prune_intermediate_layers(list(out_indices), prune_head=True)
+        self.feature_info = FeatureInfo(self.feature_info, self.out_indices)
+
+    def forward(self, x: Tensor) -> list[Tensor]:  # type: ignore[override]
+        x = self.forward_stem(x)
+        out = [x] if 0 in self.out_indices else []
+        if self.stem_only:
+            return out
+        xs = self.forward_branches(x)
+        if self.feature_location == 'incre':
+            xs = self.forward_incre(xs, len(xs))
+        for i, feat in enumerate(xs):
+            if i + 1 in self.out_indices:
+                out.append(feat)
+        return out
+
+
+def _create_hrnet(variant: str, pretrained: bool = False, **kwargs) -> HRNet:
+    arch = variant.split('.', 1)[0]
+    model_cls = HRNet
+    features_cls_mode = kwargs.get('features_only', False) and 'feature_cls' not in kwargs
+    if features_cls_mode:
+        kwargs.pop('features_only')
+        model_cls = HRNetFeatures
+    model = build_model_with_cfg(
+        model_cls,
+        variant,
+        pretrained,
+        spec=VARIANTS[arch],
+        pretrained_filter_fn=checkpoint_filter_fn,
+        pretrained_strict=not features_cls_mode,
+        kwargs_filter=('num_classes', 'global_pool') if features_cls_mode else None,
+        feature_cfg=dict(out_indices=(0, 1, 2, 3, 4)),
+        **kwargs,
+    )
+    if features_cls_mode:
+        model.pretrained_cfg = model.default_cfg = pretrained_cfg_for_features(model.pretrained_cfg)
+    return model
+
+
+@register_hrnet
+def hrnet_w18_small(pretrained: bool = False, **kwargs) -> HRNet:
+    return _create_hrnet('hrnet_w18_small', pretrained, **kwargs)
+
+
+@register_hrnet
+def hrnet_w18_small_v2(pretrained: bool = False, **kwargs) -> HRNet:
+    return _create_hrnet('hrnet_w18_small_v2', pretrained, **kwargs)
+
+
+@register_hrnet
+def hrnet_w18(pretrained: bool = False, **kwargs) -> HRNet:
+    return _create_hrnet('hrnet_w18', pretrained, **kwargs)
+
+
+@register_hrnet
+def hrnet_w30(pretrained: bool = False, **kwargs) -> HRNet:
+    return _create_hrnet('hrnet_w30', pretrained, **kwargs)
+
+
+@register_hrnet
+def hrnet_w32(pretrained: bool = False, **kwargs) -> HRNet:
+    return _create_hrnet('hrnet_w32', pretrained, **kwargs)
+
+
+@register_hrnet
+def hrnet_w40(pretrained: bool = False, **kwargs) -> HRNet:
+    return _create_hrnet('hrnet_w40', pretrained, **kwargs)
+
+
+@register_hrnet
+def hrnet_w44(pretrained: bool = False, **kwargs) -> HRNet:
+    return _create_hrnet('hrnet_w44', pretrained, **kwargs)
+
+
+@register_hrnet
+def hrnet_w48(pretrained: bool = False, **kwargs) -> HRNet:
+    return _create_hrnet('hrnet_w48', pretrained, **kwargs)
+
+
+@register_hrnet
+def hrnet_w64(pretrained: bool = False, **kwargs) -> HRNet:
+    return _create_hrnet('hrnet_w64', pretrained, **kwargs)
+
+
+@register_hrnet
+def hrnet_w18_ssld(pretrained: bool = False, **kwargs) -> HRNet:
+    return _create_hrnet('hrnet_w18_ssld', pretrained, **kwargs)
+
+
+@register_hrnet
+def hrnet_w48_ssld(pretrained: bool = False, **kwargs) -> HRNet:
+    return _create_hrnet('hrnet_w48_ssld', pretrained, **kwargs)

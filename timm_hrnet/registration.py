@@ -1,0 +1,33 @@
+"""Registering our entrypoints under the names timm's built-in HRNet already uses.
+
+timm warns when a name is registered twice and would otherwise keep the built-in's tags next to ours, so
+the built-in registration is removed first: `list_models`/`list_pretrained` then show exactly our entries.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from timm.models import _registry, register_model
+
+__all__ = ['register_hrnet', 'unregister_model']
+
+FnT = TypeVar('FnT', bound=Callable)
+
+
+def unregister_model(name: str) -> None:
+    """Remove every registry entry of an architecture: entrypoint, module maps, tags and pretrained cfgs."""
+    _registry._model_entrypoints.pop(name, None)
+    module = _registry._model_to_module.pop(name, None)
+    if module is not None:
+        _registry._module_to_models[module].discard(name)
+    for tagged in _registry._model_with_tags.pop(name, []) + [name]:
+        _registry._model_pretrained_cfgs.pop(tagged, None)
+        _registry._model_has_pretrained.discard(tagged)
+    _registry._model_default_cfgs.pop(name, None)
+
+
+def register_hrnet(fn: FnT) -> FnT:
+    """`timm.models.register_model` that first replaces an existing registration of the same name."""
+    unregister_model(fn.__name__)
+    return register_model(fn)
