@@ -48,6 +48,15 @@ def make(name: str = SMALL, **kwargs) -> nn.Module:
     return randomize_batchnorm(timm.create_model(name, **kwargs))
 
 
+@pytest.fixture(scope='module', autouse=True)
+def single_thread():
+    """Tiny inputs gain nothing from threads, and on a busy machine thread hand-offs dominate."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope='module')
 def small_pair() -> tuple[nn.Module, nn.Module]:
     model = make()
@@ -70,7 +79,7 @@ def test_every_variant_matches(name: str) -> None:
 def test_channels_last_and_inexact_resize_match(small_pair: tuple[nn.Module, nn.Module]) -> None:
     model, fused = small_pair
     fused_nhwc = optimize_for_inference(model, channels_last=True)
-    assert fused_nhwc.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert fused_nhwc.conv1.conv.weight.is_contiguous(memory_format=torch.channels_last)
     # 72x88: branch sizes 18x22, 9x11, 5x6, 3x3, so the exchange unit resizes by non-integer factors
     for size in ((64, 64), (72, 88)):
         x = torch.randn(2, 3, *size)
@@ -144,6 +153,23 @@ def test_training_is_refused(small_pair: tuple[nn.Module, nn.Module]) -> None:
 def test_unsupported_model_is_rejected() -> None:
     with pytest.raises(ValueError, match='could not fold these BatchNorm layers of a Sequential: 1 '):
         optimize_for_inference(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)).eval())
+
+
+def test_cpu_uses_fused_onednn_kernels_and_plain_ops_for_input_gradients(
+        small_pair: tuple[nn.Module, nn.Module]) -> None:
+    model, fused = small_pair
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        expected = model(x)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+            assert_close(fused(x), expected)
+    op_names = {event.key for event in profiler.key_averages()}
+    assert 'mkldnn::_convolution_pointwise' in op_names and 'mkldnn::_convolution_pointwise_' in op_names
+    x.requires_grad_(True)  # oneDNN's fused kernels have no autograd: saliency-style input gradients use plain ops
+    output = fused(x)
+    assert_close(output.detach(), expected)
+    output.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
 
 
 @torch.inference_mode()

@@ -160,3 +160,37 @@ def test_plain_timm_loads_our_files_without_our_package(
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "plain timm loaded ['hf-hub', 'local-dir', 'pretrained']" in result.stdout
+
+
+@pytest.mark.parametrize('create_kwargs', [dict(num_classes=10), dict(features_only=True)])
+def test_incomplete_pretrained_weights_are_refused_by_name(tmp_path: Path, create_kwargs: dict) -> None:
+    """timm loads non-strictly for another class count or a features model; a missing trunk key must still fail."""
+    state = timm.create_model(SMALL_MODEL).state_dict()
+    del state['stage3.0.fuse_layers.2.0.0.0.weight']
+    path = tmp_path / 'incomplete.safetensors'
+    safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    with pytest.raises(ValueError, match=r'missing keys \(1\): stage3\.0\.fuse_layers\.2\.0\.0\.0\.weight'):
+        timm.create_model(SMALL_MODEL, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **create_kwargs)
+
+
+def test_foreign_pretrained_keys_are_refused_by_name(tmp_path: Path) -> None:
+    state = timm.create_model(SMALL_MODEL).state_dict()
+    state['stage2.0.attention.weight'] = torch.zeros(3)
+    path = tmp_path / 'foreign.safetensors'
+    safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    with pytest.raises(ValueError, match=r'unexpected .*stage2\.0\.attention\.weight'):
+        timm.create_model(SMALL_MODEL, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), num_classes=3)
+
+
+def test_features_model_drops_only_the_pruned_head(tmp_path: Path) -> None:
+    classifier = timm.create_model(SMALL_MODEL).eval()
+    path = tmp_path / 'full.safetensors'
+    safetensors.torch.save_file({k: v.contiguous() for k, v in classifier.state_dict().items()}, str(path))
+    features = timm.create_model(
+        SMALL_MODEL, features_only=True, out_indices=(1, 2), pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
+    ).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = classifier.forward_intermediates(x, indices=[1, 2], intermediates_only=True)
+        for got, want in zip(features(x), expected, strict=True):
+            assert torch.equal(got, want)

@@ -1,11 +1,13 @@
 """HRNet as first-class timm models: `import timm_hrnet` registers hrnet_* with timm, replacing the built-in ones."""
 from .hrnet import HRNet, HRNetFeatures
 from .inference import get_model, inference_model, load_model
+from .necks import HRNetDetectionBackbone, HRNetV2, HRNetV2p, hrnet_detection_backbone
 from .pretrained_cfgs import published_results
 from .variants import VARIANTS, HRNetSpec, StageSpec
 
 __all__ = [
     'HRNet', 'HRNetFeatures', 'HRNetSpec', 'StageSpec', 'VARIANTS',
+    'HRNetV2', 'HRNetV2p', 'HRNetDetectionBackbone', 'hrnet_detection_backbone',
     'get_model', 'inference_model', 'load_model', 'published_results',
 ]
 __version__ = '0.1.0'

@@ -84,6 +84,7 @@ class CheckpointMismatchError(ValueError):
             missing: list[str],
             unexpected: list[str],
             mismatched: dict[str, tuple[tuple[int, ...], tuple[int, ...]]],
+            hint: str = '(pass allow_partial=True to keep only the matching tensors)',
     ) -> None:
         self.model_name = model_name
         self.source = source
@@ -97,7 +98,7 @@ class CheckpointMismatchError(ValueError):
             lines.append(f'  unexpected (unmapped) keys ({len(unexpected)}): ' + ', '.join(unexpected))
         for key, (got, want) in mismatched.items():
             lines.append(f'  shape mismatch for {key}: checkpoint {list(got)} vs model {list(want)}')
-        lines.append('  (pass allow_partial=True to keep only the matching tensors)')
+        lines.append(f'  {hint}')
         super().__init__('\n'.join(lines))
 
 
@@ -292,13 +293,8 @@ def convert_state_dict(
     }
 
 
-def checkpoint_filter_fn(state_dict: dict, model: torch.nn.Module) -> dict:
-    """timm ``pretrained_filter_fn``: accept any known layout for pretrained weights, files and hub repos.
-
-    Keys are only renamed (and bias-free mmpretrain neck convs get zero biases); validation and classifier / input
-    channel adaptation are left to timm's load_pretrained and load_state_dict, which name any leftover key.
-    """
-    state_dict = _unwrap(state_dict, 'pretrained state dict')
+def _rename_foreign(state_dict: dict, model: torch.nn.Module) -> dict:
+    """Rename an mmpretrain dict to canonical keys (bias-free neck convs get zero biases); others pass through."""
     if _guess_layout(state_dict) != MMPRETRAIN:
         return state_dict
     converted, unmapped = _to_canonical_keys(state_dict, MMPRETRAIN)
@@ -306,6 +302,41 @@ def checkpoint_filter_fn(state_dict: dict, model: torch.nn.Module) -> dict:
     _fill_zeros(converted, expected, _FOLDED_BIAS.match)
     converted.update({key: state_dict[key] for key in unmapped})  # left for load_state_dict to report by name
     return converted
+
+
+@lru_cache(maxsize=16)
+def _architecture_keys(spec: Any) -> frozenset[str]:
+    """Every state-dict key of the unpruned network for a spec (to tell pruned modules from foreign keys)."""
+    from .hrnet import HRNet  # the model module imports this one
+
+    with torch.device('meta'):
+        return frozenset(HRNet(spec).state_dict())
+
+
+def checkpoint_filter_fn(state_dict: dict, model: torch.nn.Module) -> dict:
+    """timm ``pretrained_filter_fn``: accept any known layout and refuse incomplete or foreign weights by key name.
+
+    timm loads non-strictly whenever the class count changes (and always for features models), which would leave
+    a missing trunk weight randomly initialised without a word; here every trunk key the model has must be present
+    and every key must belong to the architecture. Weights of modules pruned from the model (the head of a features
+    model) are dropped; the classifier is left to timm, which re-initialises it for another class count and adapts
+    the first conv for other input channels.
+    """
+    state_dict = _rename_foreign(_unwrap(state_dict, 'pretrained state dict'), model)
+    own = model.state_dict()
+    expected = {k: (v.shape, v.dtype) for k, v in own.items()}
+    _fill_zeros(state_dict, expected, lambda key: key.endswith(_BN_COUNTER))
+    known = _architecture_keys(model.spec) if hasattr(model, 'spec') else frozenset(own)
+    classifier = (model.pretrained_cfg or {}).get('classifier') or 'classifier'
+    missing = [k for k in own if k not in state_dict and not k.startswith(classifier + '.')]
+    unexpected = [k for k in state_dict if k not in known and not k.startswith(classifier + '.')]
+    if missing or unexpected:
+        name = (model.pretrained_cfg or {}).get('architecture') or type(model).__name__
+        raise CheckpointMismatchError(
+            name, 'pretrained weights', missing, unexpected, {},
+            hint='(partial loads: convert_state_dict(..., allow_partial=True), then load_state_dict(strict=False))',
+        )
+    return {k: v for k, v in state_dict.items() if k in own or k.startswith(classifier + '.')}
 
 
 def canonicalize_on_load(module: torch.nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
@@ -316,6 +347,6 @@ def canonicalize_on_load(module: torch.nn.Module, state_dict: dict, prefix: str,
     """
     if prefix or _guess_layout(state_dict) != MMPRETRAIN:
         return
-    converted = checkpoint_filter_fn(dict(state_dict), module)
+    converted = _rename_foreign(dict(state_dict), module)
     state_dict.clear()
     state_dict.update(converted)

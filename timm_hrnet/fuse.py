@@ -2,11 +2,14 @@
 
 `optimize_for_inference` copies a model and rewrites it from the outside (module surgery):
 * every BatchNorm is folded into the convolution before it (the conv gets a bias) and disappears,
-* the conv -> BN (-> ReLU) containers become a bare conv or conv -> ReLU, nested path chains are flattened,
-* residual blocks add the shortcut into the conv output in place and apply ReLU in place,
-* the exchange unit sums every path into one buffer in place; nearest upsampling by an integer factor is a
-  broadcast add into a strided view (no upsampled temporary), and the upsampled paths of one target are summed
-  coarse-to-fine at low resolution first, so only one add runs at the target's resolution,
+* conv -> BN (-> ReLU) containers and nested path chains become flat `ConvAct`/`ConvChain` units,
+* on CPU in eager float32 those units run oneDNN's fused kernels: conv + bias + ReLU, and conv + residual add
+  (+ ReLU) in one pass, so the residual blocks and the exchange unit run no separate add or ReLU passes;
+  elsewhere (CUDA, TorchScript, tracing/ONNX export, torch.compile, autocast, input gradients) they run the plain
+  ops, in place where the tensor is fresh,
+* the exchange unit sums every path into one buffer: nearest upsampling by an integer factor is a broadcast add
+  into a strided view (no upsampled temporary), the upsampled paths of one target are summed coarse-to-fine at low
+  resolution first, and the strided paths add straight into the buffer from their last conv, the last with ReLU,
 * dropout goes, parameters stop requiring gradients, gradient checkpointing is switched off.
 The result refuses training: `.train()` and a forward pass in training mode raise a RuntimeError.
 """
@@ -22,8 +25,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from .hrnet import BasicBlock, Bottleneck, HRModule, HRNet
 
-__all__ = ['optimize_for_inference', 'is_inference_optimized', 'refuse_training']
-
+__all__ = ['optimize_for_inference', 'is_inference_optimized', 'refuse_training', 'ConvAct', 'ConvChain']
 
 
 def refuse_training() -> None:
@@ -70,6 +72,95 @@ def _fold(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
     return conv
 
 
+@torch.jit.unused
+def _onednn_fusable(x: Tensor, weight: Tensor) -> bool:
+    """Whether oneDNN's fused conv kernels may run: eager float32 CPU inference without autocast or autograd."""
+    return (
+        x.device.type == 'cpu' and x.dtype == torch.float32 and weight.dtype == torch.float32
+        and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+        and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
+        and not torch.is_autocast_enabled('cpu') and not (torch.is_grad_enabled() and x.requires_grad)
+    )
+
+
+def _strictly_channels_last(x: Tensor) -> bool:
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+class ConvAct(nn.Module):
+    """A BN-folded conv with an optional ReLU, which can also add its output to another tensor before the ReLU.
+
+    `run(x, other, inplace, relu)` computes relu?(conv(x) + other); with `inplace` the result is written into
+    `other`. In eager float32 on CPU this is one oneDNN kernel (post-ops: sum, ReLU).
+    """
+
+    def __init__(self, conv: nn.Conv2d, relu: bool) -> None:
+        super().__init__()
+        if conv.padding_mode != 'zeros' or isinstance(conv.padding, str):
+            raise ValueError(f'ConvAct needs explicit zero padding, got {conv}')
+        self.conv = conv
+        self.relu = relu
+        self.padding: list[int] = list(conv.padding)
+        self.stride: list[int] = list(conv.stride)
+        self.dilation: list[int] = list(conv.dilation)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.run(x, None, False, self.relu)
+
+    def run(self, x: Tensor, other: Tensor | None, inplace: bool, relu: bool) -> Tensor:
+        if torch.jit.is_scripting():
+            return self._run_plain(x, other, inplace, relu)
+        else:
+            return self._run_eager(x, other, inplace, relu)
+
+    def _run_plain(self, x: Tensor, other: Tensor | None, inplace: bool, relu: bool) -> Tensor:
+        y = self.conv(x)
+        if other is not None:
+            y = other.add_(y) if inplace else y.add_(other)
+        return torch.relu_(y) if relu else y
+
+    @torch.jit.unused
+    def _run_eager(self, x: Tensor, other: Tensor | None, inplace: bool, relu: bool) -> Tensor:
+        weight = self.conv.weight
+        if not (relu or other is not None) or not _onednn_fusable(x, weight):
+            return self._run_plain(x, other, inplace, relu)
+        if _strictly_channels_last(weight) and not _strictly_channels_last(x):
+            x = x.contiguous(memory_format=torch.channels_last)  # a channels-last model runs channels-last
+        layout = torch.channels_last if _strictly_channels_last(x) else torch.contiguous_format
+        if other is not None and not other.is_contiguous(memory_format=layout):
+            return self._run_plain(x, other, inplace, relu)
+        args = (weight, self.conv.bias, self.padding, self.stride, self.dilation, self.conv.groups)
+        if other is None:
+            return torch.ops.mkldnn._convolution_pointwise(x, *args, 'relu', [], '')
+        unary = 'relu' if relu else None
+        if inplace:
+            return torch.ops.mkldnn._convolution_pointwise_.binary(other, x, *args, 'add', 1.0, unary, [], None)
+        return torch.ops.mkldnn._convolution_pointwise.binary(x, other, *args, 'add', 1.0, unary, [], None)
+
+
+class ConvChain(nn.Module):
+    """BN-folded conv (-> ReLU) steps in a row; `accumulate` lets the last conv add into another tensor."""
+
+    def __init__(self, steps: list[ConvAct]) -> None:
+        super().__init__()
+        self.steps = nn.ModuleList(steps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for step in self.steps:
+            x = step(x)
+        return x
+
+    def accumulate(self, x: Tensor, other: Tensor, inplace: bool, relu: bool) -> Tensor:
+        """relu?(chain(x) + other), written into `other` when `inplace`."""
+        last = len(self.steps) - 1
+        for k, step in enumerate(self.steps):
+            if k < last:
+                x = step(x)
+            else:
+                x = step.run(x, other, inplace, relu)
+        return x
+
+
 def _is_conv_bn(module: nn.Module) -> bool:
     """Whether `module` is a conv -> BN (-> ReLU) container."""
     return (
@@ -79,55 +170,78 @@ def _is_conv_bn(module: nn.Module) -> bool:
     )
 
 
-def _conv_bn_chain(module: nn.Module) -> nn.Module | None:
-    """A conv -> BN (-> ReLU) container, or a Sequential of them, as one flat BN-free chain (None if neither)."""
+def _conv_bn_steps(module: nn.Module) -> list[ConvAct] | None:
+    """A conv -> BN (-> ReLU) container, or a Sequential of them, as BN-free ConvActs (None if neither)."""
     if _is_conv_bn(module):
         parts = [module]
     elif isinstance(module, nn.Sequential) and len(module) > 0 and all(_is_conv_bn(part) for part in module):
         parts = list(module)
     else:
         return None
-    steps: list[nn.Module] = []
-    for part in parts:
-        steps.append(_fold(part[0], part[1]))
-        if len(part) == 3:
-            steps.append(nn.ReLU(inplace=True))
-    return steps[0] if len(steps) == 1 else nn.Sequential(*steps)
+    return [ConvAct(_fold(part[0], part[1]), relu=len(part) == 3) for part in parts]
+
+
+def _conv_bn_unit(module: nn.Module) -> nn.Module | None:
+    steps = _conv_bn_steps(module)
+    if steps is None:
+        return None
+    return steps[0] if len(steps) == 1 else ConvChain(steps)
+
+
+def _fuse_path(path: nn.Module) -> ConvChain:
+    """An exchange-unit path as a ConvChain (the identity path as an empty one), so all paths share one interface."""
+    if isinstance(path, nn.Identity):
+        return ConvChain([])
+    steps = _conv_bn_steps(path)
+    if steps is None:
+        raise ValueError(f'unexpected HRModule fuse path: {path}')
+    return ConvChain(steps)
+
+
+def _fused_projection(downsample: nn.Module | None) -> nn.Module | None:
+    if downsample is None:
+        return None
+    unit = _conv_bn_unit(downsample)
+    if unit is None:
+        raise ValueError(f'unexpected residual projection: {downsample}')
+    return unit
+
+
+def _block_conv(conv: nn.Conv2d, norm: nn.BatchNorm2d, relu: bool) -> ConvAct:
+    return ConvAct(_fold(conv, norm), relu)
 
 
 class InferenceBasicBlock(InferenceOnlyMixin, nn.Module):
-    """BasicBlock with folded BN: relu(conv2(relu(conv1(x))) + shortcut), the add and ReLUs in place."""
+    """BasicBlock with folded BN: relu(conv2(relu(conv1(x))) + shortcut), each conv one fused kernel on CPU."""
 
     def __init__(self, block: BasicBlock) -> None:
         super().__init__()
-        self.conv1 = _fold(block.conv1, block.bn1)
-        self.conv2 = _fold(block.conv2, block.bn2)
-        self.downsample = None if block.downsample is None else _fuse_tree(block.downsample)
+        self.conv1 = _block_conv(block.conv1, block.bn1, relu=True)
+        self.conv2 = _block_conv(block.conv2, block.bn2, relu=False)
+        self.downsample = _fused_projection(block.downsample)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training:
             refuse_training()
         shortcut = x if self.downsample is None else self.downsample(x)
-        y = self.conv2(torch.relu_(self.conv1(x)))
-        return torch.relu_(y.add_(shortcut))
+        return self.conv2.run(self.conv1(x), shortcut, False, True)
 
 
 class InferenceBottleneck(InferenceOnlyMixin, nn.Module):
-    """Bottleneck with folded BN, the residual add and ReLUs in place."""
+    """Bottleneck with folded BN: the last conv adds the shortcut and applies ReLU in the same kernel on CPU."""
 
     def __init__(self, block: Bottleneck) -> None:
         super().__init__()
-        self.conv1 = _fold(block.conv1, block.bn1)
-        self.conv2 = _fold(block.conv2, block.bn2)
-        self.conv3 = _fold(block.conv3, block.bn3)
-        self.downsample = None if block.downsample is None else _fuse_tree(block.downsample)
+        self.conv1 = _block_conv(block.conv1, block.bn1, relu=True)
+        self.conv2 = _block_conv(block.conv2, block.bn2, relu=True)
+        self.conv3 = _block_conv(block.conv3, block.bn3, relu=False)
+        self.downsample = _fused_projection(block.downsample)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training:
             refuse_training()
         shortcut = x if self.downsample is None else self.downsample(x)
-        y = torch.relu_(self.conv2(torch.relu_(self.conv1(x))))
-        return torch.relu_(self.conv3(y).add_(shortcut))
+        return self.conv3.run(self.conv2(self.conv1(x)), shortcut, False, True)
 
 
 def _spatial(x: Tensor) -> list[int]:
@@ -172,17 +286,17 @@ def _sum_resized(base: Tensor, src: Tensor) -> Tensor:
 class InferenceHRModule(InferenceOnlyMixin, nn.Module):
     """HRModule with folded BN and an exchange unit that sums into one buffer per branch.
 
-    Keeps the `branches`, `fuse_layers` and `fuse_acts` names so feature hooks on `fuse_acts.i` still fire.
+    Keeps the `branches`, `fuse_layers` and `fuse_acts` names; the ReLU is applied while summing, so `fuse_acts`
+    are identities that feature hooks on `fuse_acts.i` still fire on.
     """
 
     def __init__(self, module: HRModule) -> None:
         super().__init__()
         self.branches = nn.ModuleList([_fuse_tree(branch) for branch in module.branches])
         self.fuse_layers = nn.ModuleList([
-            nn.ModuleList([path if isinstance(path, nn.Identity) else _fuse_tree(path) for path in paths])
-            for paths in module.fuse_layers
+            nn.ModuleList([_fuse_path(path) for path in paths]) for paths in module.fuse_layers
         ])
-        self.fuse_acts = module.fuse_acts
+        self.fuse_acts = nn.ModuleList([nn.Identity() for _ in module.fuse_acts])
 
     def forward(self, xs: list[Tensor]) -> list[Tensor]:
         if self.training:
@@ -194,21 +308,22 @@ class InferenceHRModule(InferenceOnlyMixin, nn.Module):
             return ys
         out: list[Tensor] = []
         for i, (paths, act) in enumerate(zip(self.fuse_layers, self.fuse_acts)):
-            fused: Tensor | None = None
             coarse: list[Tensor] = []
             for j, path in enumerate(paths):
-                if j < i:
-                    down = path(ys[j])
-                    fused = down if fused is None else fused.add_(down)
-                elif j > i:
+                if j > i:
                     coarse.append(path(ys[j]))
             low = _coarse_to_fine_sum(coarse, ys, i)
+            fused: Tensor | None = None if low is None else _sum_resized(ys[i], low)
+            for j, path in enumerate(paths):
+                if j < i:  # the strided paths add into the sum from their last conv, the last one with the ReLU
+                    if fused is None:
+                        fused = path.accumulate(ys[j], ys[i], False, j == i - 1)
+                    else:
+                        fused = path.accumulate(ys[j], fused, True, j == i - 1)
             if fused is None:
-                fused = ys[i].clone() if low is None else _sum_resized(ys[i], low)
-            else:
-                fused.add_(ys[i])
-                if low is not None:
-                    fused = _add_resized_(fused, low)
+                fused = torch.relu(ys[i])
+            elif i == 0:
+                fused = torch.relu_(fused)
             out.append(act(fused))
         return out
 
@@ -230,16 +345,17 @@ def _coarse_to_fine_sum(coarse: list[Tensor], ys: list[Tensor], i: int) -> Tenso
     return low
 
 
-def _fold_named_pairs(module: nn.Module) -> None:
-    """Fold `bnK` into `convK` on a module whose forward runs bnK(convK(x)) (HRNet's stem, timm feature wrappers)."""
-    for name, child in list(module.named_children()):
-        if not (name.startswith('conv') and isinstance(child, nn.Conv2d)):
-            continue
-        norm_name = 'bn' + name[len('conv'):]
-        norm = getattr(module, norm_name, None)
-        if isinstance(norm, nn.BatchNorm2d):
-            setattr(module, name, _fold(child, norm))
-            setattr(module, norm_name, nn.Identity())
+def _fuse_stem(module: nn.Module) -> None:
+    """Fold `bnK` into `convK` and fuse `actK` on a module whose forward runs actK(bnK(convK(x))) (HRNet's stem,
+    timm's feature wrappers); the emptied BN and ReLU slots become identities, which feature hooks still see."""
+    for k in (1, 2):
+        conv, norm, act = (getattr(module, f'{kind}{k}', None) for kind in ('conv', 'bn', 'act'))
+        if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+            fuse_relu = isinstance(act, nn.ReLU)
+            setattr(module, f'conv{k}', ConvAct(_fold(conv, norm), relu=fuse_relu))
+            setattr(module, f'bn{k}', nn.Identity())
+            if fuse_relu:
+                setattr(module, f'act{k}', nn.Identity())
 
 
 def _fuse_tree(module: nn.Module) -> nn.Module:
@@ -250,13 +366,13 @@ def _fuse_tree(module: nn.Module) -> nn.Module:
         return InferenceBasicBlock(module)
     if isinstance(module, Bottleneck):
         return InferenceBottleneck(module)
-    chain = _conv_bn_chain(module)
-    if chain is not None:
-        return chain
+    unit = _conv_bn_unit(module)
+    if unit is not None:
+        return unit
     if isinstance(module, nn.Dropout):
         return nn.Identity()
     if isinstance(module, (HRNet, FeatureDictNet)):
-        _fold_named_pairs(module)
+        _fuse_stem(module)
     for name, child in list(module.named_children()):
         fused = _fuse_tree(child)
         if fused is not child:

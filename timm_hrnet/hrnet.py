@@ -550,18 +550,15 @@ class HRNetFeatures(HRNet):
 
 def _create_hrnet(variant: str, pretrained: bool = False, **kwargs) -> HRNet:
     arch = variant.split('.', 1)[0]
-    model_cls = HRNet
     features_cls_mode = kwargs.get('features_only', False) and 'feature_cls' not in kwargs
     if features_cls_mode:
         kwargs.pop('features_only')
-        model_cls = HRNetFeatures
     model = build_model_with_cfg(
-        model_cls,
+        HRNetFeatures if features_cls_mode else HRNet,
         variant,
         pretrained,
         spec=VARIANTS[arch],
         pretrained_filter_fn=checkpoint_filter_fn,
-        pretrained_strict=not features_cls_mode,
         kwargs_filter=('num_classes', 'global_pool') if features_cls_mode else None,
         feature_cfg=dict(out_indices=(0, 1, 2, 3, 4)),
         **kwargs,
