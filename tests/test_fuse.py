@@ -103,12 +103,16 @@ def test_dilated_output_strides_match(output_stride: int) -> None:
     dict(features_only=True, out_indices=(0,)),
     dict(features_only=True, feature_location=''),
     dict(features_only=True, feature_cls='getter'),
-], ids=['all', 'subset', 'stem_only', 'branches', 'getter'])
+    dict(features_only=True, feature_cls='hook'),
+    dict(features_only=True, feature_cls='hook', feature_location=''),
+], ids=['all', 'subset', 'stem_only', 'branches', 'getter', 'hooks', 'hooks_on_fuse_acts'])
 @torch.inference_mode()
 def test_features_match(kwargs: dict) -> None:
     model = make(**kwargs)
     x = torch.randn(1, 3, 64, 64)
-    assert_all_close(optimize_for_inference(model)(x), model(x))
+    expected = model(x)
+    assert len(expected) == len(model.feature_info.out_indices)
+    assert_all_close(optimize_for_inference(model)(x), expected)
 
 
 @torch.inference_mode()
@@ -170,6 +174,16 @@ def test_cpu_uses_fused_onednn_kernels_and_plain_ops_for_input_gradients(
     assert_close(output.detach(), expected)
     output.sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+@torch.inference_mode()
+def test_torch_compile_traces_one_graph_and_matches(small_pair: tuple[nn.Module, nn.Module]) -> None:
+    """fullgraph=True fails on any graph break; the 'eager' backend keeps this quick (inductor: see the benchmark)."""
+    model, fused = small_pair
+    torch._dynamo.reset()
+    compiled = torch.compile(fused, backend='eager', fullgraph=True, dynamic=False)
+    x = torch.randn(1, 3, 64, 64)
+    assert_close(compiled(x), model(x))
 
 
 @torch.inference_mode()

@@ -187,7 +187,8 @@ def test_features_model_drops_only_the_pruned_head(tmp_path: Path) -> None:
     path = tmp_path / 'full.safetensors'
     safetensors.torch.save_file({k: v.contiguous() for k, v in classifier.state_dict().items()}, str(path))
     features = timm.create_model(
-        SMALL_MODEL, features_only=True, out_indices=(1, 2), pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
+        SMALL_MODEL, features_only=True, out_indices=(1, 2), pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(path)),
     ).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():

@@ -1,4 +1,5 @@
 """HRNet as first-class timm models: `import timm_hrnet` registers hrnet_* with timm, replacing the built-in ones."""
+from .fuse import is_inference_optimized, optimize_for_inference
 from .hrnet import HRNet, HRNetFeatures
 from .inference import get_model, inference_model, load_model
 from .necks import HRNetDetectionBackbone, HRNetV2, HRNetV2p, hrnet_detection_backbone
@@ -9,5 +10,6 @@ __all__ = [
     'HRNet', 'HRNetFeatures', 'HRNetSpec', 'StageSpec', 'VARIANTS',
     'HRNetV2', 'HRNetV2p', 'HRNetDetectionBackbone', 'hrnet_detection_backbone',
     'get_model', 'inference_model', 'load_model', 'published_results',
+    'optimize_for_inference', 'is_inference_optimized',
 ]
 __version__ = '0.1.0'

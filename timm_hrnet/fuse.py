@@ -74,11 +74,14 @@ def _fold(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
 
 @torch.jit.unused
 def _onednn_fusable(x: Tensor, weight: Tensor) -> bool:
-    """Whether oneDNN's fused conv kernels may run: eager float32 CPU inference without autocast or autograd."""
+    """Whether oneDNN's fused conv kernels may run: eager float32 CPU inference without autocast or autograd.
+
+    The callers check `torch.compiler.is_compiling()` first, so torch.compile traces the plain ops and fuses them.
+    """
     return (
         x.device.type == 'cpu' and x.dtype == torch.float32 and weight.dtype == torch.float32
         and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-        and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
         and not torch.is_autocast_enabled('cpu') and not (torch.is_grad_enabled() and x.requires_grad)
     )
 
@@ -122,7 +125,7 @@ class ConvAct(nn.Module):
     @torch.jit.unused
     def _run_eager(self, x: Tensor, other: Tensor | None, inplace: bool, relu: bool) -> Tensor:
         weight = self.conv.weight
-        if not (relu or other is not None) or not _onednn_fusable(x, weight):
+        if torch.compiler.is_compiling() or not (relu or other is not None) or not _onednn_fusable(x, weight):
             return self._run_plain(x, other, inplace, relu)
         if _strictly_channels_last(weight) and not _strictly_channels_last(x):
             x = x.contiguous(memory_format=torch.channels_last)  # a channels-last model runs channels-last
@@ -296,7 +299,7 @@ class InferenceHRModule(InferenceOnlyMixin, nn.Module):
         self.fuse_layers = nn.ModuleList([
             nn.ModuleList([_fuse_path(path) for path in paths]) for paths in module.fuse_layers
         ])
-        self.fuse_acts = nn.ModuleList([nn.Identity() for _ in module.fuse_acts])
+        self.fuse_acts = nn.ModuleList([_with_hooks_of(act, nn.Identity()) for act in module.fuse_acts])
 
     def forward(self, xs: list[Tensor]) -> list[Tensor]:
         if self.training:
@@ -345,6 +348,24 @@ def _coarse_to_fine_sum(coarse: list[Tensor], ys: list[Tensor], i: int) -> Tenso
     return low
 
 
+_HOOK_DICTS = (
+    '_forward_hooks', '_forward_hooks_with_kwargs', '_forward_hooks_always_called',
+    '_forward_pre_hooks', '_forward_pre_hooks_with_kwargs',
+)
+
+
+def _with_hooks_of(old: nn.Module, new: nn.Module) -> nn.Module:
+    """`new` carrying `old`'s forward hooks (e.g. timm's feature hooks), so they fire on the replacement."""
+    for hooks in _HOOK_DICTS:
+        if getattr(old, hooks, None):
+            setattr(new, hooks, getattr(old, hooks))
+    return new
+
+
+def _replace(parent: nn.Module, name: str, new: nn.Module) -> None:
+    setattr(parent, name, _with_hooks_of(getattr(parent, name), new))
+
+
 def _fuse_stem(module: nn.Module) -> None:
     """Fold `bnK` into `convK` and fuse `actK` on a module whose forward runs actK(bnK(convK(x))) (HRNet's stem,
     timm's feature wrappers); the emptied BN and ReLU slots become identities, which feature hooks still see."""
@@ -352,10 +373,10 @@ def _fuse_stem(module: nn.Module) -> None:
         conv, norm, act = (getattr(module, f'{kind}{k}', None) for kind in ('conv', 'bn', 'act'))
         if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
             fuse_relu = isinstance(act, nn.ReLU)
-            setattr(module, f'conv{k}', ConvAct(_fold(conv, norm), relu=fuse_relu))
-            setattr(module, f'bn{k}', nn.Identity())
+            _replace(module, f'conv{k}', ConvAct(_fold(conv, norm), relu=fuse_relu))
+            _replace(module, f'bn{k}', nn.Identity())
             if fuse_relu:
-                setattr(module, f'act{k}', nn.Identity())
+                _replace(module, f'act{k}', nn.Identity())
 
 
 def _fuse_tree(module: nn.Module) -> nn.Module:
@@ -376,7 +397,7 @@ def _fuse_tree(module: nn.Module) -> nn.Module:
     for name, child in list(module.named_children()):
         fused = _fuse_tree(child)
         if fused is not child:
-            setattr(module, name, fused)
+            _replace(module, name, fused)
     return module
 
 

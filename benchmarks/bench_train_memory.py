@@ -1,0 +1,129 @@
+"""Training step cost: peak activation memory and forward+backward time, with and without gradient checkpointing.
+
+Compares timm's built-in HRNet (`timm.models.hrnet.<name>()`, which has no gradient checkpointing) with ours, plain
+and with `set_grad_checkpointing(True)`, all with the same weights, in ONE process with interleaved timing rounds
+(median reported).
+
+Peak activation memory is the peak of live tensor bytes during one forward+backward step above what was live
+before it. Parameters and their `.grad` buffers already exist then (a warm-up step creates the grads, which are
+zeroed, not freed), so the number is what the step itself needs: saved activations, recomputed segments and
+transient gradient buffers. On CUDA it is `torch.cuda.max_memory_allocated` minus `memory_allocated` before the
+step. On CPU, where PyTorch keeps no allocator statistics, it comes from the profiler's memory events
+(`profile_memory=True`): every tensor allocation and free of the step in time order, their running sum, its maximum.
+
+    python benchmarks/bench_train_memory.py --quick      # smoke run: batch 2, one round
+    python benchmarks/bench_train_memory.py              # hrnet_w18, batch 16, 224x224, 5 rounds
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from collections.abc import Callable
+
+import timm
+import timm.models.hrnet as timm_builtin_hrnet
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.profiler import ProfilerActivity, profile
+
+import timm_hrnet  # noqa: F401  (registers our hrnet_* entrypoints in timm)
+
+VARIANTS = ('timm', 'ours', 'ours_checkpointing')
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--model', default='hrnet_w18')
+    parser.add_argument('--batch-size', type=int, default=16)
+    parser.add_argument('--img-size', type=int, default=224)
+    parser.add_argument('--device', default='cpu', help="'cpu', 'cuda' or 'cuda:N'")
+    parser.add_argument('--rounds', type=int, default=5, help='interleaved timing rounds (median reported)')
+    parser.add_argument('--threads', type=int, help='torch.set_num_threads (default: torch default)')
+    parser.add_argument('--quick', action='store_true', help='smoke run: batch 2, one round')
+    args = parser.parse_args()
+    if args.quick:
+        args.batch_size, args.rounds = 2, 1
+    if min(args.batch_size, args.rounds) < 1:
+        parser.error('--batch-size and --rounds must be positive')
+    return args
+
+
+def build_models(name: str, device: torch.device) -> dict[str, nn.Module]:
+    ours = timm.create_model(name)
+    builtin = getattr(timm_builtin_hrnet, name)()
+    builtin.load_state_dict(ours.state_dict())
+    checkpointed = copy.deepcopy(ours)
+    checkpointed.set_grad_checkpointing(True)
+    return {'timm': builtin.to(device).train(), 'ours': ours.to(device).train(),
+            'ours_checkpointing': checkpointed.to(device).train()}
+
+
+def make_step(model: nn.Module, x: Tensor, target: Tensor) -> Callable[[], None]:
+    def step() -> None:
+        model.zero_grad(set_to_none=False)
+        F.cross_entropy(model(x), target).backward()
+    return step
+
+
+def peak_step_bytes(step: Callable[[], None], device: torch.device) -> int:
+    """Peak live tensor bytes during one step, above those live before it (see the module docstring)."""
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+        step()
+    events = [e for e in profiler.profiler.kineto_results.events() if e.name() == '[memory]']
+    live = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        live += event.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+def timed(step: Callable[[], None], device: torch.device) -> float:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    step()
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    models = build_models(args.model, device)
+    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
+    target = torch.randint(0, 1000, (args.batch_size,), device=device)
+    steps = {variant: make_step(model, x, target) for variant, model in models.items()}
+    for step in steps.values():
+        step()  # warm-up, and creates the .grad buffers the measured steps reuse
+    peaks = {variant: peak_step_bytes(step, device) for variant, step in steps.items()}
+    seconds: dict[str, list[float]] = {variant: [] for variant in steps}
+    order = list(steps)
+    for round_index in range(args.rounds):
+        shift = round_index % len(order)
+        for variant in order[shift:] + order[:shift]:
+            seconds[variant].append(timed(steps[variant], device))
+
+    median = {variant: statistics.median(values) for variant, values in seconds.items()}
+    print(f'{args.model}, batch {args.batch_size}, {args.img_size}x{args.img_size}, fp32 on {device}, '
+          f'{torch.get_num_threads()} threads, {args.rounds} rounds')
+    print(f'{"variant":<20}{"peak act. MiB":>14}{"vs ours":>9}{"step s":>9}{"vs ours":>9}')
+    for variant in steps:
+        print(f'{variant:<20}{peaks[variant] / 2**20:>14.1f}{peaks[variant] / peaks["ours"] - 1:>+9.0%}'
+              f'{median[variant]:>9.3f}{median[variant] / median["ours"] - 1:>+9.0%}')
+
+
+if __name__ == '__main__':
+    main()
