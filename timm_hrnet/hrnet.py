@@ -75,7 +75,8 @@ class BasicBlock(nn.Module):
         shortcut = x if self.downsample is None else self.downsample(x)
         x = self.act1(self.bn1(self.conv1(x)))
         x = self.bn2(self.conv2(x))
-        return self.act2(x + shortcut)
+        x += shortcut  # in place: x is this block's own fresh tensor
+        return self.act2(x)
 
 
 class Bottleneck(nn.Module):
@@ -100,7 +101,8 @@ class Bottleneck(nn.Module):
         x = self.act1(self.bn1(self.conv1(x)))
         x = self.act2(self.bn2(self.conv2(x)))
         x = self.bn3(self.conv3(x))
-        return self.act3(x + shortcut)
+        x += shortcut
+        return self.act3(x)
 
 
 BLOCKS = {'basic': BasicBlock, 'bottleneck': Bottleneck}
@@ -175,11 +177,17 @@ class HRModule(nn.Module):
         for i, (paths, act) in enumerate(zip(self.fuse_layers, self.fuse_acts)):
             resize = self.resize_paths[i]
             fused: Tensor | None = None
+            owned = False  # whether `fused` is a tensor of our own, safe to add into (not the branch input ys[i])
             for j, path in enumerate(paths):
                 y = path(ys[j])
                 if resize[j]:
                     y = F.interpolate(y, size=ys[i].shape[-2:], mode='nearest')
-                fused = y if fused is None else fused + y
+                if fused is None:
+                    fused, owned = y, j != i
+                elif owned:
+                    fused += y
+                else:
+                    fused, owned = fused + y, True
             assert fused is not None
             out.append(act(fused))
         return out
@@ -333,7 +341,7 @@ class HRNet(nn.Module):
             conv_bn(res.down_conv(head_out[i], head_out[i + 1], i, bias=bias), relu=True) for i in range(3)
         ])
         self.final_layer: nn.Module = conv_bn(conv1x1(head_out[-1], NUM_FEATURES, bias=bias), relu=True)
-        self.num_features = self.head_hidden_size = NUM_FEATURES
+        self.num_features = NUM_FEATURES
         self.global_pool, self.classifier = create_classifier(NUM_FEATURES, num_classes, pool_type=global_pool)
         self.head_drop = nn.Dropout(drop_rate)
         self.head_hidden_size = NUM_FEATURES * self.global_pool.feat_mult()
@@ -550,20 +558,20 @@ class HRNetFeatures(HRNet):
 
 def _create_hrnet(variant: str, pretrained: bool = False, **kwargs) -> HRNet:
     arch = variant.split('.', 1)[0]
-    features_cls_mode = kwargs.get('features_only', False) and 'feature_cls' not in kwargs
-    if features_cls_mode:
+    own_features_class = kwargs.get('features_only', False) and 'feature_cls' not in kwargs
+    if own_features_class:
         kwargs.pop('features_only')
     model = build_model_with_cfg(
-        HRNetFeatures if features_cls_mode else HRNet,
+        HRNetFeatures if own_features_class else HRNet,
         variant,
         pretrained,
         spec=VARIANTS[arch],
         pretrained_filter_fn=checkpoint_filter_fn,
-        kwargs_filter=('num_classes', 'global_pool') if features_cls_mode else None,
+        kwargs_filter=('num_classes', 'global_pool') if own_features_class else None,
         feature_cfg=dict(out_indices=(0, 1, 2, 3, 4)),
         **kwargs,
     )
-    if features_cls_mode:
+    if own_features_class:
         model.pretrained_cfg = model.default_cfg = pretrained_cfg_for_features(model.pretrained_cfg)
     return model
 
