@@ -20,6 +20,16 @@ def refdata() -> Path:
     return REFDATA
 
 
+@pytest.fixture(scope='module')
+def single_torch_thread():
+    """One intra-op thread for modules of tiny models, where threads gain nothing and a busy machine makes
+    OpenMP hand-offs dominate (modules opt in with `pytestmark = pytest.mark.usefixtures(...)`)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

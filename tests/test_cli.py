@@ -27,13 +27,7 @@ IMG_SIZE = 64
 SMALL = ['--model', 'hrnet_w18_small', '--img-size', str(IMG_SIZE), '--device', 'cpu']
 
 
-@pytest.fixture(scope='module', autouse=True)
-def single_torch_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP spin-waiting makes 2 threads many times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures('single_torch_thread')
 
 
 @pytest.fixture(scope='module')

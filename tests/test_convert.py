@@ -116,13 +116,7 @@ def assert_state_dicts_equal(actual: dict[str, torch.Tensor], expected: dict[str
         assert torch.equal(actual[key], value.to(actual[key].dtype)), key
 
 
-@pytest.fixture(scope='module', autouse=True)
-def single_torch_thread():
-    """On a shared, oversubscribed CPU, intra-op threads spin-wait: one thread is over 10x faster for these sizes."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures('single_torch_thread')
 
 
 # ---------------------------------------------------------------------------------------------------------------------

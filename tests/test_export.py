@@ -9,6 +9,7 @@ import pytest
 import safetensors.torch
 import timm
 import torch
+from helpers import randomize_batchnorm
 from timm.models import create_feature_extractor
 from torch import nn
 
@@ -20,20 +21,10 @@ NAME = 'hrnet_w18_small'
 SCRIPT_DEPRECATION = pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated:FutureWarning')
 
 
-def randomize_bn_stats(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Realistic BatchNorm statistics keep activations in a sane range, so float tolerances mean something."""
-    gen = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2, generator=gen)
-            m.running_var.uniform_(0.5, 2.0, generator=gen)
-    return model
-
-
 @pytest.fixture(scope='module')
 def classifier() -> HRNet:
     torch.manual_seed(0)
-    return randomize_bn_stats(timm.create_model(NAME)).eval()
+    return randomize_batchnorm(timm.create_model(NAME)).eval()
 
 
 @pytest.fixture(scope='module')

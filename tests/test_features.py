@@ -12,6 +12,7 @@ import timm
 import timm.models.hrnet as timm_builtin_hrnet
 import torch
 import torch.nn.functional as F
+from helpers import randomize_batchnorm
 from timm.utils import freeze
 from timm.utils.model import freeze_batch_norm_2d
 from torch import nn
@@ -31,18 +32,6 @@ INCRE_CHANNELS = [64, 128, 256, 512, 1024]  # stem, then the head's incre module
 ODD_SIZE = (77, 109)  # odd at every stride: each halving rounds up
 
 
-def randomize_bn_stats(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BatchNorm statistics, so that weights not loaded (or loaded into the wrong place) show."""
-    gen = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2, generator=gen)
-            m.running_var.uniform_(0.5, 2.0, generator=gen)
-            m.weight.data.uniform_(0.5, 1.5, generator=gen)
-            m.bias.data.uniform_(-0.2, 0.2, generator=gen)
-    return model
-
-
 def stride_sizes(size: tuple[int, int], reductions: list[int]) -> list[tuple[int, int]]:
     """Feature sizes of a network of stride-2, padding-1 3x3 convs: each halving rounds up."""
     return [(math.ceil(size[0] / r), math.ceil(size[1] / r)) for r in reductions]
@@ -51,7 +40,7 @@ def stride_sizes(size: tuple[int, int], reductions: list[int]) -> list[tuple[int
 @pytest.fixture(scope='module')
 def classifier() -> HRNet:
     torch.manual_seed(0)
-    return randomize_bn_stats(timm.create_model(NAME)).eval()
+    return randomize_batchnorm(timm.create_model(NAME)).eval()
 
 
 @pytest.fixture(scope='module')

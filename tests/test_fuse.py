@@ -6,6 +6,7 @@ import warnings
 import pytest
 import timm
 import torch
+from helpers import randomize_batchnorm
 from torch import nn
 
 import timm_hrnet  # noqa: F401  (registers our hrnet_* entrypoints)
@@ -13,19 +14,6 @@ from timm_hrnet.fuse import is_inference_optimized, optimize_for_inference
 from timm_hrnet.variants import VARIANTS
 
 SMALL = 'hrnet_w18_small'
-
-
-def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BN statistics and affine parameters, so folding them is really exercised."""
-    generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            n = module.num_features
-            module.running_mean.copy_(torch.randn(n, generator=generator) * 0.2)
-            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-            module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
-            module.bias.data.copy_(torch.randn(n, generator=generator) * 0.2)
-    return model.eval()
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
@@ -45,16 +33,10 @@ def assert_all_close(actual: list[torch.Tensor], expected: list[torch.Tensor]) -
 
 def make(name: str = SMALL, **kwargs) -> nn.Module:
     torch.manual_seed(0)
-    return randomize_batchnorm(timm.create_model(name, **kwargs))
+    return randomize_batchnorm(timm.create_model(name, **kwargs)).eval()
 
 
-@pytest.fixture(scope='module', autouse=True)
-def single_thread():
-    """Tiny inputs gain nothing from threads, and on a busy machine thread hand-offs dominate."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('single_torch_thread')
 
 
 @pytest.fixture(scope='module')

@@ -17,12 +17,11 @@ import timm
 import torch
 from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.repocard_data import model_index_to_eval_results
-from test_convert import (  # noqa: F401  (single_torch_thread is an autouse fixture)
+from test_convert import (
     SMALL_MODEL,
     SmallCheckpoints,
     canonical_to_mmpretrain,
     random_state_dict,
-    single_torch_thread,
     write_small_checkpoints,
 )
 
@@ -38,6 +37,9 @@ from timm_hrnet.convert import LAYOUT_NAMES
 
 REPO_ID = 'someone/hrnet_w18_small.mmpretrain_test'
 SOURCE_URL = 'https://example.org/hrnet-w18-small_mmpretrain.pth'
+
+
+pytestmark = pytest.mark.usefixtures('single_torch_thread')
 
 
 def sha256(path: Path) -> str:

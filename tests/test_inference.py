@@ -24,13 +24,8 @@ from timm_hrnet.inference import (
 SMALL_INPUT = dict(input_size=(3, 64, 64))
 
 
-@pytest.fixture(scope='module', autouse=True)
-def single_torch_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP spin-waiting makes 2 threads many times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures('single_torch_thread')
+
 
 EXPECTED_MMPRETRAIN = {
     'hrnet-w18_3rdparty_8xb32_in1k': 'hrnet_w18.ms_in1k',

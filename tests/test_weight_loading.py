@@ -16,13 +16,7 @@ import safetensors.torch
 import timm
 import torch
 from huggingface_hub import constants
-from test_convert import (  # noqa: F401  (single_torch_thread is an autouse fixture)
-    SMALL_MODEL,
-    SmallCheckpoints,
-    assert_state_dicts_equal,
-    single_torch_thread,
-    write_small_checkpoints,
-)
+from test_convert import SMALL_MODEL, SmallCheckpoints, assert_state_dicts_equal, write_small_checkpoints
 
 import timm_hrnet  # noqa: F401  (registers our hrnet_* entrypoints)
 from hub_upload.model_card import CardFacts
