@@ -253,15 +253,22 @@ def test_benchmark_cpu_json(capsys: pytest.CaptureFixture) -> None:
     assert result['peak_memory_kind'] == 'peak_rss_growth' and result['peak_memory_mib'] >= 0
 
 
-def test_benchmark_fused_runs_or_explains(capsys: pytest.CaptureFixture) -> None:
+def test_benchmark_fused(capsys: pytest.CaptureFixture) -> None:
     args = ['benchmark', '--model', 'hrnet_w18_small', '--batch-size', '1', '--img-size', '32', '--steps', '1',
             '--device', 'cpu', '--json', '--fused']
-    if hasattr(timm_hrnet, 'optimize_for_inference'):
-        assert main(args) == 0
-        assert json.loads(capsys.readouterr().out)['fused'] is True
-    else:
-        assert main(args) == 2
-        assert 'optimize_for_inference' in capsys.readouterr().err
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)['fused'] is True
+
+
+def test_predict_without_readable_images_fails_before_loading_weights(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    corrupt = tmp_path / 'corrupt.jpg'
+    corrupt.write_bytes(b'not a jpeg')
+    # an unknown model would fail too: reaching the image error proves the images are read first
+    assert main(['predict', str(corrupt), str(tmp_path / 'missing.png'), '--model', 'hrnet_w19']) == 2
+    err = capsys.readouterr().err
+    assert 'corrupt.jpg' in err and 'missing.png' in err and 'none of the images could be read' in err
 
 
 def test_demo_image_is_small_licensed_and_predictable(checkpoint: str, capsys: pytest.CaptureFixture) -> None:

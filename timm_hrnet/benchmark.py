@@ -19,6 +19,7 @@ from timm.data import resolve_data_config
 from torch import nn
 
 from timm_hrnet.cli_common import CliError, resolve_device
+from timm_hrnet.fuse import optimize_for_inference
 from timm_hrnet.inference import UnknownModelError, get_model
 
 __all__ = ['add_arguments', 'benchmark', 'run']
@@ -27,14 +28,6 @@ __all__ = ['add_arguments', 'benchmark', 'run']
 def _peak_rss_bytes() -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == 'darwin' else peak * 1024  # Linux reports KiB, macOS bytes
-
-
-def _fuse(model: nn.Module) -> nn.Module:
-    try:
-        from timm_hrnet import optimize_for_inference
-    except ImportError as error:
-        raise CliError('--fused needs timm_hrnet.optimize_for_inference, which this installation lacks') from error
-    return optimize_for_inference(model)
 
 
 @torch.inference_mode()
@@ -59,7 +52,7 @@ def benchmark(
         raise CliError(str(error)) from error
     input_size = resolve_data_config({'img_size': img_size}, model=model)['input_size']
     if fused:
-        model = _fuse(model)
+        model = optimize_for_inference(model)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
     if compile_model:

@@ -36,15 +36,17 @@ def predict(args: argparse.Namespace) -> int:
     """Classify each readable image; unreadable ones are reported on stderr and make the exit code 1."""
     if args.topk < 1:
         raise CliError('--topk must be at least 1')
-    model = load_model_or_fail(args.model, args.checkpoint)
-    transform = build_eval_transform(model, args.img_size, args.crop_pct)
     paths, images = [], []
-    for path in args.images:
+    for path in args.images:  # read the images first: a typo in a path should not wait for the weights
         try:
             images.append(load_rgb_image(path))
             paths.append(path)
         except UnreadableImageError as error:
             print(f'skipped {error}', file=sys.stderr)
+    if not images:
+        raise CliError('none of the images could be read')
+    model = load_model_or_fail(args.model, args.checkpoint)
+    transform = build_eval_transform(model, args.img_size, args.crop_pct)
     predictions = inference_model(model, images, topk=args.topk, device=args.device, transform=transform)
     if args.json:
         print(json.dumps([
