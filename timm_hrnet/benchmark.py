@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 from timm.data import resolve_data_config
-from torch import nn
 
 from timm_hrnet.cli_common import CliError, resolve_device
 from timm_hrnet.fuse import optimize_for_inference
