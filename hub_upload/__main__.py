@@ -13,6 +13,8 @@ from .push import push_dir
 MANIFEST_DIR = Path(__file__).resolve().parent / 'manifests'
 # timm_hrnet.convert.LAYOUT_NAMES spelled out, so that push and --help start without importing torch
 SOURCES = ('auto', 'canonical', 'official', 'timm', 'mmpretrain')
+# timm.data.transforms' interpolation names, spelled out for the same reason
+INTERPOLATIONS = ('bilinear', 'bicubic', 'nearest', 'box', 'hamming', 'lanczos')
 DEFAULT_CACHE_DIR = Path(os.environ.get('XDG_CACHE_HOME', Path.home() / '.cache')) / 'timm_hrnet' / 'sources'
 
 
@@ -29,11 +31,21 @@ def _manifest_path(name: str) -> Path:
 
 def _convert(args: argparse.Namespace) -> int:
     from .model_card import CardFacts
-    from .stage import convert_to_dir
+    from .stage import Preprocessing, convert_to_dir
 
+    defaults = Preprocessing.for_model(args.model)
+    channels = defaults.input_size[0]
+    preprocessing = defaults.with_overrides(
+        input_size=(channels, args.input_size, args.input_size) if args.input_size else None,
+        interpolation=args.interpolation,
+        crop_pct=args.crop_pct,
+        test_input_size=(channels, args.test_input_size, args.test_input_size) if args.test_input_size else None,
+        test_crop_pct=args.test_crop_pct,
+    )
     result = convert_to_dir(
         args.src, args.model, args.out, source=args.source, force=args.force, repo_id=args.repo_id,
-        facts=CardFacts(source=args.source, license=args.license), atol=args.atol, verify_image_size=args.image_size,
+        facts=CardFacts(source=args.source, license=args.license), preprocessing=preprocessing, atol=args.atol,
+        verify_image_size=args.image_size,
     )
     print(result.report.summary())
     for name, size in result.files.items():
@@ -81,13 +93,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     convert = commands.add_parser('convert', help='convert a checkpoint into a verified repo directory')
     convert.add_argument('src', help='source checkpoint (.pth/.pt/.bin/.ckpt or .safetensors)')
-    convert.add_argument('--model', required=True, help='target variant, e.g. hrnet_w18 or hrnet_w48_ssld')
+    convert.add_argument('--model', required=True, help='target variant, e.g. hrnet_w18 or hrnet_w48_ssld, optionally '
+                         'with a pretrained tag (hrnet_w18_ssld.paddle_in1k) whose preprocessing is the default')
     convert.add_argument('--out', required=True, type=Path, help='repo directory to create')
     convert.add_argument('--source', choices=SOURCES, default='auto', help='checkpoint layout (default: detect)')
     convert.add_argument('--repo-id', help='ORG/NAME the card\'s usage snippets refer to (default: derived from --out)')
     convert.add_argument('--license', default='mit', help='license of the weights for the card (default: mit)')
     convert.add_argument('--atol', type=float, default=1e-4, help='verification tolerance on logits')
     convert.add_argument('--force', action='store_true', help='replace an existing --out directory')
+    preprocessing = convert.add_argument_group(
+        'preprocessing', "the source's evaluation preprocessing for config.json (default: the model's pretrained cfg)")
+    preprocessing.add_argument('--input-size', type=int, metavar='N', help='input resolution N x N')
+    preprocessing.add_argument('--interpolation', choices=INTERPOLATIONS, help='resize interpolation')
+    preprocessing.add_argument('--crop-pct', type=float, help='center crop fraction, e.g. 0.875 (resize to N / crop-pct)')
+    preprocessing.add_argument('--test-input-size', type=int, metavar='N',
+                               help='resolution the published accuracy was measured at, if not --input-size')
+    preprocessing.add_argument('--test-crop-pct', type=float, help='crop fraction at --test-input-size')
     _add_image_size(convert)
     convert.set_defaults(run=_convert)
 
@@ -125,6 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
+    except KeyError as e:  # a field missing from a file the user pointed at; str(KeyError) is only the quoted key
+        print(f'error: missing field {e}', file=sys.stderr)
+        return 2
     except (ValueError, OSError, RuntimeError) as e:  # bad input, missing / existing files, Hub and verify failures
         print(f'error: {e}', file=sys.stderr)
         return 2

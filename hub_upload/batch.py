@@ -18,6 +18,11 @@ from urllib.request import Request, url2pathname, urlopen
 import yaml
 from tqdm import tqdm
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
 from .model_card import CardFacts
 from .push import push_dir
 from .stage import Preprocessing, convert_to_dir
@@ -63,9 +68,10 @@ class ManifestEntry:
     flops: int | None = None
     results_url: str | None = None
     description: str | None = None
-    input_size: tuple[int, int, int] = (3, 224, 224)
-    interpolation: str = 'bilinear'
-    crop_pct: float = 0.875
+    # preprocessing the source was evaluated with; what the manifest leaves out comes from the model's pretrained cfg
+    input_size: tuple[int, int, int] | None = None
+    interpolation: str | None = None
+    crop_pct: float | None = None
 
     @property
     def file_name(self) -> str:
@@ -100,8 +106,11 @@ class ManifestEntry:
         )
 
     def preprocessing(self) -> Preprocessing:
-        return Preprocessing(
-            input_size=tuple(self.input_size), interpolation=self.interpolation, crop_pct=self.crop_pct)
+        return Preprocessing.for_model(self.model).with_overrides(
+            input_size=tuple(self.input_size) if self.input_size else None,
+            interpolation=self.interpolation,
+            crop_pct=self.crop_pct,
+        )
 
 
 _ENTRY_KEYS = {f.name for f in fields(ManifestEntry)} | {'file', 'repo'}
@@ -121,10 +130,6 @@ def _check_keys(found: Any, allowed: set[str], where: str) -> None:
 def _read_manifest_file(path: Path) -> dict[str, Any]:
     text = path.read_text(encoding='utf-8')
     if path.suffix == '.toml':
-        try:
-            import tomllib
-        except ModuleNotFoundError as e:  # Python 3.10
-            raise RuntimeError(f"reading '{path}' needs Python >= 3.11 (tomllib); use a YAML manifest instead") from e
         return tomllib.loads(text)
     if path.suffix in ('.yaml', '.yml'):
         return yaml.safe_load(text) or {}
@@ -133,7 +138,7 @@ def _read_manifest_file(path: Path) -> dict[str, Any]:
 
 def load_manifest(path: str | os.PathLike) -> list[ManifestEntry]:
     """Parse a TOML or YAML manifest; entries inherit ``[defaults]``, relative paths resolve next to the manifest."""
-    path = Path(path)
+    path = Path(path).resolve()
     raw = _read_manifest_file(path)
     _check_keys(raw, _TOP_LEVEL_KEYS, f"'{path}'")
     defaults = raw.get('defaults', {})
@@ -145,7 +150,7 @@ def load_manifest(path: str | os.PathLike) -> list[ManifestEntry]:
         _check_keys(item, _ENTRY_KEYS, where)
         values = {**defaults, **item}
         if 'file' in values and 'url' not in values:
-            values['url'] = urljoin(url_base, values['file']) if url_base else str(path.parent / values['file'])
+            values['url'] = urljoin(url_base, values['file']) if url_base else values['file']
         repo = values.pop('repo', None)
         if 'repo_id' not in values and repo:
             values['repo_id'] = repo if '/' in repo or not repo_owner else f'{repo_owner}/{repo}'
@@ -182,10 +187,12 @@ def _open_source(url: str, offset: int) -> Iterator[tuple[IO[bytes], int | None,
         yield response, total, resumed
 
 
-def _check_hash(path: Path, expected: str, url: str) -> None:
+def _check_hash(path: Path, expected: str, url: str) -> str:
+    """The file's full sha256, returned so that callers need not hash it again."""
     actual = file_sha256(path)
     if not actual.startswith(expected):
         raise HashMismatchError(f'{url}: sha256 {actual} does not match the expected {expected}')
+    return actual
 
 
 def fetch(url: str, expected_sha256: str | None, cache_dir: str | os.PathLike) -> Path:
@@ -193,21 +200,24 @@ def fetch(url: str, expected_sha256: str | None, cache_dir: str | os.PathLike) -
 
     Plain paths are used in place. A file failing its hash is deleted, so the next run downloads it afresh.
     """
+    return _fetch_and_hash(url, expected_sha256, cache_dir)[0]
+
+
+def _fetch_and_hash(url: str, expected_sha256: str | None, cache_dir: str | os.PathLike) -> tuple[Path, str]:
+    """``fetch``, also returning the full sha256 it checked."""
     if not expected_sha256:
         raise ValueError(f'{url}: no expected sha256, give one in the manifest (or its 8-hex prefix)')
     if urlparse(url).scheme == '':
         path = Path(url)
         if not path.is_file():
             raise FileNotFoundError(f"source checkpoint not found: '{path}'")
-        _check_hash(path, expected_sha256, url)
-        return path
+        return path, _check_hash(path, expected_sha256, url)
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     destination = cache_dir / Path(urlparse(url).path).name
     if destination.is_file():
         try:
-            _check_hash(destination, expected_sha256, url)
-            return destination
+            return destination, _check_hash(destination, expected_sha256, url)
         except HashMismatchError:
             destination.unlink()
     partial = destination.with_name(destination.name + '.part')
@@ -224,12 +234,12 @@ def fetch(url: str, expected_sha256: str | None, cache_dir: str | os.PathLike) -
         if e.code != 416:  # 416: the .part file already holds the whole file
             raise
     try:
-        _check_hash(partial, expected_sha256, url)
+        actual_sha256 = _check_hash(partial, expected_sha256, url)
     except HashMismatchError:
         partial.unlink()
         raise
     partial.replace(destination)
-    return destination
+    return destination, actual_sha256
 
 
 @dataclass(frozen=True)
@@ -249,14 +259,15 @@ def _already_staged(out_dir: Path, source_sha256: str) -> bool:
 
 def _process(entry: ManifestEntry, out_root: Path, cache_dir: Path, push: bool, force: bool,
              verify_image_size: int | None, log: Callable[[str], None]) -> str:
-    checkpoint = fetch(entry.url, entry.expected_sha256, cache_dir)
+    checkpoint, source_sha256 = _fetch_and_hash(entry.url, entry.expected_sha256, cache_dir)
     out_dir = out_root / entry.repo_id.split('/')[-1]
-    if not force and _already_staged(out_dir, file_sha256(checkpoint)):
+    if not force and _already_staged(out_dir, source_sha256):
         detail = 'already staged'
     else:
         result = convert_to_dir(
             checkpoint, entry.model, out_dir, source=entry.source, force=force, repo_id=entry.repo_id,
             facts=entry.card_facts(), preprocessing=entry.preprocessing(), verify_image_size=verify_image_size,
+            source_sha256=source_sha256,
         )
         detail = f'max abs diff {result.report.max_abs_diff:.2g}'
     if push:

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import safetensors.torch
 import timm
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models._hub import save_config_for_hf
 
+import timm_hrnet  # noqa: F401  (registers our hrnet_* models and their pretrained cfgs before any lookup)
 from timm_hrnet.convert import convert_state_dict, detect_layout, load_checkpoint_file, resolve_layout
+from timm_hrnet.model_table import count_params_and_macs
 
-from .model_card import PAPER_TITLE, CardFacts, build_model_card, measure_complexity
+from .model_card import CardFacts, Complexity, build_model_card
 from .verify import WEIGHTS_NAME, VerifyReport, file_sha256, verify_dir
 
 __all__ = ['Preprocessing', 'StageResult', 'VerificationError', 'convert_to_dir']
@@ -25,7 +28,7 @@ __all__ = ['Preprocessing', 'StageResult', 'VerificationError', 'convert_to_dir'
 # pretrained_cfg entries that describe the checkpoint timm ships, not the one being converted
 _SOURCE_SPECIFIC_CFG = (
     'tag', 'url', 'hf_hub_id', 'hf_hub_filename', 'file', 'state_dict', 'source', 'test_input_size', 'test_crop_pct',
-    'test_pool_size', 'origin_url', 'paper_ids', 'paper_name', 'notes', 'description', 'license',
+    'test_pool_size', 'origin_url', 'notes', 'description', 'license',
 )
 
 
@@ -37,12 +40,38 @@ class VerificationError(RuntimeError):
 class Preprocessing:
     """Evaluation preprocessing of the source, written to config.json's pretrained_cfg."""
 
-    input_size: tuple[int, int, int] = (3, 224, 224)
-    interpolation: str = 'bilinear'
-    crop_pct: float = 0.875
-    crop_mode: str = 'center'
-    mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN
-    std: tuple[float, ...] = IMAGENET_DEFAULT_STD
+    input_size: tuple[int, int, int]
+    interpolation: str
+    crop_pct: float
+    crop_mode: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    test_input_size: tuple[int, int, int] | None = None  # where the published accuracy was measured, if elsewhere
+    test_crop_pct: float | None = None
+
+    @classmethod
+    def for_model(cls, model_name: str) -> Preprocessing:
+        """The preprocessing registered for ``arch.tag`` (or the default tag of ``arch``), so that e.g. the SSLD
+        weights keep their crop_pct 0.95 and 288 test size unless told otherwise."""
+        cfg = timm.models.get_pretrained_cfg(model_name)
+        if cfg is None:
+            close = difflib.get_close_matches(model_name, timm.list_pretrained('hrnet*'), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ''
+            raise ValueError(f"unknown model '{model_name}' (no pretrained cfg registered){hint}")
+        return cls(
+            input_size=tuple(cfg.input_size),
+            interpolation=cfg.interpolation,
+            crop_pct=cfg.crop_pct,
+            crop_mode=cfg.crop_mode,
+            mean=tuple(cfg.mean),
+            std=tuple(cfg.std),
+            test_input_size=tuple(cfg.test_input_size) if cfg.test_input_size else None,
+            test_crop_pct=cfg.test_crop_pct,
+        )
+
+    def with_overrides(self, **overrides: Any) -> Preprocessing:
+        """A copy with every override that is not None applied (unset CLI options and manifest keys are None)."""
+        return replace(self, **{key: value for key, value in overrides.items() if value is not None})
 
 
 @dataclass(frozen=True)
@@ -91,35 +120,42 @@ def convert_to_dir(
         force: bool = False,
         repo_id: str | None = None,
         facts: CardFacts | None = None,
-        preprocessing: Preprocessing = Preprocessing(),
+        preprocessing: Preprocessing | None = None,
         atol: float = 1e-4,
         verify_image_size: int | None = None,
+        source_sha256: str | None = None,
 ) -> StageResult:
     """Write model.safetensors, config.json and README.md for ``src`` into ``out_dir``.
 
-    Everything is written to a staging directory next to ``out_dir`` and verified there; only a verified repo is
-    moved into place, so a failure never leaves a half-written or unverified directory behind.
+    ``model_name`` is an architecture, optionally with a pretrained tag (``hrnet_w18_ssld.paddle_in1k``) whose
+    registered preprocessing is the default for ``preprocessing``. ``source_sha256`` spares hashing ``src`` again
+    when the caller already has it. Everything is written to a staging directory next to ``out_dir`` and verified
+    there; only a verified repo is moved into place, so a failure never leaves a half-written or unverified directory.
     """
     src, out_dir = Path(src), Path(out_dir)
     if out_dir.exists() and not force:
         raise FileExistsError(f"'{out_dir}' already exists; pass --force to replace it")
+    architecture = timm.models.split_model_name_tag(model_name)[0]
     raw = load_checkpoint_file(src)
     layout = detect_layout(raw) if source == 'auto' else resolve_layout(source)
-    state_dict = convert_state_dict(raw, model_name, layout=layout)
-    classifier = timm.models.get_pretrained_cfg_value(model_name, 'classifier') or 'classifier'
+    state_dict = convert_state_dict(raw, architecture, layout=layout)
+    preprocessing = preprocessing or Preprocessing.for_model(model_name)
+    classifier = timm.models.get_pretrained_cfg_value(architecture, 'classifier') or 'classifier'
     num_classes = state_dict[f'{classifier}.weight'].shape[0]
     facts = facts or CardFacts()
     if facts.source == 'auto':
         facts = replace(facts, source=layout)
     repo_id = repo_id or f'YOUR_ORG/{out_dir.name}'  # push warns when the card names another repo
-    source_sha256 = file_sha256(src)
+    source_sha256 = source_sha256 or file_sha256(src)
 
     with torch.device('meta'):  # skips random init: the converted tensors are assigned
-        model = timm.create_model(model_name, pretrained=False, num_classes=num_classes)
+        model = timm.create_model(architecture, pretrained=False, num_classes=num_classes)
     model.load_state_dict(state_dict, assign=True)
     pretrained_cfg = {k: v for k, v in model.pretrained_cfg.items() if k not in _SOURCE_SPECIFIC_CFG}
+    if tuple(preprocessing.input_size) != tuple(pretrained_cfg['input_size']):
+        pretrained_cfg.pop('pool_size', None)  # the registered pool size belongs to the registered input size
     pretrained_cfg.update(
-        input_size=preprocessing.input_size,
+        input_size=tuple(preprocessing.input_size),
         interpolation=preprocessing.interpolation,
         crop_pct=preprocessing.crop_pct,
         crop_mode=preprocessing.crop_mode,
@@ -127,20 +163,23 @@ def convert_to_dir(
         std=tuple(preprocessing.std),
         num_classes=num_classes,
         license=facts.license,
-        paper_ids='arXiv:1908.07919',
-        paper_name=PAPER_TITLE,
     )
+    if preprocessing.test_input_size:
+        pretrained_cfg['test_input_size'] = tuple(preprocessing.test_input_size)
+    if preprocessing.test_crop_pct is not None:
+        pretrained_cfg['test_crop_pct'] = preprocessing.test_crop_pct
     if facts.source_url:
         pretrained_cfg['origin_url'] = facts.source_url
     model.pretrained_cfg = model.default_cfg = pretrained_cfg
-    complexity = measure_complexity(model_name, preprocessing.input_size, num_classes=num_classes)
+    params, macs = count_params_and_macs(architecture, pretrained_cfg['input_size'])
+    complexity = Complexity(params=params, macs=macs, input_size=pretrained_cfg['input_size'])
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f'.{out_dir.name}.', suffix='.staging', dir=out_dir.parent))
     try:
         safetensors.torch.save_file(state_dict, staging / WEIGHTS_NAME, metadata={
             'format': 'pt',
-            'architecture': model_name,
+            'architecture': architecture,
             'source_file': src.name,
             'source_sha256': source_sha256,
             'source_layout': layout,
@@ -149,7 +188,7 @@ def convert_to_dir(
         save_config_for_hf(model, str(staging / 'config.json'))
         card = build_model_card(
             repo_id=repo_id,
-            architecture=model_name,
+            architecture=architecture,
             pretrained_cfg=pretrained_cfg,
             complexity=complexity,
             facts=facts,
@@ -157,7 +196,8 @@ def convert_to_dir(
             source_sha256=source_sha256,
         )
         card.save(staging / 'README.md')
-        report = verify_dir(staging, against=src, source=layout, atol=atol, image_size=verify_image_size)
+        report = verify_dir(staging, against=src, source=layout, atol=atol, image_size=verify_image_size,
+                            against_sha256=source_sha256)
         if not report.ok:
             raise VerificationError(f'{report.summary()}\nnothing was written to {out_dir}')
         _apply_umask(staging)
@@ -168,7 +208,7 @@ def convert_to_dir(
         raise
     return StageResult(
         out_dir=out_dir,
-        architecture=model_name,
+        architecture=architecture,
         num_classes=num_classes,
         source_sha256=source_sha256,
         report=replace(report, repo_dir=out_dir),

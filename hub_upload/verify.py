@@ -57,6 +57,14 @@ def read_weights_metadata(repo_dir: str | os.PathLike) -> dict[str, str]:
         return dict(f.metadata() or {})
 
 
+def _require_fields(config: dict, path: Path) -> None:
+    """A config.json that timm could not build from is named with the field it lacks, instead of a bare KeyError."""
+    if not isinstance(config.get('architecture'), str):
+        raise ValueError(f"'{path}' has no 'architecture' field; it is not a timm config.json")
+    if 'input_size' not in (config.get('pretrained_cfg') or {}):
+        raise ValueError(f"'{path}' has no 'pretrained_cfg.input_size' field; it is not a timm config.json")
+
+
 def verify_dir(
         repo_dir: str | os.PathLike,
         against: str | os.PathLike | None = None,
@@ -65,25 +73,28 @@ def verify_dir(
         batch_size: int = 2,
         image_size: int | None = None,
         seed: int = 0,
+        against_sha256: str | None = None,
 ) -> VerifyReport:
     """Compare logits of ``timm.create_model('local-dir:DIR')`` with the source converted independently.
 
     Without ``against`` the repo is compared with its own weights file, which still checks that config.json builds
     the right architecture and that every tensor loads strictly. ``image_size`` (default: the config's input size)
-    trades coverage for speed on slow machines.
+    trades coverage for speed on slow machines. ``against_sha256`` spares hashing ``against`` again when the caller
+    has just hashed it.
     """
     repo_dir = Path(repo_dir)
     for required in (WEIGHTS_NAME, 'config.json', 'README.md'):
         if not (repo_dir / required).is_file():
             raise FileNotFoundError(f"'{repo_dir}' is not a staged repo: {required} is missing")
     config = json.loads((repo_dir / 'config.json').read_text(encoding='utf-8'))
+    _require_fields(config, repo_dir / 'config.json')
     architecture = config['architecture']
     problems = []
 
     reference_file = Path(against) if against is not None else repo_dir / WEIGHTS_NAME
     if against is not None:
         recorded = read_weights_metadata(repo_dir).get('source_sha256')
-        actual = file_sha256(reference_file)
+        actual = against_sha256 or file_sha256(reference_file)
         if recorded and recorded != actual:
             problems.append(f'{reference_file.name} has sha256 {actual}, the repo records {recorded}')
 

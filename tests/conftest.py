@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-os.environ.setdefault('HF_HUB_OFFLINE', '1')
+os.environ['HF_HUB_OFFLINE'] = '1'  # no network in tests, whatever the environment says
 
 REFDATA = Path(__file__).resolve().parents[2] / 'shared' / 'refdata'
 

@@ -319,3 +319,14 @@ def test_necks_on_real_backbone(odd_input: torch.Tensor) -> None:
         levels = HRNetV2p(body.feature_info.channels(), out_channels=16)(features)
     assert concat.shape == (1, 240, *stride_sizes(ODD_SIZE, [4])[0])
     assert [level.shape[-2:] for level in levels] == stride_sizes(ODD_SIZE, [4, 8, 16, 32, 64])
+
+
+def test_raw_location_keeps_the_head_when_asked() -> None:
+    model = timm.create_model(NAME, feature_location='').eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        logits = model(x)
+        model.prune_intermediate_layers([1, 2, 3, 4], prune_head=False)
+        assert torch.equal(model(x), logits)
+        final, feats = model.forward_intermediates(x)
+        assert final.shape == (1, 2048, 2, 2) and [f.shape[1] for f in feats] == [64, 16, 32, 64, 128]

@@ -193,3 +193,14 @@ def test_onnx_export_matches_onnxruntime(small_pair: tuple[nn.Module, nn.Module]
     (logits,) = session.run(None, {'image': x.numpy()})
     with torch.inference_mode():
         assert_close(torch.from_numpy(logits), model(x))
+
+
+def test_fused_model_saves_and_loads_whole(small_pair: tuple[nn.Module, nn.Module], tmp_path) -> None:
+    _, fused = small_pair
+    path = tmp_path / 'fused.pt'
+    torch.save(fused, path)
+    loaded = torch.load(path, weights_only=False)  # a whole pickled module: trusted, written by this test
+    assert type(loaded) is type(fused) and is_inference_optimized(loaded)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), fused(x))

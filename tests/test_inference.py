@@ -18,6 +18,7 @@ from timm_hrnet.inference import (
     UnreadableImageError,
     get_model,
     inference_model,
+    load_model,
     resolve_model_name,
 )
 
@@ -179,3 +180,37 @@ def test_extract_feat_mapping_documented_in_tools_md() -> None:
     assert len(branches) == len(reference['backbone_feats']) == 4
     for mine, theirs in zip(branches, reference['backbone_feats'], strict=True):
         torch.testing.assert_close(mine, theirs[:1], rtol=1e-4, atol=1e-4)
+
+
+def test_topk_below_one_is_a_value_error(model: torch.nn.Module, image_paths: list[str]) -> None:
+    with pytest.raises(ValueError, match='topk must be at least 1'):
+        inference_model(model, image_paths[0], topk=0)
+
+
+@pytest.mark.parametrize('name', ['hf-hub:someone/hrnet_w18_small.ft', 'local-dir:/models/hrnet_w18_small_10cls'])
+def test_source_prefixed_names_pass_through(name: str) -> None:
+    assert resolve_model_name(name) == name
+
+
+@pytest.mark.parametrize('name, problem', [('ftp:host/hrnet', 'Unknown model source'), ('org/hrnet', 'hf-hub:')])
+def test_bad_source_prefix_or_bare_repo_id_is_unknown_model(name: str, problem: str) -> None:
+    with pytest.raises(UnknownModelError, match=problem):
+        resolve_model_name(name)
+
+
+def test_local_dir_model_loads_with_and_without_checkpoint(tmp_path: Path) -> None:
+    """A local-dir repo (model.safetensors + config.json) loads as it is, and takes a checkpoint of another class count
+    (the classifier found through the pretrained cfg's `classifier` name)."""
+    torch.manual_seed(0)
+    saved = timm.create_model('hrnet_w18_small', num_classes=3, pretrained_cfg_overlay=SMALL_INPUT).eval()
+    timm.models.save_for_hf(saved, tmp_path / 'repo', safe_serialization=True)
+    loaded = load_model(f'local-dir:{tmp_path / "repo"}')
+    assert loaded.num_classes == 3 and loaded.pretrained_cfg['input_size'] == SMALL_INPUT['input_size']
+    for key, value in saved.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)
+
+    other = timm.create_model('hrnet_w18_small', num_classes=5)
+    torch.save(other.state_dict(), tmp_path / 'five.pth')
+    fine_tuned = load_model(f'local-dir:{tmp_path / "repo"}', tmp_path / 'five.pth')
+    assert fine_tuned.num_classes == 5
+    torch.testing.assert_close(fine_tuned.classifier.weight, other.classifier.weight, rtol=0, atol=0)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from timm.data import resolve_data_config
 
-from timm_hrnet.cli_common import CliError, resolve_device
+from timm_hrnet.cli_common import CliError, amp_autocast, device_or_fail, image_size, positive_int
 from timm_hrnet.fuse import optimize_for_inference
 from timm_hrnet.inference import UnknownModelError, get_model
 
@@ -44,7 +44,7 @@ def benchmark(
     warmup_steps: int = 5,
 ) -> dict[str, Any]:
     """Time `steps` forward passes after `warmup_steps` untimed ones, with random weights (speed ignores them)."""
-    device = resolve_device(device)
+    device = device_or_fail(device)
     try:
         model = get_model(model_name, pretrained=False).eval()
     except UnknownModelError as error:
@@ -57,10 +57,9 @@ def benchmark(
     if compile_model:
         model = torch.compile(model)
     batch = torch.randn(batch_size, *input_size, device=device).to(memory_format=memory_format)
-    autocast_dtype = torch.float16 if device.type == 'cuda' else torch.bfloat16
 
     def step() -> None:
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=amp):
+        with amp_autocast(device, amp):
             model(batch)
 
     def synchronize() -> None:
@@ -102,25 +101,26 @@ def benchmark(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `timm-hrnet benchmark`."""
     parser.add_argument('--model', required=True, help='timm name or mmpretrain HRNet name')
-    parser.add_argument('--batch-size', type=int, default=32)
-    parser.add_argument('--img-size', type=int, help='square input size; default: from the pretrained cfg')
+    parser.add_argument('--batch-size', type=positive_int, default=32)
+    parser.add_argument('--img-size', type=image_size, help='square input size; default: from the pretrained cfg')
     parser.add_argument('--channels-last', action='store_true')
     parser.add_argument('--compile', action='store_true', help='torch.compile the model')
     parser.add_argument('--fused', action='store_true', help='use timm_hrnet.optimize_for_inference (BN folding)')
     parser.add_argument('--amp', action='store_true', help='autocast: float16 on CUDA, bfloat16 on CPU')
     parser.add_argument('--device', help='default: cuda when available, else cpu')
-    parser.add_argument('--steps', type=int, default=20, help='timed forward passes (after 5 warm-up passes)')
+    parser.add_argument('--steps', type=positive_int, default=20, help='timed forward passes (after 5 warm-up passes)')
     parser.add_argument('--json', action='store_true', help='print the result as JSON')
 
 
 def run(args: argparse.Namespace) -> int:
     """Run `timm-hrnet benchmark` and print the result."""
-    if args.steps < 1 or args.batch_size < 1:
-        raise CliError('--steps and --batch-size must be positive')
-    result = benchmark(
-        args.model, batch_size=args.batch_size, img_size=args.img_size, channels_last=args.channels_last,
-        compile_model=args.compile, fused=args.fused, amp=args.amp, device=args.device, steps=args.steps,
-    )
+    try:
+        result = benchmark(
+            args.model, batch_size=args.batch_size, img_size=args.img_size, channels_last=args.channels_last,
+            compile_model=args.compile, fused=args.fused, amp=args.amp, device=args.device, steps=args.steps,
+        )
+    except ValueError as error:  # the model refusing the input
+        raise CliError(f'{args.model} cannot run on this input: {error}') from error
     if args.json:
         print(json.dumps(result, indent=2))
     else:

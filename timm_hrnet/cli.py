@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from timm_hrnet import benchmark, model_table, validate
-from timm_hrnet.cli_common import CliError, load_model_or_fail
+from timm_hrnet.cli_common import CliError, device_or_fail, image_size, load_model_or_fail, positive_int
 from timm_hrnet.inference import UnreadableImageError, build_eval_transform, inference_model, load_rgb_image
 
 __all__ = ['build_parser', 'main', 'predict']
@@ -23,19 +23,19 @@ DEFAULT_PREDICT_MODEL = 'hrnet_w18.ms_in1k'
 
 def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('images', nargs='+', metavar='IMAGE', help='image files')
-    parser.add_argument('--model', default=DEFAULT_PREDICT_MODEL, help='timm name (tag optional) or mmpretrain name')
+    parser.add_argument('--model', default=DEFAULT_PREDICT_MODEL,
+                        help='timm name (tag optional), hf-hub:ORG/REPO, local-dir:DIR or mmpretrain name')
     parser.add_argument('--checkpoint', help='weights in any layout the converter reads; default: published weights')
-    parser.add_argument('--topk', type=int, default=5, help='classes to print per image')
+    parser.add_argument('--topk', type=positive_int, default=5, help='classes to print per image')
     parser.add_argument('--json', action='store_true', help='print a JSON list instead of text')
     parser.add_argument('--device', help='default: cuda when available, else cpu')
-    parser.add_argument('--img-size', type=int, help='square input size; default: from the pretrained cfg')
+    parser.add_argument('--img-size', type=image_size, help='square input size; default: from the pretrained cfg')
     parser.add_argument('--crop-pct', type=float, help='center-crop fraction; default: from the pretrained cfg')
 
 
 def predict(args: argparse.Namespace) -> int:
     """Classify each readable image; unreadable ones are reported on stderr and make the exit code 1."""
-    if args.topk < 1:
-        raise CliError('--topk must be at least 1')
+    device = device_or_fail(args.device)
     paths, images = [], []
     for path in args.images:  # read the images first: a typo in a path should not wait for the weights
         try:
@@ -47,7 +47,10 @@ def predict(args: argparse.Namespace) -> int:
         raise CliError('none of the images could be read')
     model = load_model_or_fail(args.model, args.checkpoint)
     transform = build_eval_transform(model, args.img_size, args.crop_pct)
-    predictions = inference_model(model, images, topk=args.topk, device=args.device, transform=transform)
+    try:
+        predictions = inference_model(model, images, topk=args.topk, device=device, transform=transform)
+    except ValueError as error:  # the model refusing this input, e.g. a size the pretrained cfg cannot give
+        raise CliError(f'{args.model} cannot run on these inputs: {error}') from error
     if args.json:
         print(json.dumps([
             {'path': path, 'pred_label': p['pred_label'], 'pred_score': p['pred_score'], 'pred_class': p['pred_class'],

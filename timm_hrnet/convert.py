@@ -212,6 +212,10 @@ def _to_canonical_keys(
     return renamed, unmapped
 
 
+def _shapes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Size, torch.dtype]]:
+    return {k: (v.shape, v.dtype) for k, v in state_dict.items()}
+
+
 @lru_cache(maxsize=16)
 def _model_layout(model_name: str) -> tuple[dict[str, tuple[torch.Size, torch.dtype]], str]:
     """Keys, shapes and dtypes of a variant's state dict plus its classifier name, from a meta-device model."""
@@ -221,7 +225,7 @@ def _model_layout(model_name: str) -> tuple[dict[str, tuple[torch.Size, torch.dt
         raise ValueError(f"unknown model '{model_name}'{hint}")
     with torch.device('meta'):
         model = timm.create_model(model_name, pretrained=False)
-    expected = {k: (v.shape, v.dtype) for k, v in model.state_dict().items()}
+    expected = _shapes(model.state_dict())
     return expected, model.pretrained_cfg.get('classifier') or 'classifier'
 
 
@@ -298,7 +302,7 @@ def _rename_foreign(state_dict: dict, model: torch.nn.Module) -> dict:
     if _guess_layout(state_dict) != MMPRETRAIN:
         return state_dict
     converted, unmapped = _to_canonical_keys(state_dict, MMPRETRAIN)
-    expected = {k: (v.shape, v.dtype) for k, v in model.state_dict().items()}
+    expected = _shapes(model.state_dict())
     _fill_zeros(converted, expected, _FOLDED_BIAS.match)
     converted.update({key: state_dict[key] for key in unmapped})  # left for load_state_dict to report by name
     return converted
@@ -324,7 +328,7 @@ def checkpoint_filter_fn(state_dict: dict, model: torch.nn.Module) -> dict:
     """
     state_dict = _rename_foreign(_unwrap(state_dict, 'pretrained state dict'), model)
     own = model.state_dict()
-    expected = {k: (v.shape, v.dtype) for k, v in own.items()}
+    expected = _shapes(own)
     _fill_zeros(state_dict, expected, lambda key: key.endswith(_BN_COUNTER))
     known = _architecture_keys(model.spec) if hasattr(model, 'spec') else frozenset(own)
     classifier = (model.pretrained_cfg or {}).get('classifier') or 'classifier'
@@ -340,7 +344,7 @@ def checkpoint_filter_fn(state_dict: dict, model: torch.nn.Module) -> dict:
 
 
 def canonicalize_on_load(module: torch.nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
-    """``load_state_dict`` pre-hook (register with ``with_module=True``): convert a foreign layout in place.
+    """``load_state_dict`` pre-hook (``module.register_load_state_dict_pre_hook``): convert a foreign layout in place.
 
     Only acts on the top-level call so that ``model.load_state_dict(mmpretrain_sd)`` and
     ``timm.create_model(..., checkpoint_path=mmpretrain.pth)`` work; canonical dicts pass through untouched.

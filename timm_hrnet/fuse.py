@@ -19,11 +19,11 @@ import copy
 
 import torch
 import torch.nn.functional as F
-from timm.models._features import FeatureDictNet
+from timm.models._features import FeatureDictNet, FeatureGetterNet, FeatureHookNet
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from .hrnet import BasicBlock, Bottleneck, HRModule, HRNet
+from .hrnet import BasicBlock, Bottleneck, HRModule, HRNet, HRNetFeatures
 
 __all__ = ['optimize_for_inference', 'is_inference_optimized', 'refuse_training', 'ConvAct', 'ConvChain']
 
@@ -39,17 +39,41 @@ def refuse_training() -> None:
 class InferenceOnlyMixin:
     """Makes `.train()` fail loudly instead of training a network whose BatchNorm statistics are baked in."""
 
-    def train(self, mode: bool = True):
+    def train(self, mode: bool = True) -> nn.Module:
         if mode:
             refuse_training()
         return super().train(False)  # type: ignore[misc]
 
 
-_INFERENCE_ONLY_CLASSES: dict[type, type] = {}
+class InferenceOnlyHRNet(InferenceOnlyMixin, HRNet):
+    """A fused HRNet classifier (module level, so that fused models pickle and `torch.save` whole)."""
+
+
+class InferenceOnlyHRNetFeatures(InferenceOnlyMixin, HRNetFeatures):
+    """A fused `features_only` HRNet."""
+
+
+class InferenceOnlyFeatureGetterNet(InferenceOnlyMixin, FeatureGetterNet):
+    """A fused HRNet in timm's `feature_cls='getter'` wrapper."""
+
+
+class InferenceOnlyFeatureHookNet(InferenceOnlyMixin, FeatureHookNet):
+    """A fused HRNet in timm's `feature_cls='hook'` wrapper."""
+
+
+_INFERENCE_ONLY_CLASSES: dict[type, type] = {
+    HRNet: InferenceOnlyHRNet,
+    HRNetFeatures: InferenceOnlyHRNetFeatures,
+    FeatureGetterNet: InferenceOnlyFeatureGetterNet,
+    FeatureHookNet: InferenceOnlyFeatureHookNet,
+}
 
 
 def _inference_only_class(cls: type) -> type:
-    """A subclass of `cls` whose `.train()` refuses training (one per class, so isinstance checks still hold)."""
+    """A subclass of `cls` whose `.train()` refuses training (one per class, so isinstance checks still hold).
+
+    Unknown classes (e.g. a user's subclass) get one made on the fly; those models work but do not pickle.
+    """
     if issubclass(cls, InferenceOnlyMixin):
         return cls
     if cls not in _INFERENCE_ONLY_CLASSES:

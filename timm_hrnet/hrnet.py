@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,7 @@ from torch.utils.checkpoint import checkpoint
 from .convert import canonicalize_on_load, checkpoint_filter_fn
 from .pretrained_cfgs import default_cfgs
 from .registration import register_hrnet
-from .variants import VARIANTS, HRNetSpec, StageSpec
+from .variants import HRNetSpec, StageSpec, resolve_variant
 
 __all__ = ['HRNet', 'HRNetFeatures', 'MIN_INPUT_SIZE', 'HEAD_CHANNELS', 'default_cfgs']
 
@@ -213,7 +214,7 @@ def frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
                 m.num_batches_tracked.copy_(steps)
 
 
-def checkpointed(module: nn.Module, *args, fn: Callable | None = None):
+def checkpointed(module: nn.Module, *args: Any, fn: Callable[..., Any] | None = None) -> Any:
     """Run `module` (or `fn`, a method of it) without keeping its activations: they are recomputed in backward."""
     return checkpoint(
         fn or module, *args, use_reentrant=False,
@@ -327,7 +328,6 @@ class HRNet(nn.Module):
                 modules.append(HRModule(chs, stage, res))
                 chs = [c * BLOCKS[stage.block].expansion for c in stage.channels]
             setattr(self, f'stage{idx + 1}', Stage(modules))
-        self.branch_channels = chs
         self.num_taps = 1 + len(chs)  # feature indices: 0 the stem, 1..4 the branches
 
         # classification head: widen each branch, walk down the resolutions summing, then project to 2048
@@ -509,11 +509,12 @@ class HRNet(nn.Module):
                          'transition3', 'stage4'):
                 setattr(self, name, nn.Identity())
             self.stem_only = True
+        drop_head = prune_head or max_index < self.num_taps - 1
         if self.feature_location == 'incre':
             self.incre_modules = self.incre_modules[:max_index]
-        else:
-            self.incre_modules = nn.ModuleList()
-        if prune_head or max_index < self.num_taps - 1 or self.feature_location == '':
+        elif drop_head:
+            self.incre_modules = nn.ModuleList()  # raw branch features: the widening bottlenecks only feed the head
+        if drop_head:
             self.has_head = False
             self.downsamp_modules = nn.ModuleList()
             self.final_layer = nn.Identity()
@@ -557,7 +558,6 @@ class HRNetFeatures(HRNet):
 
 
 def _create_hrnet(variant: str, pretrained: bool = False, **kwargs) -> HRNet:
-    arch = variant.split('.', 1)[0]
     own_features_class = kwargs.get('features_only', False) and 'feature_cls' not in kwargs
     if own_features_class:
         kwargs.pop('features_only')
@@ -565,7 +565,7 @@ def _create_hrnet(variant: str, pretrained: bool = False, **kwargs) -> HRNet:
         HRNetFeatures if own_features_class else HRNet,
         variant,
         pretrained,
-        spec=VARIANTS[arch],
+        spec=resolve_variant(variant),
         pretrained_filter_fn=checkpoint_filter_fn,
         kwargs_filter=('num_classes', 'global_pool') if own_features_class else None,
         feature_cfg=dict(out_indices=(0, 1, 2, 3, 4)),

@@ -26,6 +26,7 @@ __all__ = [
     'inference_model',
     'load_model',
     'load_rgb_image',
+    'resolve_device',
     'resolve_model_name',
 ]
 
@@ -52,10 +53,15 @@ class UnknownModelError(ValueError):
     """A model name that is neither a registered timm model (with a valid tag) nor an mmpretrain HRNet name."""
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The requested device, else CUDA when present, else CPU."""
+    return torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+
+
 class UnreadableImageError(ValueError):
     """An image file that is missing, truncated or not an image; carries the offending path."""
 
-    def __init__(self, path: str | PathLike, reason: str):
+    def __init__(self, path: str | PathLike, reason: str) -> None:
         super().__init__(f'cannot read image {path}: {reason}')
         self.path = str(path)
         self.reason = reason
@@ -67,9 +73,18 @@ def _known_hrnet_names() -> list[str]:
 
 
 def resolve_model_name(name: str) -> str:
-    """Map an mmpretrain name to its timm `architecture.tag`; check a timm name (and its tag) is registered."""
+    """Map an mmpretrain name to its timm `architecture.tag`; check a timm name (and its tag) is registered.
+
+    `hf-hub:ORG/REPO` and `local-dir:DIR` names (the repos hub_upload publishes) pass through for timm to resolve.
+    """
     if name in MMPRETRAIN_NAMES:
         return MMPRETRAIN_NAMES[name]
+    try:
+        source, _ = timm.models.parse_model_name(name)
+    except ValueError as error:  # an unknown source prefix, or a path or repo id without one
+        raise UnknownModelError(str(error)) from error
+    if source is not None:
+        return name
     architecture, _, tag = name.partition('.')
     if timm.is_model(architecture) and (not tag or name in timm.list_pretrained(name)):
         return name
@@ -79,7 +94,7 @@ def resolve_model_name(name: str) -> str:
 
 
 def get_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """Create a model from a timm name (tag optional) or one of the nine mmpretrain HRNet names.
+    """Create a model from a timm name (tag optional), an `hf-hub:` / `local-dir:` name or an mmpretrain HRNet name.
 
     Keyword arguments go to `timm.create_model` (e.g. `num_classes`, `features_only`, `pretrained_cfg_overlay`).
     """
@@ -93,9 +108,12 @@ def load_model(name: str, checkpoint: str | PathLike | None = None, pretrained: 
     """
     if checkpoint is None:
         return get_model(name, pretrained=pretrained)
-    architecture = resolve_model_name(name).partition('.')[0]
-    state_dict = convert_state_dict(checkpoint, architecture)
-    model = get_model(name, pretrained=False, num_classes=state_dict['classifier.weight'].shape[0])
+    model = get_model(name, pretrained=False)  # its pretrained cfg names the architecture (also for hf-hub/local-dir)
+    state_dict = convert_state_dict(checkpoint, model.pretrained_cfg['architecture'])
+    classifier = model.pretrained_cfg.get('classifier', 'classifier')
+    num_classes = state_dict[f'{classifier}.weight'].shape[0]
+    if num_classes != model.num_classes:
+        model.reset_classifier(num_classes)
     model.load_state_dict(state_dict)
     return model
 
@@ -175,11 +193,14 @@ def inference_model(
     `pred_label` (int), `pred_score` (float), `pred_class` (str, the label index when the model has no class names),
     `pred_scores` (1-D CPU float tensor, the full softmax) and `topk` (list of `(label, class, score)`, best first).
     A model name (timm or mmpretrain) is created with its published weights. `device` defaults to the module's own
-    device, or CUDA when available for a name. The model is run in eval mode and its train/eval mode restored after.
+    device, or CUDA when available for a name; passing `device` with a module moves the caller's module there (and
+    leaves it there). The model is run in eval mode and its train/eval mode restored after.
     """
+    if topk < 1:
+        raise ValueError(f'topk must be at least 1, got {topk}')
     if isinstance(model_or_name, str):
         model = get_model(model_or_name, pretrained=True)
-        device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+        device = resolve_device(device)
     else:
         model = model_or_name
     if device is not None:

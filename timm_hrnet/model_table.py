@@ -10,6 +10,7 @@ import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from timm_hrnet.pretrained_cfgs import published_results
 from timm_hrnet.variants import VARIANTS
 
 __all__ = ['ModelRow', 'add_arguments', 'count_params_and_macs', 'format_table', 'model_rows', 'run']
@@ -43,8 +44,6 @@ def count_params_and_macs(architecture: str, input_size: tuple[int, int, int]) -
 def model_rows(pattern: str = '*', pretrained_only: bool = False) -> list[ModelRow]:
     """A row per (variant, published weights) for variants matching the shell-style `pattern`; variants without
     weights get one row unless `pretrained_only`."""
-    from timm_hrnet.pretrained_cfgs import published_results
-
     rows = []
     for architecture in fnmatch.filter(VARIANTS, pattern):
         default_size = timm.models.get_pretrained_cfg(architecture).input_size

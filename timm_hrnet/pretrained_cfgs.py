@@ -34,7 +34,7 @@ def _cfg(top1: float, top5: float | None, origin_url: str = OFFICIAL, **kwargs: 
         crop_pct=0.875, interpolation='bilinear', mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
         first_conv='conv1', classifier='classifier', license='mit',
         origin_url=origin_url, paper_name=PAPER, paper_ids='arXiv:1908.07919',
-        notes=(f'ImageNet-1k top-1 {top1}', f'ImageNet-1k top-5 {top5}'),
+        notes=(f'ImageNet-1k top-1 {top1}',) + ((f'ImageNet-1k top-5 {top5}',) if top5 is not None else ()),
     )
     return {**cfg, **kwargs}
 

@@ -13,7 +13,6 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,14 +21,22 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image
-from timm.data import resolve_data_config
+from timm.data import create_transform, resolve_data_config
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from tqdm import tqdm
 
-from timm_hrnet.cli_common import CliError, load_model_or_fail, resolve_device
-from timm_hrnet.inference import UnreadableImageError, build_eval_transform, load_rgb_image
+from timm_hrnet.cli_common import (
+    CliError,
+    amp_autocast,
+    device_or_fail,
+    image_size,
+    load_model_or_fail,
+    non_negative_int,
+    positive_int,
+)
+from timm_hrnet.inference import UnreadableImageError, load_rgb_image
 
 __all__ = ['EvalImageDataset', 'add_arguments', 'evaluate', 'read_samples', 'run']
 
@@ -67,8 +74,11 @@ class EvalImageDataset(Dataset):
     so that one bad file neither stops the evaluation nor shifts the counts."""
 
     def __init__(
-        self, samples: list[tuple[str, int]], transform: Callable[[Image.Image], torch.Tensor], input_size: tuple
-    ):
+        self,
+        samples: list[tuple[str, int]],
+        transform: Callable[[Image.Image], torch.Tensor],
+        input_size: tuple[int, int, int],
+    ) -> None:
         self.samples = samples
         self.transform = transform
         self.input_size = tuple(input_size)
@@ -99,19 +109,13 @@ def _init_distributed(device_arg: str | None) -> _DistributedContext:
     """Join the `torchrun` process group when launched by it (nccl on GPU, gloo on CPU); otherwise a single rank."""
     world_size = int(os.environ.get('WORLD_SIZE', '1'))
     rank = int(os.environ.get('RANK', '0'))
-    device = resolve_device(device_arg)
+    device = device_or_fail(device_arg)
     if world_size > 1:
         if device.type == 'cuda':
             device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', '0')))
             torch.cuda.set_device(device)
         dist.init_process_group(backend='nccl' if device.type == 'cuda' else 'gloo')
     return _DistributedContext(rank, world_size, device)
-
-
-def _autocast(device: torch.device, enabled: bool) -> Any:
-    if not enabled:
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.float16 if device.type == 'cuda' else torch.bfloat16)
 
 
 @torch.inference_mode()
@@ -155,7 +159,8 @@ def _evaluate(
     if largest_label >= num_classes:
         raise CliError(f'the data has label {largest_label} but the model has only {num_classes} classes')
     data_config = resolve_data_config({'img_size': img_size, 'crop_pct': crop_pct}, model=model)
-    dataset = EvalImageDataset(samples, build_eval_transform(model, img_size, crop_pct), data_config['input_size'])
+    transform = create_transform(**data_config, is_training=False)
+    dataset = EvalImageDataset(samples, transform, data_config['input_size'])
     shard = Subset(dataset, range(context.rank, len(dataset), context.world_size))
     loader = DataLoader(
         shard, batch_size=batch_size, num_workers=workers, pin_memory=context.device.type == 'cuda'
@@ -178,7 +183,7 @@ def _evaluate(
             continue
         images = images[readable].to(context.device, memory_format=memory_format, non_blocking=True)
         labels = labels[readable].to(context.device, non_blocking=True)
-        with _autocast(context.device, amp):
+        with amp_autocast(context.device, amp):
             logits = model(images)
         logits = logits.float()
         hits = logits.topk(maxk, dim=1).indices == labels[:, None]
@@ -190,7 +195,8 @@ def _evaluate(
         dist.all_reduce(totals)
         gathered: list[list[dict[str, str]]] = [[] for _ in range(context.world_size)]
         dist.all_gather_object(gathered, unreadable)
-        unreadable = sorted((item for part in gathered for item in part), key=lambda item: item['path'])
+        unreadable = [item for part in gathered for item in part]
+    unreadable.sort(key=lambda item: item['path'])  # the same order however the samples were sharded
     elapsed = time.perf_counter() - start
     top1_hits, topk_hits, loss_sum, count = totals.tolist()
     count = int(count)
@@ -217,11 +223,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `timm-hrnet validate`."""
     parser.add_argument('--data-dir', required=True, help='class sub-folders, or a flat folder with --split-file')
     parser.add_argument('--split-file', help='annotation file of "relative/path label" lines (mmpretrain ImageNet val)')
-    parser.add_argument('--model', required=True, help='timm name (tag optional) or mmpretrain HRNet name')
+    parser.add_argument('--model', required=True,
+                        help='timm name (tag optional), hf-hub:ORG/REPO, local-dir:DIR or mmpretrain HRNet name')
     parser.add_argument('--checkpoint', help='weights in any layout the converter reads; default: published weights')
-    parser.add_argument('--batch-size', type=int, default=64)
-    parser.add_argument('--workers', type=int, default=min(4, os.cpu_count() or 1), help='data-loading processes')
-    parser.add_argument('--img-size', type=int, help='square input size; default: from the pretrained cfg')
+    parser.add_argument('--batch-size', type=positive_int, default=64)
+    parser.add_argument('--workers', type=non_negative_int, default=min(4, os.cpu_count() or 1),
+                        help='data-loading processes')
+    parser.add_argument('--img-size', type=image_size, help='square input size; default: from the pretrained cfg')
     parser.add_argument('--crop-pct', type=float, help='center-crop fraction; default: from the pretrained cfg')
     parser.add_argument('--channels-last', action='store_true')
     parser.add_argument('--amp', action='store_true', help='autocast: float16 on CUDA, bfloat16 on CPU')
@@ -234,10 +242,13 @@ def run(args: argparse.Namespace) -> int:
     """Run `timm-hrnet validate`; only rank 0 prints and writes the results file."""
     samples = read_samples(args.data_dir, args.split_file)
     model = load_model_or_fail(args.model, args.checkpoint)
-    results = evaluate(
-        model, samples, img_size=args.img_size, crop_pct=args.crop_pct, batch_size=args.batch_size,
-        workers=args.workers, channels_last=args.channels_last, amp=args.amp, device=args.device,
-    )
+    try:
+        results = evaluate(
+            model, samples, img_size=args.img_size, crop_pct=args.crop_pct, batch_size=args.batch_size,
+            workers=args.workers, channels_last=args.channels_last, amp=args.amp, device=args.device,
+        )
+    except ValueError as error:  # the model refusing this input
+        raise CliError(f'{args.model} cannot run on these inputs: {error}') from error
     if int(os.environ.get('RANK', '0')) != 0:
         return 1 if args.strict and results['num_unreadable'] else 0
     results = {'model': args.model, 'checkpoint': args.checkpoint, 'data_dir': args.data_dir,
