@@ -4,15 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import timm
-import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
-from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ['CardFacts', 'Complexity', 'HRNET_CITATION', 'PAPER_URL', 'measure_complexity', 'build_model_card']
+__all__ = ['CardFacts', 'Complexity', 'HRNET_CITATION', 'build_model_card']
 
-PAPER_URL = 'https://arxiv.org/abs/1908.07919'
-PAPER_TITLE = 'Deep High-Resolution Representation Learning for Visual Recognition'
 OFFICIAL_CODE_URL = 'https://github.com/HRNet/HRNet-Image-Classification'
 HRNET_CITATION = """@article{WangSCJDZLMTWLX19,
   title={Deep High-Resolution Representation Learning for Visual Recognition},
@@ -50,21 +45,11 @@ class CardFacts:
 
 @dataclass(frozen=True)
 class Complexity:
+    """Parameters and multiply-accumulates of one image (``timm_hrnet.model_table.count_params_and_macs``)."""
+
     params: int
     macs: int
     input_size: tuple[int, int, int]
-
-
-def measure_complexity(model_name: str, input_size: tuple[int, int, int] = (3, 224, 224), **model_kwargs) -> Complexity:
-    """Parameter count and multiply-accumulates of one image, counted on the meta device (no memory, no compute)."""
-    with torch.device('meta'):
-        model = timm.create_model(model_name, pretrained=False, **model_kwargs).eval()
-        image = torch.empty(1, *input_size)
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(image)
-    params = sum(p.numel() for p in model.parameters())
-    return Complexity(params=params, macs=counter.get_total_flops() // 2, input_size=tuple(input_size))
 
 
 def _result_source(facts: CardFacts) -> dict[str, str]:
@@ -73,7 +58,7 @@ def _result_source(facts: CardFacts) -> dict[str, str]:
     return dict(source_name=_SOURCE_TITLES.get(facts.source, facts.source), source_url=url) if url else {}
 
 
-def _eval_results(facts: CardFacts, model_name: str) -> list[EvalResult] | None:
+def _eval_results(facts: CardFacts) -> list[EvalResult] | None:
     metrics = [('Top 1 Accuracy', facts.top1), ('Top 5 Accuracy', facts.top5)]
     results = [
         EvalResult(
@@ -108,7 +93,10 @@ def build_model_card(
         source_file: str,
         source_sha256: str,
 ) -> ModelCard:
-    """A model card whose YAML metadata carries license, dataset and model-index results, plus usage and citation."""
+    """A model card whose YAML metadata carries license, dataset and model-index results, plus usage and citation.
+
+    The paper comes from ``pretrained_cfg`` (``paper_name`` / ``paper_ids``, as timm_hrnet's pretrained cfgs set them).
+    """
     model_name = repo_id.split('/')[-1]
     card_data = ModelCardData(
         library_name='timm',
@@ -118,7 +106,7 @@ def build_model_card(
         datasets=[facts.dataset],
         metrics=['accuracy'] if facts.top1 is not None else None,
         model_name=model_name,
-        eval_results=_eval_results(facts, model_name),
+        eval_results=_eval_results(facts),
     )
     source_title = _SOURCE_TITLES.get(facts.source, facts.source)
     dataset_title = 'ImageNet-1k' if facts.dataset == 'imagenet-1k' else facts.dataset
@@ -131,7 +119,7 @@ def build_model_card(
         ('Image size', f'{complexity.input_size[1]} x {complexity.input_size[2]}'),
         ('Preprocessing', _preprocessing_text(pretrained_cfg)),
         ('Dataset', dataset_title),
-        ('Paper', f'[{PAPER_TITLE}]({PAPER_URL})'),
+        *_paper_row(pretrained_cfg),
         ('Original code', OFFICIAL_CODE_URL),
         ('Source', f'{source_title}' + (f', `{facts.source_name}`' if facts.source_name else '')),
         ('Source checkpoint', f'{source_link} (sha256 `{source_sha256}`)'),
@@ -165,13 +153,28 @@ def build_model_card(
     return ModelCard(content)
 
 
+def _paper_row(cfg: dict) -> list[tuple[str, str]]:
+    """The paper linked to arXiv when its id is one (e.g. 'arXiv:1908.07919'); nothing when the cfg names none."""
+    name, paper_id = cfg.get('paper_name'), cfg.get('paper_ids')
+    if not name:
+        return []
+    if paper_id and paper_id.lower().startswith('arxiv:'):
+        return [('Paper', f"[{name}](https://arxiv.org/abs/{paper_id.split(':', 1)[1]})")]
+    return [('Paper', name)]
+
+
 def _preprocessing_text(cfg: dict) -> str:
     size = cfg['input_size'][-1]
     resize = round(size / cfg['crop_pct'])
-    return (
+    text = (
         f'resize shorter side to {resize} ({cfg["interpolation"]}), center crop {size}, '
         f'normalize mean {tuple(cfg["mean"])} std {tuple(cfg["std"])}'
     )
+    test_size = (cfg.get('test_input_size') or cfg['input_size'])[-1]
+    test_crop_pct = cfg.get('test_crop_pct') or cfg['crop_pct']
+    if (test_size, test_crop_pct) != (size, cfg['crop_pct']):
+        text += f'; published accuracy measured at {test_size} with crop_pct {test_crop_pct}'
+    return text
 
 
 def _results_table(facts: CardFacts) -> str:

@@ -286,3 +286,86 @@ def test_checkpoint_of_another_variant_gives_short_error(
     err = capsys.readouterr().err
     assert err.startswith(f'timm-hrnet predict: error: cannot load checkpoint {checkpoint} into hrnet_w18_small_v2')
     assert len(err.splitlines()) <= 10
+
+
+def test_predict_local_dir_repo(
+    model: torch.nn.Module, checkpoint: str, image_paths: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A `local-dir:` repo like hub_upload stages (model.safetensors + config.json) predicts as its checkpoint does."""
+    repo = tmp_path / 'repo'
+    timm.models.save_for_hf(model, repo, safe_serialization=True)
+    paths = [str(p) for p in image_paths[:2]]
+    common = [*paths, '--topk', '3', '--json', '--img-size', str(IMG_SIZE), '--device', 'cpu']
+    assert main(['predict', *common, '--model', f'local-dir:{repo}']) == 0
+    from_repo = json.loads(capsys.readouterr().out)
+    assert main(['predict', *common, '--model', 'hrnet_w18_small', '--checkpoint', checkpoint]) == 0
+    from_checkpoint = json.loads(capsys.readouterr().out)
+    for mine, theirs in zip(from_repo, from_checkpoint, strict=True):
+        assert [item['label'] for item in mine['topk']] == [item['label'] for item in theirs['topk']]
+        assert mine['pred_score'] == pytest.approx(theirs['pred_score'], rel=1e-5)
+    expected = _manual_logits(model, image_paths[:2]).argmax(1).tolist()
+    assert [entry['pred_label'] for entry in from_repo] == expected
+
+
+def test_predict_runs_on_the_resolved_device(
+    checkpoint: str, image_paths: list[Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Without --device the model goes to the default device (CUDA when available), not wherever it was built."""
+    from timm_hrnet import cli
+    from timm_hrnet.inference import resolve_device
+
+    devices = []
+
+    def recording_inference_model(*args: object, **kwargs: object) -> object:
+        devices.append(kwargs['device'])
+        return inference_model(*args, **{**kwargs, 'device': 'cpu'})
+
+    inference_model = cli.inference_model
+    monkeypatch.setattr(cli, 'inference_model', recording_inference_model)
+    assert main(['predict', str(image_paths[0]), '--checkpoint', checkpoint, '--model', 'hrnet_w18_small',
+                 '--img-size', str(IMG_SIZE)]) == 0
+    assert devices == [resolve_device(None)]
+
+
+@pytest.mark.parametrize('args, problem', [
+    (['benchmark', '--model', 'hrnet_w18_small', '--img-size', '16'], 'must be at least 32'),
+    (['predict', 'x.png', '--img-size', '31'], 'must be at least 32'),
+    (['validate', '--data-dir', '.', '--model', 'hrnet_w18_small', '--batch-size', '0'], 'must be at least 1'),
+    (['benchmark', '--model', 'hrnet_w18_small', '--steps', 'two'], "expected an integer, got 'two'"),
+])
+def test_bad_numbers_fail_at_parse_time(args: list[str], problem: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert problem in err and 'Traceback' not in err
+
+
+@pytest.mark.parametrize('subcommand', ['predict', 'benchmark', 'validate'])
+def test_bogus_device_is_one_line_exit_2(
+    subcommand: str, checkpoint: str, split_file: tuple[Path, torch.Tensor, torch.Tensor], capsys: pytest.CaptureFixture
+) -> None:
+    split = split_file[0]
+    target = {
+        'predict': [str(split.parent / 'img0.png'), '--checkpoint', checkpoint],
+        'benchmark': [],
+        'validate': ['--data-dir', str(split.parent), '--split-file', str(split), '--checkpoint', checkpoint],
+    }[subcommand]
+    assert main([subcommand, *target, '--model', 'hrnet_w18_small', '--device', 'bogus']) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "invalid --device 'bogus'" in err
+
+
+def test_unreadable_images_listed_by_path_in_single_process(
+    image_paths: list[Path], checkpoint: str, tmp_path: Path
+) -> None:
+    """Sorted by path as under torchrun, not in dataset order (here the split file lists them in reverse)."""
+    for name in ('b_broken.png', 'a_broken.png'):
+        (tmp_path / name).write_bytes(b'garbage')
+    (tmp_path / image_paths[0].name).write_bytes(image_paths[0].read_bytes())
+    split = tmp_path / 'val.txt'
+    split.write_text(f'b_broken.png 0\na_broken.png 1\n{image_paths[0].name} 2\n')
+    results = _run_validate(tmp_path, tmp_path, split, checkpoint)
+    assert [item['path'] for item in results['unreadable']] == [str(tmp_path / 'a_broken.png'),
+                                                                str(tmp_path / 'b_broken.png')]
+    assert results['num_images'] == 1

@@ -118,3 +118,19 @@ def test_fx_feature_extraction(classifier: HRNet, weights_file: Path, location: 
         expected = expected_model(x)
         assert_features_close(fx_model(x), expected)
         assert_features_close(list(extractor(x).values()), expected)
+
+
+def test_classifier_torch_export_and_onnx(classifier: HRNet, tmp_path: Path) -> None:
+    ort = pytest.importorskip('onnxruntime')
+    x = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        expected = classifier(x)
+    exported = torch.export.export(classifier, (x,))
+    with torch.no_grad():
+        assert torch.allclose(exported.module()(x), expected, atol=1e-5, rtol=0)
+    path = tmp_path / 'hrnet_classifier.onnx'
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        torch.onnx.export(classifier, (x,), str(path), dynamo=True, input_names=['image'])
+    logits = ort.InferenceSession(str(path), providers=['CPUExecutionProvider']).run(None, {'image': x.numpy()})[0]
+    assert (torch.from_numpy(logits) - expected).abs().max().item() <= 1e-4
