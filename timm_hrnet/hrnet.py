@@ -544,6 +544,7 @@ class HRNetFeatures(HRNet):
         self.feature_info = FeatureInfo(self.feature_info, self.out_indices)
 
     def forward(self, x: Tensor) -> list[Tensor]:  # type: ignore[override]
+        # forward_intermediates with intermediates_only, spelled out: TorchScript cannot compile its Union return
         x = self.forward_stem(x)
         out = [x] if 0 in self.out_indices else []
         if self.stem_only:
