@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         'preprocessing', "the source's evaluation preprocessing for config.json (default: the model's pretrained cfg)")
     preprocessing.add_argument('--input-size', type=int, metavar='N', help='input resolution N x N')
     preprocessing.add_argument('--interpolation', choices=INTERPOLATIONS, help='resize interpolation')
-    preprocessing.add_argument('--crop-pct', type=float, help='center crop fraction, e.g. 0.875: resize to N / crop-pct')
+    preprocessing.add_argument('--crop-pct', type=float, help='center crop fraction: resize to N / crop-pct')
     preprocessing.add_argument('--test-input-size', type=int, metavar='N',
                                help='resolution the published accuracy was measured at, if not --input-size')
     preprocessing.add_argument('--test-crop-pct', type=float, help='crop fraction at --test-input-size')

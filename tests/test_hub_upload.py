@@ -25,8 +25,10 @@ from test_convert import (
     write_small_checkpoints,
 )
 
+import hub_upload.batch
 import hub_upload.push
 import hub_upload.stage
+import hub_upload.verify
 from hub_upload.__main__ import MANIFEST_DIR, SOURCES, main
 from hub_upload.batch import HashMismatchError, fetch, load_manifest
 from hub_upload.model_card import CardFacts
@@ -34,6 +36,8 @@ from hub_upload.push import PushRefusedError, push_dir
 from hub_upload.stage import VerificationError, convert_to_dir
 from hub_upload.verify import VerifyReport
 from timm_hrnet.convert import LAYOUT_NAMES
+from timm_hrnet.model_table import count_params_and_macs
+from timm_hrnet.pretrained_cfgs import PAPER
 
 REPO_ID = 'someone/hrnet_w18_small.mmpretrain_test'
 SOURCE_URL = 'https://example.org/hrnet-w18-small_mmpretrain.pth'
@@ -65,11 +69,12 @@ def staged(small: SmallCheckpoints, tmp_path_factory: pytest.TempPathFactory) ->
         source='mmpretrain', source_name='hrnet-w18-small_mmpretrain', source_url=SOURCE_URL, license='apache-2.0',
         top1=72.5, top5=90.75, source_params=13187464, source_flops=1611000000,
     )
-    result = convert_to_dir(
-        small.mmpretrain_pth, SMALL_MODEL, tmp_path_factory.mktemp('repos') / 'hrnet_w18_small.mmpretrain_test',
+    result = convert_to_dir(  # the ms_in1k tag's preprocessing (bilinear), not the default gluon tag's (bicubic)
+        small.mmpretrain_pth, f'{SMALL_MODEL}.ms_in1k',
+        tmp_path_factory.mktemp('repos') / 'hrnet_w18_small.mmpretrain_test',
         repo_id=REPO_ID, facts=facts, verify_image_size=64,
     )
-    assert result.report.ok and result.report.max_abs_diff == 0
+    assert result.report.ok and result.report.max_abs_diff == 0 and result.architecture == SMALL_MODEL
     return result.out_dir
 
 
@@ -94,6 +99,8 @@ def test_config_is_timm_format_with_source_preprocessing(staged: Path) -> None:
     assert cfg['input_size'] == [3, 224, 224] and cfg['crop_pct'] == 0.875 and cfg['interpolation'] == 'bilinear'
     assert cfg['mean'] == [0.485, 0.456, 0.406] and cfg['license'] == 'apache-2.0'
     assert cfg['origin_url'] == SOURCE_URL and 'hf_hub_id' not in cfg and 'tag' not in cfg
+    assert cfg['paper_ids'] == 'arXiv:1908.07919' and cfg['paper_name'] == PAPER
+    assert 'test_input_size' not in cfg and 'test_crop_pct' not in cfg
     model = timm.create_model(f'local-dir:{staged}', pretrained=False)
     assert timm.data.resolve_model_data_config(model)['crop_pct'] == 0.875
 
@@ -110,6 +117,9 @@ def test_model_card_parses_and_carries_results(staged: Path) -> None:
     model_name, reparsed = model_index_to_eval_results(data.to_dict()['model-index'])
     assert model_name == 'hrnet_w18_small.mmpretrain_test' and len(reparsed) == 2
     text = card.text
+    params, macs = count_params_and_macs(SMALL_MODEL, (3, 224, 224))
+    assert f'| Params (M) | {params / 1e6:.2f} |' in text and f'| GMACs | {macs / 1e9:.2f} (at 224x224) |' in text
+    assert f'[{PAPER}](https://arxiv.org/abs/1908.07919)' in text
     for expected in ('| Params (M) | 13.19 |', '| GMACs | 1.6', 'arxiv.org/abs/1908.07919', SOURCE_URL,
                      f"timm.create_model('hf-hub:{REPO_ID}', pretrained=True)", 'features_only=True',
                      '@article{', 'Transactions on Pattern Analysis and Machine Intelligence', '13,187,464'):
@@ -342,3 +352,95 @@ def test_manifest_unknown_keys_get_suggestions(tmp_path: Path) -> None:
     manifest = _write_manifest(tmp_path / 'typo.toml', [dict(url='x.pth', model=SMALL_MODEL, repo='r', sha265='00')])
     with pytest.raises(ValueError, match="unknown key.*'sha265' \\(did you mean 'sha256'\\?\\)"):
         load_manifest(manifest)
+
+
+@pytest.fixture(scope='module')
+def ssld_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp('ssld') / 'hrnet_w18_ssld_canonical.pth'
+    torch.save(random_state_dict('hrnet_w18_ssld', seed=3), path)
+    return path
+
+
+def test_convert_cli_writes_the_models_registered_preprocessing(
+        ssld_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / 'ssld'
+    assert main(['convert', str(ssld_checkpoint), '--model', 'hrnet_w18_ssld', '--out', str(out),
+                 '--image-size', '32']) == 0, capsys.readouterr().err
+    cfg = json.loads((out / 'config.json').read_text())['pretrained_cfg']
+    assert (cfg['input_size'], cfg['crop_pct'], cfg['interpolation']) == ([3, 224, 224], 0.95, 'bilinear')
+    assert cfg['test_input_size'] == [3, 288, 288] and cfg['test_crop_pct'] == 1.0
+    assert 'published accuracy measured at 288 with crop_pct 1.0' in (out / 'README.md').read_text()
+
+
+def test_convert_cli_preprocessing_options_override_the_tagged_cfg(
+        ssld_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / 'ssld'
+    assert main(['convert', str(ssld_checkpoint), '--model', 'hrnet_w18_ssld.paddle_in1k', '--out', str(out),
+                 '--image-size', '32', '--input-size', '256', '--interpolation', 'bicubic', '--crop-pct', '0.9',
+                 '--test-input-size', '320', '--test-crop-pct', '0.95']) == 0, capsys.readouterr().err
+    config = json.loads((out / 'config.json').read_text())
+    cfg = config['pretrained_cfg']
+    assert config['architecture'] == 'hrnet_w18_ssld'
+    assert (cfg['input_size'], cfg['crop_pct'], cfg['interpolation']) == ([3, 256, 256], 0.9, 'bicubic')
+    assert (cfg['test_input_size'], cfg['test_crop_pct']) == ([3, 320, 320], 0.95)
+    assert cfg.get('pool_size') is None  # the registered (7, 7) belongs to 224
+    assert '(at 256x256)' in (out / 'README.md').read_text()
+    assert main(['convert', str(ssld_checkpoint), '--model', 'hrnet_w18_ssld.bogus', '--out', str(tmp_path / 'x')]) == 2
+    assert 'Invalid pretrained tag (bogus)' in capsys.readouterr().err
+
+
+def test_verify_names_a_missing_config_field(staged: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    broken = tmp_path / 'broken'
+    broken.mkdir()
+    for path in staged.iterdir():
+        (broken / path.name).write_bytes(path.read_bytes())
+    config = json.loads((broken / 'config.json').read_text())
+    del config['architecture']
+    (broken / 'config.json').write_text(json.dumps(config))
+    assert main(['verify', str(broken)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('error: ') and "no 'architecture' field" in err[0], err
+
+    def raise_key_error(*args, **kwargs):
+        raise KeyError('num_features')
+
+    monkeypatch.setattr(hub_upload.verify, 'verify_dir', raise_key_error)
+    assert main(['verify', str(staged)]) == 2
+    assert capsys.readouterr().err.strip() == "error: missing field 'num_features'"
+
+
+def test_relative_manifest_paths_resolve_next_to_the_manifest_once(
+        small: SmallCheckpoints, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / 'sub').mkdir()
+    (tmp_path / 'sub' / 'x.pth').write_bytes(small.canonical_pth.read_bytes())
+    _write_manifest(tmp_path / 'sub' / 'm.toml', [
+        dict(file='x.pth', model='hrnet_w18_ssld', repo='from_file'),
+        dict(url='x.pth', model='hrnet_w18_ssld', repo='from_url', crop_pct=0.9),
+    ])
+    monkeypatch.chdir(tmp_path)
+    from_file, from_url = load_manifest('sub/m.toml')
+    assert from_file.url == from_url.url == str(tmp_path / 'sub' / 'x.pth')
+    assert Path(from_file.url).is_file()
+    # preprocessing the manifest leaves out comes from the model's pretrained cfg; what it states wins
+    assert (from_file.preprocessing().crop_pct, from_file.preprocessing().test_input_size) == (0.95, (3, 288, 288))
+    assert from_url.preprocessing().crop_pct == 0.9
+
+
+def test_batch_hashes_each_checkpoint_once(
+        small: SmallCheckpoints, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hashed = []
+
+    def counting_sha256(path) -> str:
+        hashed.append(Path(path).name)
+        return sha256(Path(path))
+
+    for module in (hub_upload.batch, hub_upload.stage, hub_upload.verify):
+        monkeypatch.setattr(module, 'file_sha256', counting_sha256)
+    manifest = _write_manifest(tmp_path / 'one.toml', [
+        dict(url=str(small.canonical_pth), model=SMALL_MODEL, repo='once', sha256=sha256(small.canonical_pth))])
+    outcomes = hub_upload.batch.run_batch(manifest, tmp_path / 'out', tmp_path / 'cache', verify_image_size=32,
+                                          log=lambda line: None)
+    assert [o.ok for o in outcomes] == [True], outcomes
+    assert hashed == [small.canonical_pth.name]
+    metadata = hub_upload.verify.read_weights_metadata(tmp_path / 'out' / 'once')
+    assert metadata['source_sha256'] == sha256(small.canonical_pth)
