@@ -171,7 +171,7 @@ def convert_to_dir(
     if facts.source_url:
         pretrained_cfg['origin_url'] = facts.source_url
     model.pretrained_cfg = model.default_cfg = pretrained_cfg
-    params, macs = count_params_and_macs(architecture, pretrained_cfg['input_size'])
+    params, macs = count_params_and_macs(architecture, pretrained_cfg['input_size'], num_classes=num_classes)
     complexity = Complexity(params=params, macs=macs, input_size=pretrained_cfg['input_size'])
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)

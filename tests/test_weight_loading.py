@@ -49,8 +49,9 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> SmallCheckpoints:
 @pytest.fixture(scope='module')
 def converted_repo(small: SmallCheckpoints, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A repo directory made by hub_upload from the mmpretrain-layout checkpoint."""
-    return convert_to_dir(
-        small.mmpretrain_pth, SMALL_MODEL, tmp_path_factory.mktemp('repos') / 'hrnet_w18_small.mmpretrain_test',
+    out = tmp_path_factory.mktemp('repos') / 'hrnet_w18_small.mmpretrain_test'
+    return convert_to_dir(  # the ms_in1k cfg: bilinear, crop 0.875, as mmpretrain evaluates
+        small.mmpretrain_pth, f'{SMALL_MODEL}.ms_in1k', out,
         repo_id=CONVERTED_REPO_ID, facts=CardFacts(source='mmpretrain'), verify_image_size=64,
     ).out_dir
 

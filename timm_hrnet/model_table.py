@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 from dataclasses import dataclass
+from typing import Any
 
 import timm
 import torch
@@ -28,14 +29,14 @@ class ModelRow:
     top5: float | None
 
 
-def count_params_and_macs(architecture: str, input_size: tuple[int, int, int]) -> tuple[int, int]:
+def count_params_and_macs(architecture: str, input_size: tuple[int, int, int], **model_kwargs: Any) -> tuple[int, int]:
     """Parameters and multiply-accumulates of one forward pass, measured on the meta device (no memory, no compute).
 
     MACs are FlopCounterMode's FLOPs / 2, i.e. convolutions and matmuls; BatchNorm, activations and pooling are not
     counted, as in the usual published GMAC figures.
     """
     with torch.device('meta'):
-        model = timm.create_model(architecture).eval()
+        model = timm.create_model(architecture, **model_kwargs).eval()
         with FlopCounterMode(display=False) as counter:
             model(torch.empty(1, *input_size))
     return sum(p.numel() for p in model.parameters()), counter.get_total_flops() // 2
