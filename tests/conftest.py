@@ -5,7 +5,11 @@ import os
 from pathlib import Path
 
 import pytest
+import safetensors.torch
+import timm
 import torch
+from checkpoints import SmallCheckpoints, write_small_checkpoints
+from helpers import randomize_batchnorm
 
 os.environ['HF_HUB_OFFLINE'] = '1'  # no network in tests, whatever the environment says
 
@@ -28,6 +32,27 @@ def single_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope='module')
+def small(tmp_path_factory: pytest.TempPathFactory) -> SmallCheckpoints:
+    """hrnet_w18_small weights saved as canonical safetensors, canonical .pth and an mmpretrain checkpoint."""
+    return write_small_checkpoints(tmp_path_factory.mktemp('small'))
+
+
+@pytest.fixture(scope='module')
+def classifier() -> torch.nn.Module:
+    """An hrnet_w18_small classifier with non-trivial BatchNorm statistics, in eval mode."""
+    torch.manual_seed(0)
+    return randomize_batchnorm(timm.create_model('hrnet_w18_small')).eval()
+
+
+@pytest.fixture(scope='module')
+def weights_file(classifier: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The `classifier`'s weights as a safetensors file."""
+    path = tmp_path_factory.mktemp('weights') / 'hrnet_w18_small.safetensors'
+    safetensors.torch.save_file({k: v.contiguous() for k, v in classifier.state_dict().items()}, str(path))
+    return path
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,9 @@
 """Small utilities shared by the test modules."""
 from __future__ import annotations
 
+from pathlib import Path
+
+import timm
 import torch
 from torch import nn
 
@@ -20,3 +23,9 @@ def randomize_batchnorm(model: nn.Module, seed: int = 1) -> nn.Module:
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.float() - b.float()).abs().max().item()
+
+
+def features_model(weights_file: Path, name: str = 'hrnet_w18_small', **kwargs) -> nn.Module:
+    """A features model loaded with a classifier's saved weights (the pruned head's weights are dropped)."""
+    overlay = dict(file=str(weights_file))
+    return timm.create_model(name, pretrained=True, features_only=True, pretrained_cfg_overlay=overlay, **kwargs).eval()

@@ -6,12 +6,10 @@ import warnings
 from pathlib import Path
 
 import pytest
-import safetensors.torch
 import timm
 import torch
-from helpers import randomize_batchnorm
+from helpers import features_model
 from timm.models import create_feature_extractor
-from torch import nn
 
 import timm_hrnet  # noqa: F401  (registers our hrnet_* entrypoints with timm)
 from timm_hrnet import HRNet
@@ -19,25 +17,6 @@ from timm_hrnet import HRNet
 NAME = 'hrnet_w18_small'
 # torch 2.14 deprecates torch.jit.script; it still works and TorchScript deployments still rely on it
 SCRIPT_DEPRECATION = pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated:FutureWarning')
-
-
-@pytest.fixture(scope='module')
-def classifier() -> HRNet:
-    torch.manual_seed(0)
-    return randomize_batchnorm(timm.create_model(NAME)).eval()
-
-
-@pytest.fixture(scope='module')
-def weights_file(classifier: HRNet, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp('weights') / f'{NAME}.safetensors'
-    safetensors.torch.save_file({k: v.contiguous() for k, v in classifier.state_dict().items()}, str(path))
-    return path
-
-
-def features_model(weights_file: Path, **kwargs) -> nn.Module:
-    """A features model loaded with the classifier's weights (the head's weights are dropped)."""
-    overlay = dict(file=str(weights_file))
-    return timm.create_model(NAME, pretrained=True, features_only=True, pretrained_cfg_overlay=overlay, **kwargs).eval()
 
 
 def assert_features_close(actual: list[torch.Tensor], expected: list[torch.Tensor], rel: float = 1e-5) -> None:

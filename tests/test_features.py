@@ -7,12 +7,11 @@ import math
 from pathlib import Path
 
 import pytest
-import safetensors.torch
 import timm
 import timm.models.hrnet as timm_builtin_hrnet
 import torch
 import torch.nn.functional as F
-from helpers import randomize_batchnorm
+from helpers import features_model
 from timm.utils import freeze
 from timm.utils.model import freeze_batch_norm_2d
 from torch import nn
@@ -38,28 +37,8 @@ def stride_sizes(size: tuple[int, int], reductions: list[int]) -> list[tuple[int
 
 
 @pytest.fixture(scope='module')
-def classifier() -> HRNet:
-    torch.manual_seed(0)
-    return randomize_batchnorm(timm.create_model(NAME)).eval()
-
-
-@pytest.fixture(scope='module')
-def weights_file(classifier: HRNet, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp('weights') / f'{NAME}.safetensors'
-    safetensors.torch.save_file({k: v.contiguous() for k, v in classifier.state_dict().items()}, str(path))
-    return path
-
-
-@pytest.fixture(scope='module')
 def odd_input() -> torch.Tensor:
     return torch.randn(1, 3, *ODD_SIZE, generator=torch.Generator().manual_seed(1))
-
-
-def features_from(weights_file: Path, **kwargs) -> nn.Module:
-    model = timm.create_model(
-        NAME, pretrained=True, features_only=True, pretrained_cfg_overlay=dict(file=str(weights_file)), **kwargs
-    )
-    return model.eval()
 
 
 def check_feature_info(model: nn.Module, channels: list[int], names: list[str]) -> None:
@@ -102,7 +81,7 @@ def test_pretrained_features_equal_classifier_intermediates(
         classifier: HRNet, weights_file: Path, odd_input: torch.Tensor, location: str, feature_cls: str | None
 ) -> None:
     extra = dict(feature_cls=feature_cls) if feature_cls else {}
-    model = features_from(weights_file, feature_location=location, **extra)
+    model = features_model(weights_file, feature_location=location, **extra)
     reference = timm.create_model(NAME, feature_location=location)
     reference.load_state_dict(classifier.state_dict())
     with torch.no_grad():
@@ -115,7 +94,7 @@ def test_pretrained_features_equal_classifier_intermediates(
 
 
 def test_pretrained_out_indices_subset(classifier: HRNet, weights_file: Path, odd_input: torch.Tensor) -> None:
-    model = features_from(weights_file, out_indices=(1, 3))
+    model = features_model(weights_file, out_indices=(1, 3))
     assert 'incre_modules.3.0.conv1.weight' not in model.state_dict()  # pruned: index 4 is not asked for
     with torch.no_grad():
         features = model(odd_input)
@@ -191,7 +170,7 @@ def test_prune_intermediate_layers(classifier: HRNet, odd_input: torch.Tensor) -
 
 @pytest.mark.parametrize('output_stride', [32, 16, 8])
 def test_output_stride(weights_file: Path, odd_input: torch.Tensor, output_stride: int) -> None:
-    model = features_from(weights_file, feature_location='', output_stride=output_stride)  # loads: shapes unchanged
+    model = features_model(weights_file, feature_location='', output_stride=output_stride)  # loads: shapes unchanged
     reductions = [min(r, output_stride) for r in (2, 4, 8, 16, 32)]
     assert model.feature_info.reduction() == reductions
     with torch.no_grad():
@@ -270,7 +249,7 @@ def test_freeze_stem_and_layer1_for_finetuning() -> None:
 
 
 def test_freeze_all_batchnorm_keeps_eval_outputs(weights_file: Path) -> None:
-    model = features_from(weights_file)
+    model = features_model(weights_file)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         expected = model(x)

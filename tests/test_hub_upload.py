@@ -15,15 +15,14 @@ import pytest
 import safetensors
 import timm
 import torch
-from huggingface_hub import ModelCard, ModelCardData
-from huggingface_hub.repocard_data import model_index_to_eval_results
-from test_convert import (
+from checkpoints import (
     SMALL_MODEL,
     SmallCheckpoints,
     canonical_to_mmpretrain,
     random_state_dict,
-    write_small_checkpoints,
 )
+from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub.repocard_data import model_index_to_eval_results
 
 import hub_upload.batch
 import hub_upload.push
@@ -56,11 +55,6 @@ def snapshot(directory: Path) -> dict[str, str]:
 
 def leftovers(parent: Path) -> list[str]:
     return sorted(p.name for p in parent.iterdir() if p.name.startswith('.'))
-
-
-@pytest.fixture(scope='module')
-def small(tmp_path_factory: pytest.TempPathFactory) -> SmallCheckpoints:
-    return write_small_checkpoints(tmp_path_factory.mktemp('small'))
 
 
 @pytest.fixture(scope='module')

@@ -10,7 +10,6 @@ import timm
 import timm.models.hrnet as builtin
 import torch
 from helpers import max_abs_diff, randomize_batchnorm
-from safetensors.torch import save_file
 from timm.models import group_parameters
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -214,27 +213,19 @@ def test_global_pool_none_keeps_the_feature_map() -> None:
     assert model(torch.randn(1, 3, 96, 96)).shape == (1, 2048, 3, 3)
 
 
-@pytest.fixture(scope='module')
-def w18_small_weights(tmp_path_factory) -> tuple[str, dict]:
-    source = randomize_batchnorm(timm.create_model('hrnet_w18_small')).eval()
-    path = tmp_path_factory.mktemp('weights') / 'model.safetensors'
-    state = {k: v.contiguous() for k, v in source.state_dict().items()}
-    save_file(state, str(path))
-    return str(path), state
-
-
-def test_pretrained_weights_load_through_timm_file_overlay(w18_small_weights) -> None:
-    path, state = w18_small_weights
-    model = timm.create_model('hrnet_w18_small', pretrained=True, pretrained_cfg_overlay=dict(file=path))
+def test_pretrained_weights_load_through_timm_file_overlay(classifier: HRNet, weights_file) -> None:
+    state = classifier.state_dict()
+    model = timm.create_model('hrnet_w18_small', pretrained=True, pretrained_cfg_overlay=dict(file=str(weights_file)))
     for key, value in model.state_dict().items():
         assert torch.equal(value, state[key]), key
 
 
 @pytest.mark.parametrize('in_chans', [1, 4])
-def test_pretrained_with_other_classes_and_input_channels(w18_small_weights, in_chans: int) -> None:
-    path, state = w18_small_weights
+def test_pretrained_with_other_classes_and_input_channels(classifier: HRNet, weights_file, in_chans: int) -> None:
+    state = classifier.state_dict()
     model = timm.create_model(
-        'hrnet_w18_small', pretrained=True, pretrained_cfg_overlay=dict(file=path), num_classes=10, in_chans=in_chans,
+        'hrnet_w18_small', pretrained=True, pretrained_cfg_overlay=dict(file=str(weights_file)), num_classes=10,
+        in_chans=in_chans,
     ).eval()
     assert model.classifier.out_features == 10
     conv = model.conv1.weight

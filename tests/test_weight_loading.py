@@ -15,8 +15,8 @@ import pytest
 import safetensors.torch
 import timm
 import torch
+from checkpoints import SMALL_MODEL, SmallCheckpoints, assert_state_dicts_equal
 from huggingface_hub import constants
-from test_convert import SMALL_MODEL, SmallCheckpoints, assert_state_dicts_equal, write_small_checkpoints
 
 import timm_hrnet  # noqa: F401  (registers our hrnet_* entrypoints)
 from hub_upload.model_card import CardFacts
@@ -39,11 +39,6 @@ def write_hf_cache(cache_dir: Path, repo_id: str, files: dict[str, Path]) -> Non
         blob = repo_root / 'blobs' / hashlib.sha256(data).hexdigest()
         blob.write_bytes(data)
         (snapshot / name).symlink_to(Path('..') / '..' / 'blobs' / blob.name)
-
-
-@pytest.fixture(scope='module')
-def small(tmp_path_factory: pytest.TempPathFactory) -> SmallCheckpoints:
-    return write_small_checkpoints(tmp_path_factory.mktemp('small'))
 
 
 @pytest.fixture(scope='module')
