@@ -6,7 +6,7 @@ import difflib
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,11 @@ class VerificationError(RuntimeError):
     """The staged repo does not reproduce its source; nothing was moved into place."""
 
 
+def _plain(value: Any) -> Any:
+    """Lists (from TOML / JSON) as tuples, as timm's cfgs hold sizes and statistics."""
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """Evaluation preprocessing of the source, written to config.json's pretrained_cfg."""
@@ -58,16 +63,11 @@ class Preprocessing:
             close = difflib.get_close_matches(model_name, timm.list_pretrained('hrnet*'), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ''
             raise ValueError(f"unknown model '{model_name}' (no pretrained cfg registered){hint}")
-        return cls(
-            input_size=tuple(cfg.input_size),
-            interpolation=cfg.interpolation,
-            crop_pct=cfg.crop_pct,
-            crop_mode=cfg.crop_mode,
-            mean=tuple(cfg.mean),
-            std=tuple(cfg.std),
-            test_input_size=tuple(cfg.test_input_size) if cfg.test_input_size else None,
-            test_crop_pct=cfg.test_crop_pct,
-        )
+        return cls(**{f.name: _plain(getattr(cfg, f.name)) for f in fields(cls)})
+
+    def as_cfg(self) -> dict[str, Any]:
+        """The pretrained_cfg entries, leaving out the test size and crop when the source gives none."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None}
 
     def with_overrides(self, **overrides: Any) -> Preprocessing:
         """A copy with every override that is not None applied (unset CLI options and manifest keys are None)."""
@@ -154,20 +154,7 @@ def convert_to_dir(
     pretrained_cfg = {k: v for k, v in model.pretrained_cfg.items() if k not in _SOURCE_SPECIFIC_CFG}
     if tuple(preprocessing.input_size) != tuple(pretrained_cfg['input_size']):
         pretrained_cfg.pop('pool_size', None)  # the registered pool size belongs to the registered input size
-    pretrained_cfg.update(
-        input_size=tuple(preprocessing.input_size),
-        interpolation=preprocessing.interpolation,
-        crop_pct=preprocessing.crop_pct,
-        crop_mode=preprocessing.crop_mode,
-        mean=tuple(preprocessing.mean),
-        std=tuple(preprocessing.std),
-        num_classes=num_classes,
-        license=facts.license,
-    )
-    if preprocessing.test_input_size:
-        pretrained_cfg['test_input_size'] = tuple(preprocessing.test_input_size)
-    if preprocessing.test_crop_pct is not None:
-        pretrained_cfg['test_crop_pct'] = preprocessing.test_crop_pct
+    pretrained_cfg.update(preprocessing.as_cfg(), num_classes=num_classes, license=facts.license)
     if facts.source_url:
         pretrained_cfg['origin_url'] = facts.source_url
     model.pretrained_cfg = model.default_cfg = pretrained_cfg
