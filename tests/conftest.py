@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-import pytest
-import safetensors.torch
-import timm
-import torch
-from checkpoints import SmallCheckpoints, write_small_checkpoints
-from helpers import randomize_batchnorm
-
+# huggingface_hub reads this once, when first imported: set it before anything (timm included) imports it
 os.environ['HF_HUB_OFFLINE'] = '1'  # no network in tests, whatever the environment says
+
+from collections.abc import Generator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import safetensors.torch  # noqa: E402
+import timm  # noqa: E402
+import torch  # noqa: E402
+from checkpoints import SmallCheckpoints, write_small_checkpoints  # noqa: E402
+from helpers import randomize_batchnorm  # noqa: E402
 
 REFDATA = Path(__file__).resolve().parents[2] / 'shared' / 'refdata'
 
@@ -58,3 +61,19 @@ def weights_file(classifier: torch.nn.Module, tmp_path_factory: pytest.TempPathF
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+# In CI every optional test dependency and the reference fixtures must be there: a skip for a missing one would
+# hide an install that silently broke, so there it fails instead.
+_CI_FORBIDDEN_SKIPS = ('could not import', 'reference fixtures not found')
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Generator[None, None, None]:
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get('CI') and report.skipped and isinstance(report.longrepr, tuple):
+        reason = str(report.longrepr[2])
+        if any(text in reason for text in _CI_FORBIDDEN_SKIPS):
+            report.outcome = 'failed'
+            report.longrepr = f'skipped in CI, where it must run: {reason}'

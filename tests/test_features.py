@@ -158,14 +158,32 @@ def test_prune_intermediate_layers(classifier: HRNet, odd_input: torch.Tensor) -
         features = pruned.forward_intermediates(odd_input, indices=[1, 2], intermediates_only=True)
         for a, b in zip(features, expected[1:3], strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
-        with pytest.raises(RuntimeError, match='head was pruned'):
-            pruned.forward_features(odd_input)
+        # the pruned model's features end at its last tap, described by num_features; later taps are gone
+        torch.testing.assert_close(pruned.forward_features(odd_input), expected[2], rtol=0, atol=0)
+        assert pruned.num_features == pruned.head_hidden_size == expected[2].shape[1]
+        assert pruned(odd_input).shape == expected[2].shape  # pooling and classifier went with the head
+        with pytest.raises(ValueError, match='pruned'):
+            pruned.forward_intermediates(odd_input, indices=[3])
+        pruned.reset_classifier(5, 'avg')
+        assert pruned(odd_input).shape == (odd_input.shape[0], 5)
 
         stem_only = copy.deepcopy(classifier)
         stem_only.prune_intermediate_layers([0])
         assert sum(p.numel() for p in stem_only.parameters()) < 2000  # conv1 + bn1 only
         (stem,) = stem_only.forward_intermediates(odd_input, indices=[0], intermediates_only=True)
         torch.testing.assert_close(stem, expected[0], rtol=0, atol=0)
+        torch.testing.assert_close(stem_only.forward_features(odd_input), expected[0], rtol=0, atol=0)
+        assert stem_only.num_features == expected[0].shape[1]
+
+
+def test_stop_early_ends_at_the_last_requested_tap(classifier: HRNet, odd_input: torch.Tensor) -> None:
+    with torch.no_grad():
+        taps = classifier.forward_intermediates(odd_input, intermediates_only=True)
+        for i in range(len(taps)):
+            final, selected = classifier.forward_intermediates(odd_input, indices=[i], stop_early=True)
+            torch.testing.assert_close(selected[0], taps[i], rtol=0, atol=0)
+            expected_final = classifier.forward_features(odd_input) if i == len(taps) - 1 else taps[i]
+            torch.testing.assert_close(final, expected_final, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize('output_stride', [32, 16, 8])

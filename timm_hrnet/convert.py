@@ -308,15 +308,6 @@ def _rename_foreign(state_dict: dict, model: torch.nn.Module) -> dict:
     return converted
 
 
-@lru_cache(maxsize=16)
-def _architecture_keys(spec: Any) -> frozenset[str]:
-    """Every state-dict key of the unpruned network for a spec (to tell pruned modules from foreign keys)."""
-    from .hrnet import HRNet  # the model module imports this one
-
-    with torch.device('meta'):
-        return frozenset(HRNet(spec).state_dict())
-
-
 def checkpoint_filter_fn(state_dict: dict, model: torch.nn.Module) -> dict:
     """timm ``pretrained_filter_fn``: accept any known layout and refuse incomplete or foreign weights by key name.
 
@@ -330,7 +321,8 @@ def checkpoint_filter_fn(state_dict: dict, model: torch.nn.Module) -> dict:
     own = model.state_dict()
     expected = _shapes(own)
     _fill_zeros(state_dict, expected, lambda key: key.endswith(_BN_COUNTER))
-    known = _architecture_keys(model.spec) if hasattr(model, 'spec') else frozenset(own)
+    # keys of modules pruned from this model (a features model's head) are dropped, not reported as foreign
+    known = model.architecture_keys() if hasattr(model, 'architecture_keys') else frozenset(own)
     classifier = (model.pretrained_cfg or {}).get('classifier') or 'classifier'
     missing = [k for k in own if k not in state_dict and not k.startswith(classifier + '.')]
     unexpected = [k for k in state_dict if k not in known and not k.startswith(classifier + '.')]

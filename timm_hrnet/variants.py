@@ -34,16 +34,25 @@ class StageSpec:
 
 @dataclass(frozen=True)
 class HRNetSpec:
-    """A whole network: stem width, the four stages, and whether the classification head's convs have a bias."""
+    """A whole network: stem width, the four stages, how branches are exchanged, and the classifier head's biases.
+
+    The classifiers upsample nearest in the exchange units; the segmentation models (HRNetV2, seg_hrnet) upsample
+    bilinearly, and the pose models' last module outputs only the highest-resolution branch.
+    """
 
     stages: tuple[StageSpec, ...]
     stem_width: int = 64
     head_conv_bias: bool = True  # the SSLD (PaddleClas) weights were trained without these biases
+    upsample: str = 'nearest'  # how the exchange units resize lower-resolution paths: 'nearest' or 'bilinear'
+    align_corners: bool = False  # for bilinear upsampling
+    multi_scale_output: bool = True  # False: the last module outputs only the highest-resolution branch
 
     def __post_init__(self) -> None:
         branches = [s.num_branches for s in self.stages]
         if branches != list(range(1, len(self.stages) + 1)):
             raise ValueError(f'stage i must have i branches, got {branches}')
+        if self.upsample not in ('nearest', 'bilinear'):
+            raise ValueError(f"upsample must be 'nearest' or 'bilinear', got {self.upsample!r}")
 
 
 def _wide(width: int, stage1_blocks: int = 4, blocks: int = 4, modules: tuple[int, int, int] = (1, 4, 3)) -> HRNetSpec:
