@@ -3,7 +3,9 @@ from .fuse import is_inference_optimized, optimize_for_inference
 from .hrnet import HRNet, HRNetFeatures
 from .inference import get_model, inference_model, load_model
 from .necks import HRNetDetectionBackbone, HRNetV2, HRNetV2p, hrnet_detection_backbone
+from .pose import HRNetPose, create_pose_model
 from .pretrained_cfgs import published_results
+from .segmentation import HRNetSeg, create_seg_model
 from .variants import VARIANTS, HRNetSpec, StageSpec
 
 __all__ = [
@@ -11,5 +13,6 @@ __all__ = [
     'HRNetV2', 'HRNetV2p', 'HRNetDetectionBackbone', 'hrnet_detection_backbone',
     'get_model', 'inference_model', 'load_model', 'published_results',
     'optimize_for_inference', 'is_inference_optimized',
+    'HRNetPose', 'create_pose_model', 'HRNetSeg', 'create_seg_model',
 ]
 __version__ = '0.1.0'

@@ -9,7 +9,10 @@
   ops, in place where the tensor is fresh,
 * the exchange unit sums every path into one buffer: nearest upsampling by an integer factor is a broadcast add
   into a strided view (no upsampled temporary), the upsampled paths of one target are summed coarse-to-fine at low
-  resolution first, and the strided paths add straight into the buffer from their last conv, the last with ReLU,
+  resolution first, and the strided paths add straight into the buffer from their last conv, the last with ReLU;
+  bilinear exchange units (segmentation) resize each path to the target as the original does,
+* the task models work too: the pose model's single-output last module, the segmentation head's conv -> BN -> ReLU
+  -> conv (`last_layer`, folded like any such Sequential),
 * dropout goes, parameters stop requiring gradients, gradient checkpointing is switched off.
 The result refuses training: `.train()` and a forward pass in training mode raise a RuntimeError.
 """
@@ -19,11 +22,13 @@ import copy
 
 import torch
 import torch.nn.functional as F
-from timm.models._features import FeatureDictNet, FeatureGetterNet, FeatureHookNet
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from .hrnet import BasicBlock, Bottleneck, HRModule, HRNet, HRNetFeatures
+from .hrnet import BasicBlock, Bottleneck, HRModule, HRNet, HRNetFeatures, HRNetTrunk
+from .pose import HRNetPose
+from .segmentation import HRNetSeg
+from .timm_compat import FeatureDictNet, FeatureGetterNet, FeatureHookNet
 
 __all__ = ['optimize_for_inference', 'is_inference_optimized', 'refuse_training', 'ConvAct', 'ConvChain']
 
@@ -53,6 +58,14 @@ class InferenceOnlyHRNetFeatures(InferenceOnlyMixin, HRNetFeatures):
     """A fused `features_only` HRNet."""
 
 
+class InferenceOnlyHRNetPose(InferenceOnlyMixin, HRNetPose):
+    """A fused pose model."""
+
+
+class InferenceOnlyHRNetSeg(InferenceOnlyMixin, HRNetSeg):
+    """A fused segmentation model."""
+
+
 class InferenceOnlyFeatureGetterNet(InferenceOnlyMixin, FeatureGetterNet):
     """A fused HRNet in timm's `feature_cls='getter'` wrapper."""
 
@@ -64,6 +77,8 @@ class InferenceOnlyFeatureHookNet(InferenceOnlyMixin, FeatureHookNet):
 _INFERENCE_ONLY_CLASSES: dict[type, type] = {
     HRNet: InferenceOnlyHRNet,
     HRNetFeatures: InferenceOnlyHRNetFeatures,
+    HRNetPose: InferenceOnlyHRNetPose,
+    HRNetSeg: InferenceOnlyHRNetSeg,
     FeatureGetterNet: InferenceOnlyFeatureGetterNet,
     FeatureHookNet: InferenceOnlyFeatureHookNet,
 }
@@ -96,6 +111,10 @@ def _fold(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
     return conv
 
 
+# a private torch op (stable since torch 2.1); without it the plain ops run, with the same results
+_HAS_ONEDNN_POINTWISE = hasattr(torch.ops.mkldnn, '_convolution_pointwise')
+
+
 @torch.jit.unused
 def _onednn_fusable(x: Tensor, weight: Tensor) -> bool:
     """Whether oneDNN's fused conv kernels may run: eager float32 CPU inference without autocast or autograd.
@@ -105,6 +124,7 @@ def _onednn_fusable(x: Tensor, weight: Tensor) -> bool:
     return (
         x.device.type == 'cpu' and x.dtype == torch.float32 and weight.dtype == torch.float32
         and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+        and _HAS_ONEDNN_POINTWISE
         and not torch.jit.is_tracing()
         and not torch.is_autocast_enabled('cpu') and not (torch.is_grad_enabled() and x.requires_grad)
     )
@@ -324,6 +344,9 @@ class InferenceHRModule(InferenceOnlyMixin, nn.Module):
             nn.ModuleList([_fuse_path(path) for path in paths]) for paths in module.fuse_layers
         ])
         self.fuse_acts = nn.ModuleList([_with_hooks_of(act, nn.Identity()) for act in module.fuse_acts])
+        self.upsample = module.upsample
+        self.align_corners = module.align_corners
+        self.resize_paths = module.resize_paths
 
     def forward(self, xs: list[Tensor]) -> list[Tensor]:
         if self.training:
@@ -335,11 +358,15 @@ class InferenceHRModule(InferenceOnlyMixin, nn.Module):
             return ys
         out: list[Tensor] = []
         for i, (paths, act) in enumerate(zip(self.fuse_layers, self.fuse_acts)):
+            bilinear = self.upsample == 'bilinear'
             coarse: list[Tensor] = []
             for j, path in enumerate(paths):
                 if j > i:
-                    coarse.append(path(ys[j]))
-            low = _coarse_to_fine_sum(coarse, ys, i)
+                    y = path(ys[j])
+                    if bilinear and self.resize_paths[i][j]:  # not composable: each path resized on its own
+                        y = F.interpolate(y, size=_spatial(ys[i]), mode='bilinear', align_corners=self.align_corners)
+                    coarse.append(y)
+            low = _sum_fresh(coarse) if bilinear else _coarse_to_fine_sum(coarse, ys, i)
             fused: Tensor | None = None if low is None else _sum_resized(ys[i], low)
             for j, path in enumerate(paths):
                 if j < i:  # the strided paths add into the sum from their last conv, the last one with the ReLU
@@ -353,6 +380,14 @@ class InferenceHRModule(InferenceOnlyMixin, nn.Module):
                 fused = torch.relu_(fused)
             out.append(act(fused))
         return out
+
+
+def _sum_fresh(tensors: list[Tensor]) -> Tensor | None:
+    """The sum of same-sized fresh tensors, accumulated into the first."""
+    total: Tensor | None = None
+    for t in tensors:
+        total = t if total is None else total.add_(t)
+    return total
 
 
 def _coarse_to_fine_sum(coarse: list[Tensor], ys: list[Tensor], i: int) -> Tensor | None:
@@ -403,6 +438,24 @@ def _fuse_stem(module: nn.Module) -> None:
                 _replace(module, f'act{k}', nn.Identity())
 
 
+def _fold_sequential(module: nn.Module) -> nn.Sequential | None:
+    """A Sequential of convs, BatchNorms and ReLUs (a task head) with each BN folded into the conv before it."""
+    if not isinstance(module, nn.Sequential):
+        return None
+    if not all(isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.ReLU)) for m in module):
+        return None
+    items, out, k = list(module), [], 0
+    while k < len(items):
+        if isinstance(items[k], nn.Conv2d) and k + 1 < len(items) and isinstance(items[k + 1], nn.BatchNorm2d):
+            relu = k + 2 < len(items) and isinstance(items[k + 2], nn.ReLU)
+            out.append(ConvAct(_fold(items[k], items[k + 1]), relu))
+            k += 3 if relu else 2
+        else:
+            out.append(items[k])
+            k += 1
+    return nn.Sequential(*out)
+
+
 def _fuse_tree(module: nn.Module) -> nn.Module:
     """Replace the HRNet pieces found anywhere in `module` by their fused counterparts; returns the new module."""
     if isinstance(module, HRModule):
@@ -414,9 +467,12 @@ def _fuse_tree(module: nn.Module) -> nn.Module:
     unit = _conv_bn_unit(module)
     if unit is not None:
         return unit
+    head = _fold_sequential(module)
+    if head is not None:
+        return head
     if isinstance(module, nn.Dropout):
         return nn.Identity()
-    if isinstance(module, (HRNet, FeatureDictNet)):
+    if isinstance(module, (HRNetTrunk, FeatureDictNet)):
         _fuse_stem(module)
     for name, child in list(module.named_children()):
         fused = _fuse_tree(child)
@@ -430,7 +486,8 @@ def _remaining_batchnorms(model: nn.Module) -> list[str]:
 
 
 def optimize_for_inference(model: nn.Module, channels_last: bool = False, inplace: bool = False) -> nn.Module:
-    """A fused, inference-only copy of an HRNet (classifier, features_only model or timm feature wrapper).
+    """A fused, inference-only copy of an HRNet (classifier, features_only model, timm feature wrapper, pose or
+    segmentation model).
 
     Outputs match the eval-mode original up to float rounding. The input model is left untouched unless
     `inplace` (which saves a copy of the weights; the original must not be used afterwards). With `channels_last`

@@ -7,7 +7,8 @@ Both take the raw branch outputs (C, 2C, 4C, 8C channels at strides 4, 8, 16, 32
   HRNetV2 feeds to its segmentation and pose heads.
 * `HRNetV2p`: that concatenation re-pooled into a feature pyramid with one channel count, the representation the
   HRNetV2p detectors use. It exposes `out_channels`, so it plugs into torchvision detection models;
-  `hrnet_detection_backbone` builds the whole backbone.
+  `hrnet_detection_backbone` builds the whole backbone, with torchvision's `trainable_layers` and frozen
+  BatchNorm.
 
 Sizes are taken from the tensors, never assumed to be exact multiples, so any input size works.
 """
@@ -19,9 +20,10 @@ from collections.abc import Sequence
 import timm
 import torch
 import torch.nn.functional as F
+from timm.utils.model import freeze, freeze_batch_norm_2d
 from torch import Tensor, nn
 
-__all__ = ['HRNetV2', 'HRNetV2p', 'HRNetDetectionBackbone', 'hrnet_detection_backbone']
+__all__ = ['HRNetV2', 'HRNetV2p', 'HRNetDetectionBackbone', 'hrnet_detection_backbone', 'DETECTION_UNITS']
 
 
 def _check_branches(features: Sequence[Tensor], in_channels: Sequence[int], neck: str) -> None:
@@ -106,15 +108,45 @@ class HRNetDetectionBackbone(nn.Module):
         return OrderedDict((str(i), level) for i, level in enumerate(self.neck(self.body(x))))
 
 
+# the backbone's parts from the input on, in the roles of ResNet's conv1, layer1 ... layer4 for `trainable_layers`
+DETECTION_UNITS: tuple[tuple[str, ...], ...] = (
+    ('conv1', 'bn1', 'conv2', 'bn2'),
+    ('layer1',),
+    ('transition1', 'stage2'),
+    ('transition2', 'stage3'),
+    ('transition3', 'stage4'),
+)
+
+
 def hrnet_detection_backbone(
         model_name: str = 'hrnet_w18',
         pretrained: bool = False,
         out_channels: int = 256,
         num_levels: int = 5,
+        trainable_layers: int | None = None,
+        frozen_batchnorm: bool | None = None,
         **kwargs,
 ) -> HRNetDetectionBackbone:
-    """Build an HRNetV2p detection backbone; `kwargs` go to `timm.create_model` (e.g. `pretrained_cfg_overlay`)."""
+    """Build an HRNetV2p detection backbone; `kwargs` go to `timm.create_model` (e.g. `pretrained_cfg_overlay`).
+
+    As torchvision's `resnet_fpn_backbone`: `trainable_layers` (0-5) counts the backbone units trained, from the
+    last (stage 4) back to the stem (see `DETECTION_UNITS`); the others get no gradients and fixed BatchNorm
+    statistics. With `frozen_batchnorm` every BatchNorm becomes torchvision's `FrozenBatchNorm2d`. Like torchvision's
+    detection builders, the defaults depend on whether weights are loaded (`pretrained` or a `checkpoint_path`):
+    3 trainable units and frozen BatchNorm then, everything trainable with ordinary BatchNorm otherwise. The
+    HRNetV2p neck is always trained.
+    """
+    loaded = pretrained or bool(kwargs.get('checkpoint_path'))
+    trainable_layers = (3 if loaded else len(DETECTION_UNITS)) if trainable_layers is None else trainable_layers
+    if not 0 <= trainable_layers <= len(DETECTION_UNITS):
+        raise ValueError(f'trainable_layers must be in [0, {len(DETECTION_UNITS)}], got {trainable_layers}')
     body = timm.create_model(
         model_name, pretrained=pretrained, features_only=True, feature_location='', out_indices=(1, 2, 3, 4), **kwargs
     )
+    frozen = [name for unit in DETECTION_UNITS[:len(DETECTION_UNITS) - trainable_layers] for name in unit]
+    if frozen:
+        freeze(body, frozen)  # no gradients, and BatchNorm -> FrozenBatchNorm2d inside the frozen units
+    frozen_batchnorm = loaded if frozen_batchnorm is None else frozen_batchnorm
+    if frozen_batchnorm:
+        body = freeze_batch_norm_2d(body)
     return HRNetDetectionBackbone(body, HRNetV2p(body.feature_info.channels(), out_channels, num_levels))

@@ -10,6 +10,7 @@ import functools
 import warnings
 from typing import Any
 
+import timm
 import torch
 from timm.layers import create_classifier as _timm_create_classifier
 from torch import nn
@@ -17,6 +18,7 @@ from torch import nn
 __all__ = [
     'feature_take_indices', 'pretrained_cfg_for_features', 'take_indices_fallback', 'features_cfg_fallback',
     'create_classifier', 'FeatureGetterNet', 'FeatureHookNet', 'FeatureDictNet', 'registry_tables',
+    'save_config_for_hf',
 ]
 
 def take_indices_fallback(num_features: int, indices: int | list[int] | tuple[int, ...] | None = None,
@@ -94,3 +96,15 @@ def registry_tables() -> Any | None:
         )
         return None
     return _registry
+
+
+def save_config_for_hf(model: nn.Module, config_path: Any, **kwargs: Any) -> None:
+    """timm's writer of a Hub repo's config.json (used by hub_upload), with a clear error where timm moved it."""
+    try:
+        from timm.models._hub import save_config_for_hf as timm_save_config
+    except ImportError as e:
+        raise RuntimeError(
+            f'this timm ({timm.__version__}) has no timm.models._hub.save_config_for_hf, which writes config.json '
+            'for hub_upload; install a timm release within the range pyproject.toml declares'
+        ) from e
+    timm_save_config(model, config_path, **kwargs)

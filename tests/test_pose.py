@@ -1,0 +1,266 @@
+"""Pose models: the official pose_hrnet checkpoints load and compute what the official code computed, the released
+W32 / W48 layouts match, and heatmap decoding, flip test, cropping and `predict` follow the official evaluation."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+from PIL import Image
+from task_reference import official_extra, official_forward, official_shapes, random_checkpoint, tiny_extra
+
+from timm_hrnet import VARIANTS, HRNetPose, create_pose_model, optimize_for_inference
+from timm_hrnet.convert import CheckpointMismatchError
+from timm_hrnet.hrnet import HRNetTrunk
+from timm_hrnet.pose import box_to_center_size, crop_boxes, decode_heatmaps, flip_back, get_max_preds
+from timm_hrnet.task_checkpoints import POSE, read_architecture
+from timm_hrnet.task_data import COCO_KEYPOINTS, KeypointInfo
+
+pytestmark = pytest.mark.usefixtures('single_torch_thread')
+
+TOLERANCE = 1e-4  # relative max difference the issue allows; float32 rounding gives ~1e-7
+
+
+def relative_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
+
+
+@pytest.fixture(scope='module')
+def fixture(refdata: Path) -> dict:
+    folder = refdata / 'pose_official'
+    meta = json.loads((folder / 'ref_pose_hrnet_small_official.json').read_text())
+    return dict(
+        checkpoint=folder / meta['checkpoint'], meta=meta,
+        ref=torch.load(folder / 'ref_pose_hrnet_small_official.pt', weights_only=True),
+    )
+
+
+@pytest.fixture(scope='module')
+def official_model(fixture: dict) -> HRNetPose:
+    return create_pose_model(fixture['checkpoint'])
+
+
+@pytest.fixture(scope='module')
+def tiny_checkpoint() -> dict[str, torch.Tensor]:
+    return random_checkpoint(official_shapes(tiny_extra(seg=False), 'pose', 17))
+
+
+def test_official_fixture_reproduced(fixture: dict, official_model: HRNetPose) -> None:
+    ref = fixture['ref']
+    assert not official_model.training and not official_model.spec.multi_scale_output
+    assert (official_model.num_joints, official_model.final_conv_kernel, official_model.in_chans) == (17, 1, 3)
+    with torch.no_grad():
+        heatmaps = official_model(ref['input'])
+        branches = HRNetTrunk.forward(official_model, ref['input'])
+    assert heatmaps.shape == ref['output'].shape == (2, 17, 64, 48)
+    assert len(branches) == len(ref['branch_feats']) == 1  # the last module outputs the stride-4 branch only
+    assert relative_diff(heatmaps, ref['output']) <= TOLERANCE
+    assert relative_diff(branches[0], ref['branch_feats'][0]) <= TOLERANCE
+
+
+def test_state_dict_is_the_official_layout(fixture: dict, official_model: HRNetPose) -> None:
+    official = {k: tuple(v.shape) for k, v in torch.load(fixture['checkpoint'], weights_only=True).items()}
+    ours = {k: tuple(v.shape) for k, v in official_model.state_dict().items()}
+    assert ours == official == official_shapes(fixture['meta']['extra'], 'pose', 17)
+
+
+def test_reference_oracle_reproduces_fixture(fixture: dict) -> None:
+    """The oracle that stands in for the official code below is itself checked against the official output."""
+    sd = {k: v.float() for k, v in torch.load(fixture['checkpoint'], weights_only=True).items()}
+    ref = fixture['ref']
+    out = official_forward(sd, fixture['meta']['extra'], 'pose', ref['input'][:1])
+    assert relative_diff(out, ref['output'][:1]) <= TOLERANCE
+
+
+@pytest.mark.parametrize('width', [32, 48])
+def test_released_configurations(width: int) -> None:
+    """pose_hrnet_w32/w48 (256x192 and 384x288 share the tensors): keys, shapes and the architecture read back."""
+    shapes = official_shapes(official_extra(width, seg=False), 'pose', 17)
+    meta_checkpoint = {k: torch.empty(s, device='meta') for k, s in shapes.items()}
+    arch = read_architecture(meta_checkpoint, POSE)
+    assert arch.spec == dataclasses.replace(VARIANTS[f'hrnet_w{width}'], multi_scale_output=False)
+    assert (arch.in_chans, arch.num_outputs, arch.final_conv_kernel) == (3, 17, 1)
+    model = HRNetPose(arch.spec, device='meta')
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == shapes
+    official_params = {32: 28.5, 48: 63.6}[width]  # the official README's #Params
+    assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(official_params, abs=0.05)
+
+
+def test_released_w32_matches_reference_numerically() -> None:
+    shapes = official_shapes(official_extra(32, seg=False), 'pose', 17)
+    sd = random_checkpoint(shapes, seed=3)
+    model = create_pose_model(sd)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert relative_diff(model(x), official_forward(sd, official_extra(32, seg=False), 'pose', x)) <= TOLERANCE
+
+
+def test_checkpoint_wrappers_and_old_checkpoints(tiny_checkpoint: dict, tmp_path: Path) -> None:
+    """DDP prefixes and {'state_dict': ...} wrappers load; BatchNorm counters absent from old files are filled;
+    what we save (safetensors) loads back."""
+    reference = create_pose_model(tiny_checkpoint)
+    stripped = {f'module.{k}': v.half() for k, v in tiny_checkpoint.items() if not k.endswith('num_batches_tracked')}
+    model = create_pose_model({'state_dict': stripped, 'epoch': torch.tensor(3)})
+    x = torch.randn(1, 3, 64, 48)
+    with torch.no_grad():
+        assert relative_diff(model(x), reference(x)) < 1e-2  # float16-rounded weights
+    safetensors.torch.save_file(reference.state_dict(), str(tmp_path / 'model.safetensors'))
+    reloaded = create_pose_model(tmp_path / 'model.safetensors')
+    assert all(torch.equal(a, b) for a, b in zip(reloaded.state_dict().values(), reference.state_dict().values()))
+
+
+def test_fine_tuning_head(tiny_checkpoint: dict) -> None:
+    model = create_pose_model(tiny_checkpoint, num_joints=5)
+    assert model.final_layer.out_channels == 5 and model.keypoint_info is None
+    assert torch.equal(model.conv1.weight, tiny_checkpoint['conv1.weight'])
+    assert model.final_layer.weight.std() < 0.01 and not model.final_layer.bias.any()  # the official head init
+
+
+def test_wrong_checkpoints_are_named() -> None:
+    classifier = {k: torch.empty(0) for k in ('conv1.weight', 'incre_modules.0.0.conv1.weight', 'classifier.weight')}
+    with pytest.raises(ValueError, match=r'classification checkpoint.*timm.create_model'):
+        create_pose_model(classifier)
+    seg = random_checkpoint(official_shapes(tiny_extra(seg=True), 'seg', 19))
+    with pytest.raises(ValueError, match='segmentation checkpoint.*create_seg_model'):
+        create_pose_model(seg)
+    with pytest.raises(ValueError, match='not an HRNet pose or segmentation checkpoint'):
+        create_pose_model({'fc.weight': torch.zeros(2, 2)})
+    with pytest.raises(ValueError, match='OpenMMLab'):
+        create_pose_model({'backbone.conv1.weight': torch.zeros(1), 'head.final_layer.weight': torch.zeros(1)})
+
+
+def test_mismatching_tensors_are_listed(tiny_checkpoint: dict) -> None:
+    broken = dict(tiny_checkpoint)
+    del broken['stage3.0.fuse_layers.2.0.0.0.weight']
+    broken['transition1.0.1.running_var'] = torch.ones(3)
+    with pytest.raises(CheckpointMismatchError) as info:
+        create_pose_model(broken)
+    assert info.value.missing == ['stage3.0.fuse_layers.2.0.0.0.weight']
+    assert list(info.value.mismatched) == ['transition1.0.1.running_var']
+
+
+def test_input_size_from_file_name(tiny_checkpoint: dict, tmp_path: Path) -> None:
+    path = tmp_path / 'pose_hrnet_tiny_384x288.pth'
+    torch.save(tiny_checkpoint, path)
+    assert create_pose_model(path).input_size == (384, 288)
+    assert create_pose_model(path, input_size=(64, 48)).input_size == (64, 48)
+    assert create_pose_model(tiny_checkpoint).input_size == (256, 192)
+
+
+def test_box_to_center_size_matches_official_rule() -> None:
+    centers, sizes = box_to_center_size(torch.tensor([[10.0, 20.0, 30.0, 100.0], [0.0, 0.0, 300.0, 100.0]]), 0.75)
+    assert centers.tolist() == [[25.0, 70.0], [150.0, 50.0]]
+    assert sizes.tolist() == [[75 * 1.25, 100 * 1.25], [300 * 1.25, 400 * 1.25]]  # widened / heightened to 3:4
+
+
+def test_crop_is_the_official_affine_warp() -> None:
+    """Output pixel (u, v) samples centre + ((u, v) - size / 2) * box_width / output_width."""
+    image = torch.zeros(1, 40, 30)
+    image[0, 12, 10] = 1.0
+    centers, sizes = torch.tensor([[20.0, 27.0]]), torch.tensor([[48.0, 64.0]])  # one image pixel per output pixel
+    crop = crop_boxes(image, centers, sizes, (64, 48))
+    assert crop.shape == (1, 1, 64, 48)
+    assert crop[0, 0, 12 - 27 + 32, 10 - 20 + 24] == 1.0 and crop.sum() == 1.0
+    coarse = crop_boxes(image, centers, sizes * 1.5, (64, 48))  # 1.5 pixels per output pixel: bilinear samples
+    assert coarse[0, 0, 22, 17] == 0.5  # samples x = 20 + (17 - 24) * 1.5 = 9.5, y = 27 + (22 - 32) * 1.5 = 12
+
+
+def test_max_preds_and_quarter_pixel_shift() -> None:
+    heatmaps = torch.zeros(1, 3, 8, 6)
+    heatmaps[0, 0, 4, 3] = 1.0
+    heatmaps[0, 0, 4, 4], heatmaps[0, 0, 4, 2] = 0.5, 0.2  # larger right neighbour: +0.25 in x
+    heatmaps[0, 0, 3, 3], heatmaps[0, 0, 5, 3] = 0.4, 0.1  # larger upper neighbour: -0.25 in y
+    heatmaps[0, 1] = -1.0  # no positive response: (0, 0), as the official code masks it
+    heatmaps[0, 2, 4, 1], heatmaps[0, 2, 4, 2] = 1.0, 0.5  # x = 1 is not inside 1 < x < w - 1: no shift
+    coords, maxvals = get_max_preds(heatmaps)
+    assert coords.tolist() == [[[3.0, 4.0], [0.0, 0.0], [1.0, 4.0]]]
+    assert maxvals.tolist() == [[1.0, -1.0, 1.0]]
+    identity_centers, identity_sizes = torch.tensor([[3.0, 4.0]]), torch.tensor([[6.0, 8.0]])  # heatmap = image
+    keypoints, scores = decode_heatmaps(heatmaps, identity_centers, identity_sizes)
+    assert keypoints.tolist() == [[[3.25, 3.75], [0.0, 0.0], [1.0, 4.0]]]
+    plain, _ = decode_heatmaps(heatmaps, identity_centers, identity_sizes, post_process=False)
+    assert plain.tolist() == coords.tolist()
+    moved, _ = decode_heatmaps(heatmaps, torch.tensor([[100.0, 50.0]]), torch.tensor([[60.0, 80.0]]))
+    assert moved[0, 0].tolist() == [100.0 + (3.25 - 3) * 10, 50.0 + (3.75 - 4) * 10]  # scale from the box width
+
+
+def test_flip_test_is_the_official_one(tiny_checkpoint: dict) -> None:
+    model = create_pose_model(tiny_checkpoint)
+    x = torch.randn(1, 3, 64, 48)
+    with torch.no_grad():
+        flipped = model(x.flip(3)).flip(3)
+        for a, b in COCO_KEYPOINTS.flip_pairs:
+            flipped[:, [a, b]] = flipped[:, [b, a]]
+        flipped[:, :, :, 1:] = flipped.clone()[:, :, :, 0:-1]
+        assert torch.allclose(model.forward_flip(x), (model(x) + flipped) * 0.5)
+    swapped = flip_back(torch.arange(4.0).view(1, 2, 1, 2), [(0, 1)])
+    assert torch.equal(swapped, torch.tensor([[[[3.0, 2.0]], [[1.0, 0.0]]]]))
+
+
+def test_predict(tiny_checkpoint: dict) -> None:
+    model = create_pose_model(tiny_checkpoint, input_size=(64, 48))
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 70, 3), dtype=np.uint8))
+    result = model.predict(image, boxes=[[5, 5, 40, 60], [20, 10, 30, 50]])
+    assert result['keypoints'].shape == (2, 17, 2) and result['scores'].shape == (2, 17)
+    assert result['keypoint_names'] == COCO_KEYPOINTS.keypoint_names
+    whole = model.predict(image, flip_test=False)  # default box: the whole image
+    assert whole['boxes'].tolist() == [[0.0, 0.0, 70.0, 90.0]]
+    tensor_input = torch.from_numpy(np.array(image)).permute(2, 0, 1)
+    assert torch.equal(model.predict(tensor_input, flip_test=False)['keypoints'], whole['keypoints'])
+    for mode in ('L', 'RGBA', 'P'):  # greyscale, alpha and palette images become RGB for a 3-channel model
+        assert model.predict(image.convert(mode), flip_test=False)['keypoints'].shape == (1, 17, 2)
+    with pytest.raises(ValueError, match='3-channel images, got a tensor with 4 channels'):
+        model.predict(torch.rand(4, 60, 50))
+    with pytest.raises(ValueError, match='positive width and height'):
+        model.predict(image, boxes=[[0, 0, 0, 10]])
+    with pytest.raises(ValueError, match=r'\(P, 4\)'):
+        model.predict(image, boxes=[[0, 0, 10]])
+
+
+def test_other_channel_counts() -> None:
+    grey = random_checkpoint(official_shapes(tiny_extra(seg=False), 'pose', 16, in_chans=1))
+    model = create_pose_model(grey, input_size=(64, 64))
+    assert model.in_chans == 1 and model.keypoint_info.name == 'mpii'
+    assert model.predict(Image.new('RGB', (50, 40)))['keypoints'].shape == (1, 16, 2)  # RGB -> greyscale
+    four = random_checkpoint(official_shapes(tiny_extra(seg=False), 'pose', 3, in_chans=4))
+    model = create_pose_model(four, input_size=(64, 48))
+    with pytest.raises(ValueError, match=r'4-channel inputs: pass a \(4, H, W\) tensor'):
+        model.predict(Image.new('RGB', (50, 40)))
+    with pytest.raises(ValueError, match='no flip pairs known for 3 joints'):
+        model.predict(torch.rand(4, 40, 50), flip_test=True)
+    info = KeypointInfo('mine', ('a', 'b', 'c'), ((0, 2),), ((0, 1),))
+    model.keypoint_info = info
+    assert model.predict(torch.rand(4, 40, 50))['keypoint_names'] == ('a', 'b', 'c')
+    with pytest.raises(ValueError, match='expects 4 input channels'):
+        model(torch.rand(1, 3, 64, 48))
+
+
+@pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated:FutureWarning')
+def test_optimize_for_inference() -> None:
+    shapes = official_shapes(tiny_extra(seg=False, final_conv_kernel=3), 'pose', 17)
+    model = create_pose_model(random_checkpoint(shapes))
+    assert model.final_conv_kernel == 3
+    fused = optimize_for_inference(model)
+    x = torch.randn(2, 3, 64, 48)
+    with torch.no_grad():
+        expected = model(x)
+        assert relative_diff(fused(x), expected) < 1e-5
+        assert relative_diff(torch.jit.script(fused)(x), expected) < 1e-5
+    assert type(fused).__name__ == 'InferenceOnlyHRNetPose'
+    with pytest.raises(RuntimeError, match='inference-only'):
+        fused.train()
+
+
+def test_training_step_and_task_config(tiny_checkpoint: dict) -> None:
+    model = create_pose_model(tiny_checkpoint).train()
+    model.set_grad_checkpointing()
+    loss = model(torch.randn(2, 3, 64, 48)).square().mean()
+    loss.backward()
+    assert model.conv1.weight.grad is not None and model.final_layer.weight.grad.abs().sum() > 0
+    config = json.loads(json.dumps(model.task_config()))
+    assert config['task'] == 'pose' and config['num_joints'] == 17 and config['input_size'] == [3, 256, 192]
+    assert config['flip_pairs'][0] == [1, 2] and config['architecture']['multi_scale_output'] is False
