@@ -4,10 +4,13 @@ Run ``python -m hub_upload --help``; docs/weights.md describes the workflow. The
 
 * ``hub_upload.stage``: ``convert_to_dir`` converts one checkpoint into a repo directory, verified before it is moved
   into place.
-* ``hub_upload.verify``: ``verify_dir`` compares a repo directory, loaded with ``local-dir:``, with its source.
+* ``hub_upload.verify``: ``verify_dir`` compares a repo directory, loaded with ``local-dir:``, with its source run
+  through independent code (``hub_upload.reference``: timm's built-in HRNet, or mmpretrain when installed).
+* ``hub_upload.safety``: the marker of a staged repo, guarded atomic replacement and recovery after a killed run.
 * ``hub_upload.model_card``: the README.md model card (``CardFacts``, ``Complexity``, ``build_model_card``).
-* ``hub_upload.push``: ``push_dir`` uploads a repo directory without clobbering weights already on the Hub.
-* ``hub_upload.batch``: manifests, resumable downloads (``fetch``) and ``run_batch``.
+* ``hub_upload.push``: ``push_dir`` uploads a repo directory, pinned to the commit it checked.
+* ``hub_upload.batch``: manifests and ``run_batch``; downloads go through ``timm_hrnet.download``.
+* ``hub_upload.names``: repo ids and the other names users give.
 
 The package itself imports nothing heavy, so ``push`` and ``--help`` start without loading torch.
 """

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import os
+import math
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
 
-from .push import push_dir
+from .names import INTERPOLATIONS, SOURCES, validate_repo_id, validate_repo_name
+from .push import push_dir, read_weights_metadata
 
 MANIFEST_DIR = Path(__file__).resolve().parent / 'manifests'
-# timm_hrnet.convert.LAYOUT_NAMES spelled out, so that push and --help start without importing torch
-SOURCES = ('auto', 'canonical', 'official', 'timm', 'mmpretrain')
-# timm.data.transforms' interpolation names, spelled out for the same reason
-INTERPOLATIONS = ('bilinear', 'bicubic', 'nearest', 'box', 'hamming', 'lanczos')
-DEFAULT_CACHE_DIR = Path(os.environ.get('XDG_CACHE_HOME', Path.home() / '.cache')) / 'timm_hrnet' / 'sources'
+MIN_INPUT_SIZE = 32  # timm_hrnet.hrnet.MIN_INPUT_SIZE, spelled out so that --help starts without torch
+CACHE_HELP = 'download cache (default: $XDG_CACHE_HOME or ~/.cache, then timm_hrnet/sources)'
 
 
 def _manifest_path(name: str) -> Path:
@@ -29,35 +30,113 @@ def _manifest_path(name: str) -> Path:
     raise FileNotFoundError(f"manifest not found: '{name}' (shipped manifests: {', '.join(sorted(shipped))})")
 
 
-def _convert(args: argparse.Namespace) -> int:
-    from .model_card import CardFacts
-    from .stage import Preprocessing, convert_to_dir
+def _argument_type(check: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type from a checker raising ValueError, so that bad values fail at parse time with its message."""
+    def parse(text: str) -> Any:
+        try:
+            return check(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from e
+    parse.__name__ = check.__name__.lstrip('_')
+    return parse
 
-    defaults = Preprocessing.for_model(args.model)
-    channels = defaults.input_size[0]
-    preprocessing = defaults.with_overrides(
-        input_size=(channels, args.input_size, args.input_size) if args.input_size else None,
-        interpolation=args.interpolation,
-        crop_pct=args.crop_pct,
-        test_input_size=(channels, args.test_input_size, args.test_input_size) if args.test_input_size else None,
-        test_crop_pct=args.test_crop_pct,
-    )
+
+def _size(text: str) -> int:
+    value = int(text) if re.fullmatch(r'\d+', text.strip()) else -1
+    if value < MIN_INPUT_SIZE:
+        raise ValueError(f'expected an integer of at least {MIN_INPUT_SIZE} (HRNet needs one pixel at stride 32), '
+                         f'got {text!r}')
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text) if re.fullmatch(r'\d+', text.strip()) else 0
+    if value < 1:
+        raise ValueError(f'expected a positive integer, got {text!r}')
+    return value
+
+
+def _float_in(text: str, low: float, high: float, include_low: bool) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and (low <= value if include_low else low < value) and value <= high):
+        bracket = '[' if include_low else '('
+        raise ValueError(f'expected a number in {bracket}{low:g}, {high:g}], got {text!r}')
+    return value
+
+
+def _crop_pct(text: str) -> float:
+    return _float_in(text, 0, 1, include_low=False)
+
+
+def _tolerance(text: str) -> float:
+    return _float_in(text, 0, math.inf, include_low=True)
+
+
+def _sha256(text: str) -> str:
+    if not re.fullmatch(r'[0-9a-fA-F]{8,64}', text.strip()):
+        raise ValueError(f'expected 64 hex digits (or a prefix of at least 8), got {text!r}')
+    return text.strip().lower()
+
+
+def _repo_owner(text: str) -> str:
+    return validate_repo_name(text, 'repo owner')
+
+
+size, positive_int, crop_pct, tolerance, sha256, repo_id_type, repo_owner_type = map(
+    _argument_type, (_size, _positive_int, _crop_pct, _tolerance, _sha256, validate_repo_id, _repo_owner))
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` shows each option's default, except where there is none to show (None, False).
+
+    The same as timm_hrnet.cli_common.HelpFormatter, which cannot be imported here without loading torch.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False) or '%(default)' in (action.help or ''):
+            return action.help or ''
+        return super()._get_help_string(action)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from timm_hrnet.download import resolve_checkpoint
+
+    from .model_card import CardFacts
+    from .stage import convert_to_dir
+
+    fetched = resolve_checkpoint(args.src, args.sha256, args.cache_dir, allow_http=args.allow_http, require_hash=True)
+    overrides = dict(input_size=args.input_size, interpolation=args.interpolation, crop_pct=args.crop_pct,
+                     test_input_size=args.test_input_size, test_crop_pct=args.test_crop_pct)
     result = convert_to_dir(
-        args.src, args.model, args.out, source=args.source, force=args.force, repo_id=args.repo_id,
-        facts=CardFacts(source=args.source, license=args.license), preprocessing=preprocessing, atol=args.atol,
-        verify_image_size=args.image_size,
+        fetched, args.model, args.out, source=args.source, force=args.force, repo_id=args.repo_id,
+        facts=CardFacts(source=args.source, license=args.license, dataset=args.dataset,
+                        source_url=fetched.url if urlparse(fetched.url or '').scheme in ('http', 'https') else None),
+        preprocessing_overrides=overrides, atol=args.atol, verify_image_size=args.image_size,
+        num_classes=args.num_classes,
     )
     print(result.report.summary())
-    for name, size in result.files.items():
-        print(f'  {result.out_dir / name}  {size} bytes')
+    for name, nbytes in result.files.items():
+        print(f'  {result.out_dir / name}  {nbytes} bytes')
+    overridden = ', '.join(f'--{key.replace("_", "-")}' for key, value in overrides.items() if value is not None)
+    print(f'preprocessing in config.json: {result.preprocessing_origin}'
+          + (f'; overridden by {overridden}' if overridden else ''))
     print(f'converted {args.src} -> {result.out_dir} ({result.architecture}, {result.num_classes} classes)')
     return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from .verify import verify_dir
+    from timm_hrnet.download import is_url, resolve_checkpoint
 
-    report = verify_dir(args.dir, against=args.against, source=args.source, atol=args.atol, image_size=args.image_size)
+    from .verify import WEIGHTS_NAME, verify_dir
+
+    against = args.against
+    if against is not None and is_url(against):  # downloaded against the digest the repo records
+        recorded = read_weights_metadata(args.dir / WEIGHTS_NAME).get('source_sha256')
+        against = resolve_checkpoint(against, recorded, args.cache_dir, allow_http=args.allow_http, require_hash=True)
+    report = verify_dir(args.dir, against=against, source=args.source, atol=args.atol, image_size=args.image_size)
     print(report.summary())
     return 0 if report.ok else 1
 
@@ -65,7 +144,7 @@ def _verify(args: argparse.Namespace) -> int:
 def _push(args: argparse.Namespace) -> int:
     url = push_dir(
         args.dir, args.repo_id, private=args.private, revision=args.revision, create_pr=args.create_pr,
-        dry_run=args.dry_run, force=args.force,
+        dry_run=args.dry_run, overwrite_weights=args.overwrite_weights,
     )
     if url:
         print(f'pushed {args.dir} -> {url}')
@@ -76,82 +155,124 @@ def _batch(args: argparse.Namespace) -> int:
     from .batch import format_summary, run_batch
 
     outcomes = run_batch(
-        _manifest_path(args.manifest), args.out_root, push=args.push, cache_dir=args.cache_dir, force=args.force,
+        _manifest_path(args.manifest), args.out_root, args.cache_dir or _default_cache_dir(), push=args.push,
+        restage=args.restage, overwrite_weights=args.overwrite_weights, allow_http=args.allow_http,
         verify_image_size=args.image_size, repo_owner=args.repo_owner,
     )
     print(format_summary(outcomes))
     return 0 if all(o.ok for o in outcomes) else 1
 
 
+def _default_cache_dir() -> Path:
+    from timm_hrnet.download import default_cache_dir
+
+    return default_cache_dir()
+
+
+def _add_download_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--cache-dir', type=Path, help=CACHE_HELP)
+    parser.add_argument('--allow-http', action='store_true',
+                        help='allow plain http:// downloads (no transport security; the sha256 check still applies)')
+
+
 def _add_image_size(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--image-size', type=int, help="verification image size (default: the config's input size)")
+    parser.add_argument('--image-size', type=size, help="verification image size (default: the config's input size)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='python -m hub_upload', description=__doc__)
+    parser = argparse.ArgumentParser(prog='python -m hub_upload', description=__doc__, formatter_class=HelpFormatter)
     commands = parser.add_subparsers(dest='command', required=True)
 
-    convert = commands.add_parser('convert', help='convert a checkpoint into a verified repo directory')
-    convert.add_argument('src', help='source checkpoint (.pth/.pt/.bin/.ckpt or .safetensors)')
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
+
+    convert = command('convert', 'convert a checkpoint into a verified repo directory')
+    convert.add_argument('src', help='source checkpoint: a path or an https URL (.pth/.pt/.bin/.ckpt or .safetensors)')
     convert.add_argument('--model', required=True, help='target variant, e.g. hrnet_w18 or hrnet_w48_ssld, optionally '
-                         'with a pretrained tag (hrnet_w18_ssld.paddle_in1k) whose preprocessing is the default')
+                         'with a pretrained tag (hrnet_w18_ssld.paddle_in1k) whose preprocessing is then the default')
     convert.add_argument('--out', required=True, type=Path, help='repo directory to create')
-    convert.add_argument('--source', choices=SOURCES, default='auto', help='checkpoint layout (default: detect)')
-    convert.add_argument('--repo-id', help='ORG/NAME the card\'s usage snippets refer to (default: derived from --out)')
-    convert.add_argument('--license', default='mit', help='license of the weights for the card (default: mit)')
-    convert.add_argument('--atol', type=float, default=1e-4, help='verification tolerance on logits')
-    convert.add_argument('--force', action='store_true', help='replace an existing --out directory')
+    convert.add_argument('--source', choices=SOURCES, default='auto', help='checkpoint layout (auto: detect)')
+    convert.add_argument('--sha256', type=sha256, help="the source's sha256 (a URL needs it unless its file name "
+                         'carries a torch.hub-style hash prefix; publishing needs the full 64 digits)')
+    _add_download_options(convert)
+    convert.add_argument('--repo-id', type=repo_id_type,
+                         help="ORG/NAME the card's usage snippets refer to (default: YOUR_ORG/<--out's name>)")
+    convert.add_argument('--license', default='mit', help='license of the weights for the card')
+    convert.add_argument('--dataset', help='what the weights were trained or fine-tuned on, for the card (default: '
+                         'imagenet-1k for a 1000-class classifier, else not stated)')
+    convert.add_argument('--num-classes', type=positive_int, help="the classifier's class count (checked)")
+    convert.add_argument('--atol', type=tolerance, default=1e-4, help='verification tolerance on logits')
+    convert.add_argument('--force', action='store_true',
+                         help='replace an existing --out that hub_upload staged and nobody changed (nothing else)')
     preprocessing = convert.add_argument_group(
-        'preprocessing', "the source's evaluation preprocessing for config.json (default: the model's pretrained cfg)")
-    preprocessing.add_argument('--input-size', type=int, metavar='N', help='input resolution N x N')
+        'preprocessing', "the source's evaluation preprocessing for config.json (default: a --model tag's cfg, else "
+        "the pipeline of the checkpoint's source (mmpretrain, official), else the model's registered cfg)")
+    preprocessing.add_argument('--input-size', type=size, metavar='N', help='input resolution N x N')
     preprocessing.add_argument('--interpolation', choices=INTERPOLATIONS, help='resize interpolation')
-    preprocessing.add_argument('--crop-pct', type=float, help='center crop fraction: resize to N / crop-pct')
-    preprocessing.add_argument('--test-input-size', type=int, metavar='N',
+    preprocessing.add_argument('--crop-pct', type=crop_pct, help='center crop fraction: resize to N / crop-pct')
+    preprocessing.add_argument('--test-input-size', type=size, metavar='N',
                                help='resolution the published accuracy was measured at, if not --input-size')
-    preprocessing.add_argument('--test-crop-pct', type=float, help='crop fraction at --test-input-size')
+    preprocessing.add_argument('--test-crop-pct', type=crop_pct, help='crop fraction at --test-input-size')
     _add_image_size(convert)
     convert.set_defaults(run=_convert)
 
-    verify = commands.add_parser('verify', help='compare a repo directory with its source checkpoint')
-    verify.add_argument('dir', type=Path)
-    verify.add_argument('--against', type=Path, help='source checkpoint (default: the repo\'s own weights)')
-    verify.add_argument('--source', choices=SOURCES, default='auto', help='layout of --against')
-    verify.add_argument('--atol', type=float, default=1e-4)
+    verify = command('verify', 'compare a repo directory with its source checkpoint through independent code')
+    verify.add_argument('dir', type=Path, help='repo directory staged by convert or batch')
+    verify.add_argument('--against', help="source checkpoint, a path or an https URL (default: the repo's own "
+                        "weights through timm's built-in HRNet, which does not check the conversion)")
+    verify.add_argument('--source', choices=SOURCES, default='auto', help='layout of --against (auto: detect)')
+    _add_download_options(verify)
+    verify.add_argument('--atol', type=tolerance, default=1e-4, help='tolerance on logits')
     _add_image_size(verify)
     verify.set_defaults(run=_verify)
 
-    push = commands.add_parser('push', help='upload a repo directory to the Hugging Face Hub')
-    push.add_argument('dir', type=Path)
-    push.add_argument('--repo-id', required=True, help='ORG/NAME on the Hub')
-    push.add_argument('--private', action='store_true')
-    push.add_argument('--revision', help='branch to push to (created when missing)')
+    push = command('push', 'upload a repo directory to the Hugging Face Hub')
+    push.add_argument('dir', type=Path, help='repo directory staged by convert or batch')
+    push.add_argument('--repo-id', required=True, type=repo_id_type, help='ORG/NAME on the Hub')
+    push.add_argument('--private', action='store_true', help='create the repo private (an existing public repo is an '
+                      'error, not made private)')
+    push.add_argument('--revision', help='branch to push to (created from main when missing)')
     push.add_argument('--create-pr', action='store_true', help='open a pull request instead of committing')
     push.add_argument('--dry-run', action='store_true', help='list what would be uploaded where, no network')
-    push.add_argument('--force', action='store_true', help='overwrite weights already in the repo')
+    push.add_argument('--overwrite-weights', action='store_true', help='replace weights already in the repo')
     push.set_defaults(run=_push)
 
-    batch = commands.add_parser('batch', help='download, convert, verify, stage (and push) a manifest')
+    batch = command('batch', 'download, convert, verify, stage (and push) a manifest')
     batch.add_argument('manifest', help='TOML/YAML manifest path or a shipped manifest name (mmpretrain_hrnet)')
     batch.add_argument('--out-root', type=Path, default=Path('hub_repos'), help='where repo directories go')
-    batch.add_argument('--cache-dir', type=Path, default=DEFAULT_CACHE_DIR, help='download cache')
-    batch.add_argument('--push', action='store_true', help='push each verified repo')
-    batch.add_argument('--repo-owner', help='publish under this user / organization instead of the manifest\'s')
-    batch.add_argument('--force', action='store_true', help='restage existing directories, overwrite hub weights')
+    _add_download_options(batch)
+    batch.add_argument('--push', action='store_true', help='push each verified repo (needs full sha256s)')
+    batch.add_argument('--repo-owner', type=repo_owner_type,
+                       help="publish under this user / organization instead of the manifest's")
+    batch.add_argument('--restage', action='store_true',
+                       help='convert again into directories hub_upload staged before (nothing else is replaced)')
+    batch.add_argument('--overwrite-weights', action='store_true', help='with --push: replace weights already on the '
+                       'Hub')
     _add_image_size(batch)
     batch.set_defaults(run=_batch)
     return parser
 
 
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == 'batch' and args.overwrite_weights and not args.push:
+        parser.error('--overwrite-weights needs --push')
     try:
         return args.run(args)
     except KeyError as e:  # a field missing from a file the user pointed at; str(KeyError) is only the quoted key
         print(f'error: missing field {e}', file=sys.stderr)
         return 2
-    except (ValueError, OSError, RuntimeError) as e:  # bad input, missing / existing files, Hub and verify failures
-        print(f'error: {e}', file=sys.stderr)
+    except (ValueError, OSError, RuntimeError) as e:  # bad input, files, downloads, Hub and verify failures
+        print(f'error: {_one_line(e)}', file=sys.stderr)
         return 2
+
 
 if __name__ == '__main__':
     sys.exit(main())
+

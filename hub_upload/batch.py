@@ -1,51 +1,41 @@
-"""Convert, verify, stage (and optionally push) every checkpoint of a manifest; one failure does not stop the rest."""
+"""Convert, verify, stage (and optionally push) every checkpoint of a manifest; one failure does not stop the rest.
+
+A manifest is checked as a whole before anything is downloaded or written: an invalid entry (an unknown key or
+model, a repo id such as ``ORG/`` or ``../x``, a malformed hash or number, two entries staging to one directory)
+stops the run with one line naming the manifest and the entry. What can only fail while running (a download, a
+hash, a conversion) fails that entry alone; the summary lists it.
+"""
 
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, fields, replace
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import IO, Any
-from urllib.error import HTTPError
+from typing import Any
 from urllib.parse import urljoin, urlparse
-from urllib.request import Request, url2pathname, urlopen
 
 import yaml
-from tqdm import tqdm
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+from timm_hrnet.convert import LAYOUT_NAMES
+from timm_hrnet.download import FetchedFile, check_sha256, hash_from_name, resolve_checkpoint
+
 from .model_card import CardFacts
-from .push import push_dir
+from .names import INTERPOLATIONS, validate_repo_id
+from .push import push_dir, read_weights_metadata
+from .safety import is_staged_repo, recover_interrupted
 from .stage import Preprocessing, convert_to_dir
-from .verify import WEIGHTS_NAME, file_sha256, read_weights_metadata
+from .verify import WEIGHTS_NAME
 
-__all__ = [
-    'HashMismatchError',
-    'ManifestEntry',
-    'BatchOutcome',
-    'load_manifest',
-    'fetch',
-    'run_batch',
-    'format_summary',
-]
-
-# release files name their sha256 prefix like torch.hub does: ..._20220120-0c10b180.pth
-_HASH_IN_NAME = re.compile(r'-([0-9a-f]{8,64})\.[A-Za-z0-9]+$')
-_DATE_AND_HASH = re.compile(r'_\d{8}-[0-9a-f]{8,64}\.[A-Za-z0-9]+$')
-_CHUNK = 1 << 20
-
-
-class HashMismatchError(ValueError):
-    """A downloaded file does not have the sha256 the manifest (or its file name) promises."""
+__all__ = ['BatchOutcome', 'ManifestEntry', 'format_summary', 'load_manifest', 'run_batch']
 
 
 @dataclass(frozen=True)
@@ -57,40 +47,54 @@ class ManifestEntry:
     repo_id: str
     sha256: str | None = None
     source: str = 'auto'
+    source_title: str | None = None  # who published the file, e.g. 'OpenMMLab mmpretrain model zoo'
     source_name: str | None = None
     source_config: str | None = None
     converted_from: str | None = None
     license: str = 'mit'
-    dataset: str = 'imagenet-1k'
+    dataset: str | None = None  # None: imagenet-1k for a 1000-class classifier, else unstated
+    num_classes: int | None = None
     top1: float | None = None
     top5: float | None = None
     params: int | None = None
     flops: int | None = None
     results_url: str | None = None
     description: str | None = None
-    # preprocessing the source was evaluated with; what the manifest leaves out comes from the model's pretrained cfg
+    # the protocol the source evaluated with; what the entry leaves out comes from its source's pipeline or the
+    # model's pretrained cfg (stage.default_preprocessing)
     input_size: tuple[int, int, int] | None = None
     interpolation: str | None = None
     crop_pct: float | None = None
+    test_input_size: tuple[int, int, int] | None = None
+    test_crop_pct: float | None = None
 
     @property
     def file_name(self) -> str:
         return Path(urlparse(self.url).path).name
 
     @property
+    def repo_name(self) -> str:
+        """The repo's name, also the name of its directory under --out-root."""
+        return self.repo_id.split('/')[-1]
+
+    @property
     def expected_sha256(self) -> str | None:
-        if self.sha256:
-            return self.sha256.lower()
-        match = _HASH_IN_NAME.search(self.file_name)
-        return match.group(1) if match else None
+        return check_sha256(self.sha256) if self.sha256 else hash_from_name(self.file_name)
 
     @property
     def display_name(self) -> str:
-        return self.source_name or _DATE_AND_HASH.sub('', self.file_name)
+        if self.source_name:
+            return self.source_name
+        prefix = hash_from_name(self.file_name)
+        stem = Path(self.file_name).stem
+        if prefix:  # ..._20220120-0c10b180.pth -> ... (the release date and hash prefix say nothing to a reader)
+            stem = re.sub(r'_\d{8}$', '', stem.removesuffix(f'-{prefix}'))
+        return stem
 
     def card_facts(self) -> CardFacts:
         return CardFacts(
             source=self.source,
+            source_title=self.source_title,
             source_name=self.display_name,
             source_url=self.url if urlparse(self.url).scheme in ('http', 'https') else None,
             source_config=self.source_config,
@@ -105,19 +109,21 @@ class ManifestEntry:
             description=self.description,
         )
 
-    def preprocessing(self) -> Preprocessing:
-        return Preprocessing.for_model(self.model).with_overrides(
-            input_size=tuple(self.input_size) if self.input_size else None,
-            interpolation=self.interpolation,
-            crop_pct=self.crop_pct,
-        )
+    def preprocessing_overrides(self) -> dict[str, Any]:
+        """The preprocessing this entry states (None: not stated)."""
+        return dict(input_size=self.input_size, interpolation=self.interpolation, crop_pct=self.crop_pct,
+                    test_input_size=self.test_input_size, test_crop_pct=self.test_crop_pct)
 
 
 _ENTRY_KEYS = {f.name for f in fields(ManifestEntry)} | {'file', 'repo'}
 _TOP_LEVEL_KEYS = {'url_base', 'repo_owner', 'defaults', 'checkpoints'}
+_TEXT_KEYS = ('source_title', 'source_name', 'source_config', 'converted_from', 'license', 'dataset', 'results_url',
+              'description')
 
 
 def _check_keys(found: Any, allowed: set[str], where: str) -> None:
+    if not isinstance(found, dict):
+        raise ValueError(f'{where} must be a table of keys, got {type(found).__name__}')
     unknown = sorted(set(found) - allowed)
     if unknown:
         hints = []
@@ -129,117 +135,103 @@ def _check_keys(found: Any, allowed: set[str], where: str) -> None:
 
 def _read_manifest_file(path: Path) -> dict[str, Any]:
     text = path.read_text(encoding='utf-8')
-    if path.suffix == '.toml':
-        return tomllib.loads(text)
-    if path.suffix in ('.yaml', '.yml'):
-        return yaml.safe_load(text) or {}
+    try:
+        if path.suffix == '.toml':
+            return tomllib.loads(text)
+        if path.suffix in ('.yaml', '.yml'):
+            return yaml.safe_load(text) or {}
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as e:
+        raise ValueError(f"'{path}' is not valid {path.suffix[1:].upper()}: {str(e).splitlines()[0]}") from e
     raise ValueError(f"manifest '{path}' must be .toml, .yaml or .yml")
 
 
-def load_manifest(path: str | os.PathLike) -> list[ManifestEntry]:
-    """Parse a TOML or YAML manifest; entries inherit ``[defaults]``, relative paths resolve next to the manifest."""
+def _number(value: Any, key: str, low: float, high: float, integer: bool = False) -> None:
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) or not low <= value <= high:
+        kind = 'an integer' if integer else 'a number'
+        raise ValueError(f'{key} must be {kind} in [{low:g}, {high:g}], got {value!r}')
+
+
+def _size(value: Any, key: str) -> tuple[int, int, int]:
+    if not (isinstance(value, (list, tuple)) and len(value) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+        raise ValueError(f'{key} must be [channels, height, width] of positive integers, got {value!r}')
+    return tuple(value)
+
+
+def _validated(values: dict[str, Any]) -> ManifestEntry:
+    """The entry, or a ValueError naming the first problem (the caller adds which entry of which manifest)."""
+    missing = [key for key in ('url', 'model', 'repo_id') if not values.get(key)]
+    if missing:
+        raise ValueError(f"lacks {', '.join(missing)}")
+    validate_repo_id(values['repo_id'])
+    Preprocessing.for_model(values['model'])  # an unknown variant or tag
+    if values.get('source', 'auto') not in ('auto', *LAYOUT_NAMES):
+        raise ValueError(f"source must be auto or one of {', '.join(LAYOUT_NAMES)}, got {values['source']!r}")
+    for key in _TEXT_KEYS:
+        if values.get(key) is not None and not isinstance(values[key], str):
+            raise ValueError(f'{key} must be a string, got {values[key]!r}')
+    for key in ('top1', 'top5'):
+        if values.get(key) is not None:
+            _number(values[key], key, 0, 100)
+    for key in ('params', 'flops', 'num_classes'):
+        if values.get(key) is not None:
+            _number(values[key], key, 1, math.inf, integer=True)
+    for key in ('crop_pct', 'test_crop_pct'):
+        if values.get(key) is not None:
+            _number(values[key], key, 1e-3, 1)
+    for key in ('input_size', 'test_input_size'):
+        if values.get(key) is not None:
+            values[key] = _size(values[key], key)
+    if values.get('interpolation') is not None and values['interpolation'] not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {values['interpolation']!r}")
+    entry = ManifestEntry(**values)
+    if entry.expected_sha256 is None:
+        raise ValueError(f'has no sha256 and {entry.file_name!r} carries no hash prefix; add sha256 = "..."')
+    return entry
+
+
+def load_manifest(path: str | os.PathLike, repo_owner: str | None = None) -> list[ManifestEntry]:
+    """Parse and check a TOML or YAML manifest; entries inherit ``[defaults]``, relative paths resolve next to it.
+
+    ``repo_owner`` replaces the manifest's owner of every repo (e.g. to publish under your own account).
+    """
     path = Path(path).resolve()
     raw = _read_manifest_file(path)
     _check_keys(raw, _TOP_LEVEL_KEYS, f"'{path}'")
     defaults = raw.get('defaults', {})
     _check_keys(defaults, _ENTRY_KEYS, f"'{path}' [defaults]")
-    url_base, repo_owner = raw.get('url_base'), raw.get('repo_owner')
-    entries = []
-    for index, item in enumerate(raw.get('checkpoints', [])):
-        where = f"'{path}' checkpoint #{index + 1}"
+    url_base, owner = raw.get('url_base'), repo_owner or raw.get('repo_owner')
+    checkpoints = raw.get('checkpoints', [])
+    if not isinstance(checkpoints, list) or not checkpoints:
+        raise ValueError(f"'{path}' lists no [[checkpoints]]")
+    entries: list[ManifestEntry] = []
+    staged_as: dict[str, int] = {}
+    for index, item in enumerate(checkpoints, start=1):
+        where = f"'{path}' checkpoint #{index}"
         _check_keys(item, _ENTRY_KEYS, where)
         values = {**defaults, **item}
         if 'file' in values and 'url' not in values:
             values['url'] = urljoin(url_base, values['file']) if url_base else values['file']
-        repo = values.pop('repo', None)
-        if 'repo_id' not in values and repo:
-            values['repo_id'] = repo if '/' in repo or not repo_owner else f'{repo_owner}/{repo}'
         values.pop('file', None)
-        missing = [key for key in ('url', 'model', 'repo_id') if not values.get(key)]
-        if missing:
-            raise ValueError(f"{where} lacks {', '.join(missing)}")
-        if urlparse(values['url']).scheme == '' and not Path(values['url']).is_absolute():
+        repo = values.pop('repo', None)
+        if 'repo_id' not in values and repo is not None:
+            values['repo_id'] = repo if '/' in str(repo) or not owner else f'{owner}/{repo}'
+        if repo_owner and values.get('repo_id'):
+            values['repo_id'] = f"{repo_owner}/{str(values['repo_id']).split('/')[-1]}"
+        if isinstance(values.get('url'), str) and urlparse(values['url']).scheme == '' \
+                and not Path(values['url']).is_absolute():
             values['url'] = str(path.parent / values['url'])
-        entries.append(ManifestEntry(**values))
-    if not entries:
-        raise ValueError(f"'{path}' lists no [[checkpoints]]")
-    return entries
-
-
-@contextmanager
-def _open_source(url: str, offset: int) -> Iterator[tuple[IO[bytes], int | None, bool]]:
-    """Stream ``url`` from byte ``offset``: yields (stream, total size if known, whether it resumed at offset)."""
-    parsed = urlparse(url)
-    if parsed.scheme == 'file':
-        with open(url2pathname(parsed.path), 'rb') as f:
-            size = os.fstat(f.fileno()).st_size
-            resumed = 0 < offset <= size
-            f.seek(offset if resumed else 0)
-            yield f, size, resumed
-        return
-    if parsed.scheme not in ('http', 'https'):
-        raise ValueError(f'unsupported URL scheme in {url!r}; use http(s)://, file:// or a path')
-    headers = {'Range': f'bytes={offset}-'} if offset else {}
-    with urlopen(Request(url, headers=headers), timeout=60) as response:
-        resumed = offset > 0 and response.status == 206
-        length = response.headers.get('Content-Length')
-        total = (int(length) + (offset if resumed else 0)) if length else None
-        yield response, total, resumed
-
-
-def _check_hash(path: Path, expected: str, url: str) -> str:
-    """The file's full sha256, returned so that callers need not hash it again."""
-    actual = file_sha256(path)
-    if not actual.startswith(expected):
-        raise HashMismatchError(f'{url}: sha256 {actual} does not match the expected {expected}')
-    return actual
-
-
-def fetch(url: str, expected_sha256: str | None, cache_dir: str | os.PathLike) -> Path:
-    """Download ``url`` into ``cache_dir`` (resuming a ``.part`` file with an HTTP Range request) and check its hash.
-
-    Plain paths are used in place. A file failing its hash is deleted, so the next run downloads it afresh.
-    """
-    return _fetch_and_hash(url, expected_sha256, cache_dir)[0]
-
-
-def _fetch_and_hash(url: str, expected_sha256: str | None, cache_dir: str | os.PathLike) -> tuple[Path, str]:
-    """``fetch``, also returning the full sha256 it checked."""
-    if not expected_sha256:
-        raise ValueError(f'{url}: no expected sha256, give one in the manifest (or its 8-hex prefix)')
-    if urlparse(url).scheme == '':
-        path = Path(url)
-        if not path.is_file():
-            raise FileNotFoundError(f"source checkpoint not found: '{path}'")
-        return path, _check_hash(path, expected_sha256, url)
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    destination = cache_dir / Path(urlparse(url).path).name
-    if destination.is_file():
         try:
-            return destination, _check_hash(destination, expected_sha256, url)
-        except HashMismatchError:
-            destination.unlink()
-    partial = destination.with_name(destination.name + '.part')
-    offset = partial.stat().st_size if partial.is_file() else 0
-    try:
-        with _open_source(url, offset) as (stream, total, resumed), \
-                open(partial, 'ab' if resumed else 'wb') as out, \
-                tqdm(total=total, initial=offset if resumed else 0, unit='B', unit_scale=True,
-                     desc=destination.name, disable=not sys.stderr.isatty()) as progress:
-            for chunk in iter(lambda: stream.read(_CHUNK), b''):
-                out.write(chunk)
-                progress.update(len(chunk))
-    except HTTPError as e:
-        if e.code != 416:  # 416: the .part file already holds the whole file
-            raise
-    try:
-        actual_sha256 = _check_hash(partial, expected_sha256, url)
-    except HashMismatchError:
-        partial.unlink()
-        raise
-    partial.replace(destination)
-    return destination, actual_sha256
+            entry = _validated(values)
+        except (ValueError, TypeError, RuntimeError) as e:  # timm says RuntimeError for an unknown tag
+            raise ValueError(f'{where}: {str(e).splitlines()[0]}') from e
+        if entry.repo_name in staged_as:
+            raise ValueError(f'{where}: repo name {entry.repo_name!r} is already used by checkpoint '
+                             f'#{staged_as[entry.repo_name]}; each repo needs its own directory')
+        staged_as[entry.repo_name] = index
+        entries.append(entry)
+    return entries
 
 
 @dataclass(frozen=True)
@@ -252,26 +244,38 @@ class BatchOutcome:
 
 
 def _already_staged(out_dir: Path, source_sha256: str) -> bool:
-    if not (out_dir / WEIGHTS_NAME).is_file():
+    if not is_staged_repo(out_dir) or not (out_dir / WEIGHTS_NAME).is_file():
         return False
-    return read_weights_metadata(out_dir).get('source_sha256') == source_sha256
+    return read_weights_metadata(out_dir / WEIGHTS_NAME).get('source_sha256') == source_sha256
 
 
-def _process(entry: ManifestEntry, out_root: Path, cache_dir: Path, push: bool, force: bool,
-             verify_image_size: int | None, log: Callable[[str], None]) -> str:
-    checkpoint, source_sha256 = _fetch_and_hash(entry.url, entry.expected_sha256, cache_dir)
-    out_dir = out_root / entry.repo_id.split('/')[-1]
-    if not force and _already_staged(out_dir, source_sha256):
+def _require_full_hash(entry: ManifestEntry, fetched: FetchedFile) -> None:
+    if fetched.verified != 'full':
+        raise ValueError(f'{entry.file_name}: only the sha256 prefix {entry.expected_sha256} was checked; publishing '
+                         f'needs the full sha256: confirm {fetched.sha256} with the source and add it to the manifest')
+
+
+def _process(entry: ManifestEntry, out_root: Path, cache_dir: Path, options: dict[str, Any],
+             log: Callable[[str], None]) -> str:
+    fetched = resolve_checkpoint(entry.url, entry.expected_sha256, cache_dir, allow_http=options['allow_http'],
+                                 require_hash=True, log=lambda message: log(f'  warning: {message}'))
+    if options['push']:  # before staging: nothing is done for a source that could not be published
+        _require_full_hash(entry, fetched)
+    out_dir = out_root / entry.repo_name
+    recover_interrupted(out_dir, lambda message: log(f'  {message}'))
+    if not options['restage'] and _already_staged(out_dir, fetched.sha256):
         detail = 'already staged'
     else:
         result = convert_to_dir(
-            checkpoint, entry.model, out_dir, source=entry.source, force=force, repo_id=entry.repo_id,
-            facts=entry.card_facts(), preprocessing=entry.preprocessing(), verify_image_size=verify_image_size,
-            source_sha256=source_sha256,
+            fetched, entry.model, out_dir, source=entry.source, force=options['restage'], repo_id=entry.repo_id,
+            facts=entry.card_facts(), preprocessing_overrides=entry.preprocessing_overrides(),
+            verify_image_size=options['verify_image_size'], num_classes=entry.num_classes,
+            log=lambda message: log(f'  {message}'),
         )
-        detail = f'max abs diff {result.report.max_abs_diff:.2g}'
-    if push:
-        url = push_dir(out_dir, entry.repo_id, force=force, log=log)
+        detail = f'max abs diff {result.report.max_abs_diff:.2g}' + (
+            '' if result.report.independent else ' (self-consistency only)')
+    if options['push']:
+        url = push_dir(out_dir, entry.repo_id, overwrite_weights=options['overwrite_weights'], log=log)
         detail += f', pushed {url}'
     return detail
 
@@ -281,26 +285,30 @@ def run_batch(
         out_root: str | os.PathLike,
         cache_dir: str | os.PathLike,
         push: bool = False,
-        force: bool = False,
+        restage: bool = False,
+        overwrite_weights: bool = False,
+        allow_http: bool = False,
         verify_image_size: int | None = None,
         repo_owner: str | None = None,
         log: Callable[[str], None] = print,
 ) -> list[BatchOutcome]:
     """Process every manifest entry; failures are recorded with their reason and the run goes on.
 
-    ``repo_owner`` replaces the user / organization of every target repo (e.g. to publish under your own account).
+    ``restage`` replaces directories hub_upload staged before (never anything else); ``overwrite_weights`` lets
+    ``push`` replace weights already on the Hub. They are separate decisions, so they are separate flags.
     """
-    entries = load_manifest(manifest)
-    if repo_owner:
-        entries = [replace(e, repo_id=f"{repo_owner}/{e.repo_id.split('/')[-1]}") for e in entries]
+    entries = load_manifest(manifest, repo_owner=repo_owner)
+    options = dict(push=push, restage=restage, overwrite_weights=overwrite_weights, allow_http=allow_http,
+                   verify_image_size=verify_image_size)
     outcomes = []
     for index, entry in enumerate(entries, start=1):
         log(f'[{index}/{len(entries)}] {entry.display_name} -> {entry.model} ({entry.repo_id})')
         try:
-            detail = _process(entry, Path(out_root), Path(cache_dir), push, force, verify_image_size, log)
+            detail = _process(entry, Path(out_root), Path(cache_dir), options, log)
             outcomes.append(BatchOutcome(entry.display_name, entry.model, entry.repo_id, True, detail))
         except Exception as e:  # one bad source must not stop the others; the reason goes into the summary
-            reason = f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'
+            text = str(e).strip()
+            reason = f'{type(e).__name__}: {text.splitlines()[0] if text else ""}'
             log(f'  failed: {reason}')
             outcomes.append(BatchOutcome(entry.display_name, entry.model, entry.repo_id, False, reason))
     return outcomes
@@ -315,4 +323,3 @@ def format_summary(outcomes: list[BatchOutcome]) -> str:
     lines.insert(1, '-' * len(lines[0]))
     lines.append(f'{len(outcomes) - failed} ok, {failed} failed')
     return '\n'.join(lines)
-

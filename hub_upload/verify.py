@@ -1,21 +1,31 @@
-"""Check a staged repo directory: load it the way users will (``local-dir:``) and compare with its source checkpoint."""
+"""Check a staged repo directory: load it the way users will (``local-dir:``) and compare it with its source checkpoint
+run through code that did not produce it (``hub_upload.reference``)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import safetensors
+import safetensors.torch
 import timm
 import torch
 from huggingface_hub import constants
 
-from timm_hrnet.convert import convert_state_dict
+from timm_hrnet.convert import detect_layout, resolve_layout
+from timm_hrnet.download import FetchedFile, resolve_checkpoint
 
-__all__ = ['WEIGHTS_NAME', 'VerifyReport', 'file_sha256', 'read_weights_metadata', 'verify_dir']
+from .push import read_weights_metadata
+from .reference import (
+    Reference,
+    ReferenceLoadError,
+    build_reference,
+    builtin_reference_for_weights,
+    read_source_state_dict,
+)
+
+__all__ = ['WEIGHTS_NAME', 'VerifyReport', 'read_weights_metadata', 'verify_dir']
 
 WEIGHTS_NAME = constants.SAFETENSORS_SINGLE_FILE
 
@@ -24,7 +34,9 @@ WEIGHTS_NAME = constants.SAFETENSORS_SINGLE_FILE
 class VerifyReport:
     repo_dir: Path
     architecture: str
-    reference: str  # what the repo was compared with
+    against: str  # what the repo was compared with: the source checkpoint, or its own weights
+    reference: str  # the code that computed the reference outputs
+    independent: bool  # False: the reference came from the converter that wrote the repo (self-consistency only)
     max_abs_diff: float
     atol: float
     problems: tuple[str, ...] = ()
@@ -34,27 +46,12 @@ class VerifyReport:
         return not self.problems and self.max_abs_diff <= self.atol
 
     def summary(self) -> str:
+        """One line: verdict, what was compared through what, the difference and any problems."""
         verdict = 'OK' if self.ok else 'FAILED'
-        lines = [
-            f'verify {verdict}: {self.repo_dir} ({self.architecture}) vs {self.reference}: '
-            f'max abs diff {self.max_abs_diff:.3g} (tolerance {self.atol:g})'
-        ]
-        lines += [f'  problem: {problem}' for problem in self.problems]
-        return '\n'.join(lines)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hash in chunks so multi-hundred-MB checkpoints do not need to fit in memory twice."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def read_weights_metadata(repo_dir: str | os.PathLike) -> dict[str, str]:
-    with safetensors.safe_open(Path(repo_dir) / WEIGHTS_NAME, framework='pt') as f:
-        return dict(f.metadata() or {})
+        scope = '' if self.independent else ' (self-consistency only)'
+        line = (f'verify {verdict}{scope}: {self.repo_dir} ({self.architecture}) vs {self.against} through '
+                f'{self.reference}: max abs diff {self.max_abs_diff:.3g} (tolerance {self.atol:g})')
+        return '; '.join([line, *self.problems])
 
 
 def _require_fields(config: dict, path: Path) -> None:
@@ -65,52 +62,64 @@ def _require_fields(config: dict, path: Path) -> None:
         raise ValueError(f"'{path}' has no 'pretrained_cfg.input_size' field; it is not a timm config.json")
 
 
+def _own_weights_reference(repo_dir: Path, architecture: str) -> Reference:
+    weights = safetensors.torch.load_file(repo_dir / WEIGHTS_NAME)
+    reference = builtin_reference_for_weights(weights, architecture)
+    if reference is None:
+        raise ValueError(f'timm has no built-in {architecture} to check {repo_dir} against; pass --against SOURCE')
+    return reference
+
+
 def verify_dir(
         repo_dir: str | os.PathLike,
-        against: str | os.PathLike | None = None,
+        against: FetchedFile | str | os.PathLike | None = None,
         source: str = 'auto',
         atol: float = 1e-4,
         batch_size: int = 2,
         image_size: int | None = None,
         seed: int = 0,
-        against_sha256: str | None = None,
 ) -> VerifyReport:
-    """Compare logits of ``timm.create_model('local-dir:DIR')`` with the source converted independently.
+    """Compare logits of ``timm.create_model('local-dir:DIR')`` with the source run through independent code.
 
-    Without ``against`` the repo is compared with its own weights file, which still checks that config.json builds
-    the right architecture and that every tensor loads strictly. ``image_size`` (default: the config's input size)
-    trades coverage for speed on slow machines. ``against_sha256`` spares hashing ``against`` again when the caller
-    has just hashed it.
+    ``against`` is the source checkpoint (a path, or a `FetchedFile` already fetched and hashed); its sha256 must be the
+    one the repo records. Without it, the repo's own weights go through timm's built-in HRNet, which checks that
+    config.json builds the right architecture and that every tensor loads, but not the conversion. ``image_size``
+    (default: the config's input size) trades coverage for speed on slow machines.
     """
     repo_dir = Path(repo_dir)
-    for required in (WEIGHTS_NAME, 'config.json', 'README.md'):
+    for required in (WEIGHTS_NAME, 'config.json'):
         if not (repo_dir / required).is_file():
             raise FileNotFoundError(f"'{repo_dir}' is not a staged repo: {required} is missing")
     config = json.loads((repo_dir / 'config.json').read_text(encoding='utf-8'))
     _require_fields(config, repo_dir / 'config.json')
     architecture = config['architecture']
+    recorded = read_weights_metadata(repo_dir / WEIGHTS_NAME).get('source_sha256')
     problems = []
 
-    reference_file = Path(against) if against is not None else repo_dir / WEIGHTS_NAME
-    if against is not None:
-        recorded = read_weights_metadata(repo_dir).get('source_sha256')
-        actual = against_sha256 or file_sha256(reference_file)
-        if recorded and recorded != actual:
-            problems.append(f'{reference_file.name} has sha256 {actual}, the repo records {recorded}')
+    if against is None:
+        description = 'its own weights'
+        reference = _own_weights_reference(repo_dir, architecture)
+    else:
+        if not isinstance(against, FetchedFile):
+            against = resolve_checkpoint(against)
+        description = str(against.url or against.path)
+        if recorded and recorded != against.sha256:
+            problems.append(f'{against.path.name} has sha256 {against.sha256}, the repo records {recorded}')
+        state_dict = read_source_state_dict(against.path)
+        layout = detect_layout(state_dict) if source == 'auto' else resolve_layout(source)
+        try:
+            reference = build_reference(state_dict, architecture, layout)
+        except ReferenceLoadError as e:
+            return VerifyReport(repo_dir, architecture, description, 'an independent reference', True, float('inf'),
+                                atol, (*problems, str(e)))
 
     loaded = timm.create_model(f'local-dir:{repo_dir}', pretrained=True).eval()
-    reference_state = convert_state_dict(reference_file, architecture, layout=source if against is not None else 'auto')
-    num_classes = config.get('num_classes', loaded.num_classes)
-    with torch.device('meta'):  # skips random init: the converted tensors are assigned
-        reference_model = timm.create_model(architecture, pretrained=False, num_classes=num_classes).eval()
-    reference_model.load_state_dict(reference_state, assign=True)
-
     input_size = tuple(config['pretrained_cfg']['input_size'])
     if image_size is not None:
         input_size = (input_size[0], image_size, image_size)
     images = torch.randn(batch_size, *input_size, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        expected, actual = reference_model(images), loaded(images)
+        expected, actual = reference.model(images).float(), loaded(images)
     if expected.shape != actual.shape:
         problems.append(f'output shape {tuple(actual.shape)} differs from the reference {tuple(expected.shape)}')
         max_abs_diff = float('inf')
@@ -121,7 +130,9 @@ def verify_dir(
     return VerifyReport(
         repo_dir=repo_dir,
         architecture=architecture,
-        reference=str(reference_file),
+        against=description,
+        reference=reference.description,
+        independent=reference.independent,
         max_abs_diff=max_abs_diff,
         atol=atol,
         problems=tuple(problems),

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -23,18 +21,21 @@ from checkpoints import (
 )
 from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.repocard_data import model_index_to_eval_results
+from test_hub_common import FakeHfApi, cache_entry, leftovers, serve, sha256, snapshot, write_manifest
 
 import hub_upload.batch
 import hub_upload.push
 import hub_upload.stage
 import hub_upload.verify
+import timm_hrnet.download
 from hub_upload.__main__ import MANIFEST_DIR, SOURCES, main
-from hub_upload.batch import HashMismatchError, fetch, load_manifest
+from hub_upload.batch import load_manifest
 from hub_upload.model_card import CardFacts
 from hub_upload.push import PushRefusedError, push_dir
 from hub_upload.stage import VerificationError, convert_to_dir
 from hub_upload.verify import VerifyReport
 from timm_hrnet.convert import LAYOUT_NAMES
+from timm_hrnet.download import HashMismatchError, fetch
 from timm_hrnet.model_table import count_params_and_macs
 from timm_hrnet.pretrained_cfgs import PAPER
 
@@ -43,18 +44,6 @@ SOURCE_URL = 'https://example.org/hrnet-w18-small_mmpretrain.pth'
 
 
 pytestmark = pytest.mark.usefixtures('single_torch_thread')
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def snapshot(directory: Path) -> dict[str, str]:
-    return {p.name: sha256(p) for p in sorted(directory.iterdir())}
-
-
-def leftovers(parent: Path) -> list[str]:
-    return sorted(p.name for p in parent.iterdir() if p.name.startswith('.'))
 
 
 @pytest.fixture(scope='module')
@@ -66,20 +55,22 @@ def staged(small: SmallCheckpoints, tmp_path_factory: pytest.TempPathFactory) ->
     result = convert_to_dir(  # the ms_in1k tag's preprocessing (bilinear), not the default gluon tag's (bicubic)
         small.mmpretrain_pth, f'{SMALL_MODEL}.ms_in1k',
         tmp_path_factory.mktemp('repos') / 'hrnet_w18_small.mmpretrain_test',
-        repo_id=REPO_ID, facts=facts, verify_image_size=64,
+        repo_id=REPO_ID, facts=facts, verify_image_size=32,
     )
     assert result.report.ok and result.report.max_abs_diff == 0 and result.architecture == SMALL_MODEL
     return result.out_dir
 
 
 def test_staged_weights_are_canonical_float32_with_provenance(staged: Path, small: SmallCheckpoints) -> None:
-    assert sorted(p.name for p in staged.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    assert sorted(p.name for p in staged.iterdir()) == ['.hub_upload.json', 'README.md', 'config.json',
+                                                        'model.safetensors']
     with safetensors.safe_open(staged / 'model.safetensors', framework='pt') as f:
         metadata = f.metadata()
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     assert metadata['source_file'] == small.mmpretrain_pth.name
     assert metadata['source_sha256'] == sha256(small.mmpretrain_pth)
     assert metadata['source_layout'] == 'mmpretrain' and metadata['architecture'] == SMALL_MODEL
+    assert metadata['source_sha256_check'] == 'unchecked'  # a local file: nothing to check it against
     assert sorted(tensors) == sorted(small.state_dict)
     assert all(torch.equal(tensors[k], small.state_dict[k]) for k in tensors)
     assert {t.dtype for t in tensors.values() if t.is_floating_point()} == {torch.float32}
@@ -124,54 +115,61 @@ def test_convert_cli_refuses_to_overwrite_without_force(
         staged: Path, small: SmallCheckpoints, capsys: pytest.CaptureFixture) -> None:
     before = snapshot(staged)
     assert main(['convert', str(small.canonical_pth), '--model', SMALL_MODEL, '--out', str(staged)]) == 2
-    assert 'already exists; pass --force' in capsys.readouterr().err
+    assert 'already exists; to replace a repo hub_upload staged there, pass --force' in capsys.readouterr().err
     assert snapshot(staged) == before
 
 
-def test_convert_cli_force_replaces_atomically(small: SmallCheckpoints, tmp_path: Path, capsys) -> None:
+def test_convert_cli_force_replaces_its_own_repo(small: SmallCheckpoints, tmp_path: Path, capsys) -> None:
     out = tmp_path / 'repo'
-    out.mkdir()
-    (out / 'stale.txt').write_text('old')
     args = ['convert', str(small.canonical_safetensors), '--model', SMALL_MODEL, '--out', str(out),
-            '--source', 'timm', '--image-size', '64', '--force']
+            '--source', 'timm', '--image-size', '32']
     assert main(args) == 0
-    assert 'verify OK' in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
-    assert ModelCard.load(out / 'README.md').data.license == 'mit'
+    first = snapshot(out)
+    assert main([*args, '--license', 'apache-2.0', '--force']) == 0
+    output = capsys.readouterr().out
+    assert 'verify OK' in output and "through timm's built-in hrnet_w18_small" in output
+    assert sorted(p.name for p in out.iterdir()) == ['.hub_upload.json', 'README.md', 'config.json',
+                                                     'model.safetensors']
+    assert ModelCard.load(out / 'README.md').data.license == 'apache-2.0' and snapshot(out) != first
     assert not leftovers(tmp_path)
 
 
 def test_failed_conversion_writes_nothing(small: SmallCheckpoints, tmp_path: Path, capsys) -> None:
     out = tmp_path / 'repo'
     assert main(['convert', str(small.canonical_pth), '--model', 'hrnet_w18', '--out', str(out)]) == 2
-    assert 'missing keys' in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'does not fit hrnet_w18:' in err[0] and ' missing (' in err[0], err
+    assert 'it is a hrnet_w18_small checkpoint: pass --model hrnet_w18_small' in err[0]
+    assert len(err[0]) < 600
     assert not out.exists() and not leftovers(tmp_path)
 
 
 def test_failed_verification_keeps_the_existing_dir(
-        staged: Path, small: SmallCheckpoints, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        small: SmallCheckpoints, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / 'repo'
-    out.mkdir()
-    (out / 'keep.txt').write_text('previous release')
+    convert_to_dir(small.canonical_pth, SMALL_MODEL, out, verify_image_size=32)
+    before = snapshot(out)
 
     def failing_verify(repo_dir, **kwargs) -> VerifyReport:
         assert (Path(repo_dir) / 'model.safetensors').is_file()  # verification runs on the complete staging dir
-        return VerifyReport(Path(repo_dir), SMALL_MODEL, 'source', max_abs_diff=0.5, atol=1e-4)
+        return VerifyReport(Path(repo_dir), SMALL_MODEL, 'source', 'reference', True, max_abs_diff=0.5, atol=1e-4)
 
     monkeypatch.setattr(hub_upload.stage, 'verify_dir', failing_verify)
-    with pytest.raises(VerificationError, match='max abs diff 0.5'):
-        convert_to_dir(small.canonical_pth, SMALL_MODEL, out, force=True, verify_image_size=64)
-    assert [p.name for p in out.iterdir()] == ['keep.txt'] and not leftovers(tmp_path)
+    with pytest.raises(VerificationError, match='max abs diff 0.5') as error:
+        convert_to_dir(small.canonical_pth, SMALL_MODEL, out, force=True, verify_image_size=32)
+    assert len(str(error.value).splitlines()) == 1 and 'nothing was written to' in str(error.value)
+    assert snapshot(out) == before and not leftovers(tmp_path)
 
 
 def test_verify_cli_passes_for_its_source_and_fails_for_another(
         staged: Path, small: SmallCheckpoints, tmp_path: Path, capsys) -> None:
-    assert main(['verify', str(staged), '--against', str(small.mmpretrain_pth), '--image-size', '64']) == 0
+    assert main(['verify', str(staged), '--against', str(small.mmpretrain_pth), '--image-size', '32']) == 0
     output = capsys.readouterr().out
-    assert 'verify OK' in output and 'max abs diff 0 ' in output
+    # no independent implementation of hrnet_w18_small in mmpretrain's layout: the report says what was checked
+    assert 'verify OK (self-consistency only)' in output and 'max abs diff 0 ' in output
     other = tmp_path / 'other.pth'
     torch.save(canonical_to_mmpretrain(random_state_dict(SMALL_MODEL, seed=5)), other)
-    assert main(['verify', str(staged), '--against', str(other), '--image-size', '64']) == 1
+    assert main(['verify', str(staged), '--against', str(other), '--image-size', '32']) == 1
     output = capsys.readouterr().out
     assert 'verify FAILED' in output and 'max abs diff' in output and 'the repo records' in output
 
@@ -182,7 +180,8 @@ def test_push_dry_run_lists_files_and_touches_no_network(
     assert main(['push', str(staged), '--repo-id', REPO_ID, '--revision', 'v1', '--dry-run']) == 0
     output = capsys.readouterr().out
     assert f'huggingface.co/{REPO_ID} (revision v1)' in output
-    for path in staged.iterdir():
+    assert '.hub_upload.json' not in output  # the marker stays local
+    for path in (p for p in staged.iterdir() if not p.name.startswith('.')):
         size = path.stat().st_size
         assert f'{path.name}' in output and f'{REPO_ID}/blob/v1/{path.name}' in output
         assert (f'{size} B' if size < 1024 else f'{size / 1024:.1f} KiB' if size < 1024 ** 2
@@ -192,38 +191,17 @@ def test_push_dry_run_lists_files_and_touches_no_network(
     assert "warning: the model card's usage snippets name another repo" in capsys.readouterr().out
 
 
-class FakeHfApi:
-    """Records calls; the remote repo already holds the files given."""
-
-    def __init__(self, remote_files: list[str]) -> None:
-        self.remote_files = remote_files
-        self.calls: list[tuple[str, dict]] = []
-
-    def __call__(self, token=None) -> FakeHfApi:
-        return self
-
-    def create_repo(self, repo_id, **kwargs):
-        self.calls.append(('create_repo', dict(repo_id=repo_id, **kwargs)))
-        return type('RepoUrl', (), {'repo_id': repo_id})()
-
-    def list_repo_files(self, repo_id, revision=None):
-        return self.remote_files
-
-    def upload_folder(self, **kwargs):
-        self.calls.append(('upload_folder', kwargs))
-        return type('CommitInfo', (), {'pr_url': None, 'commit_url': f'https://hub/{kwargs["repo_id"]}/commit/1'})()
-
-
-def test_push_refuses_to_overwrite_remote_weights_unless_forced(staged: Path, monkeypatch) -> None:
-    api = FakeHfApi(['.gitattributes', 'README.md', 'model.safetensors'])
+def test_push_refuses_to_overwrite_remote_weights_unless_asked(staged: Path, monkeypatch) -> None:
+    api = FakeHfApi(['.gitattributes', 'README.md', 'model.safetensors'], private=True)
     monkeypatch.setattr(hub_upload.push, 'HfApi', api)
-    with pytest.raises(PushRefusedError, match='already holds weights \\(model.safetensors\\); pass --force'):
+    with pytest.raises(PushRefusedError, match=r'already holds weights \(model.safetensors\); pass --overwrite-w'):
         push_dir(staged, REPO_ID)
     assert [name for name, _ in api.calls] == ['create_repo']
-    assert push_dir(staged, REPO_ID, force=True, private=True) == f'https://hub/{REPO_ID}/commit/1'
+    assert push_dir(staged, REPO_ID, overwrite_weights=True, private=True) == f'https://hub/{REPO_ID}/commit/1'
     upload = api.calls[-1][1]
     assert upload['folder_path'] == staged and sorted(upload['allow_patterns']) == [
-        'README.md', 'config.json', 'model.safetensors']
+        'README.md', 'config.json', 'model.safetensors']  # the hidden marker stays local
+    assert upload['parent_commit'] == api.head
     assert api.calls[1] == ('create_repo', dict(repo_id=REPO_ID, private=True, exist_ok=True))
 
 
@@ -242,22 +220,12 @@ def test_push_to_unreachable_endpoint_fails_in_one_line(staged: Path, tmp_path: 
     assert snapshot(staged) == before
 
 
-def _write_manifest(path: Path, entries: list[dict]) -> Path:
-    lines = ['repo_owner = "someone"', '', '[defaults]', 'source = "auto"', 'license = "apache-2.0"', '']
-    for entry in entries:
-        lines.append('[[checkpoints]]')
-        lines += [f'{key} = {json.dumps(value)}' for key, value in entry.items()]
-        lines.append('')
-    path.write_text('\n'.join(lines))
-    return path
-
-
 def test_batch_continues_past_a_bad_hash_and_reports_it(
         small: SmallCheckpoints, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     named = tmp_path / 'sources' / f'hrnet-w18-small_mm_20220120-{sha256(small.mmpretrain_pth)[:8]}.pth'
     named.parent.mkdir()
     named.write_bytes(small.mmpretrain_pth.read_bytes())
-    manifest = _write_manifest(tmp_path / 'manifest.toml', [
+    manifest = write_manifest(tmp_path / 'manifest.toml', [
         dict(url=named.as_uri(), model=SMALL_MODEL, repo='small_from_name_hash'),
         dict(url=small.canonical_pth.as_uri(), model=SMALL_MODEL, repo='small_bad_hash', sha256='0' * 64),
         dict(url=small.canonical_safetensors.as_uri(), model=SMALL_MODEL, repo='small_full_hash',
@@ -273,51 +241,27 @@ def test_batch_continues_past_a_bad_hash_and_reports_it(
     assert 'FAILED' in bad_row and 'HashMismatchError' in bad_row and '0' * 64 in bad_row
     assert sorted(p.name for p in out_root.iterdir()) == ['small_from_name_hash', 'small_full_hash']
     assert ModelCard.load(out_root / 'small_full_hash' / 'README.md').data.eval_results[0].metric_value == 70.0
-    assert not (cache / small.canonical_pth.name).exists() and not list(cache.glob('*.part'))
+    assert not list(cache.rglob(small.canonical_pth.name)) and not list(cache.rglob('*.part'))
     # a rerun finds the verified repos in place and only the bad source fails again
     assert main(['batch', str(manifest), '--out-root', str(out_root), '--cache-dir', str(cache)]) == 1
     assert capsys.readouterr().out.count('already staged') == 2
 
 
-class RangeHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves one file, honouring ``Range: bytes=N-`` like a CDN; records the ranges it was asked for."""
-
-    payload = b''
-    ranges: list[str] = []
-
-    def do_GET(self) -> None:
-        requested = self.headers.get('Range')
-        self.ranges.append(requested)
-        start = int(requested.removeprefix('bytes=').rstrip('-')) if requested else 0
-        body = self.payload[start:]
-        self.send_response(206 if requested else 200)
-        self.send_header('Content-Length', str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
-
-
 def test_fetch_resumes_a_partial_download_with_a_range_request(tmp_path: Path) -> None:
     payload = os.urandom(3 * 1024 * 1024 + 17)
-    RangeHandler.payload, RangeHandler.ranges = payload, []
-    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), RangeHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f'http://127.0.0.1:{server.server_port}/weights_20220120-{hashlib.sha256(payload).hexdigest()[:8]}.pth'
-        partial = tmp_path / (Path(url).name + '.part')
+    digest = hashlib.sha256(payload).hexdigest()
+    with serve(payload) as server:
+        base = server.url
+        url = f'{base}/weights_20220120-{digest[:8]}.pth'
+        partial = cache_entry(tmp_path, url).with_name(Path(url).name + '.part')
+        partial.parent.mkdir(parents=True)
         partial.write_bytes(payload[:1_000_000])
-        path = fetch(url, hashlib.sha256(payload).hexdigest()[:8], tmp_path)
-        assert path.read_bytes() == payload and not partial.exists()
-        assert RangeHandler.ranges == ['bytes=1000000-']
+        fetched = fetch(url, digest, tmp_path, allow_http=True)
+        assert fetched.path.read_bytes() == payload and not partial.exists() and fetched.verified == 'full'
         with pytest.raises(HashMismatchError, match='does not match the expected deadbeef'):
-            fetch(url.replace('.pth', '_copy.pth'), 'deadbeef', tmp_path)
-        assert not list(tmp_path.glob('*_copy.pth*'))
-    finally:
-        server.shutdown()
-        server.server_close()
+            fetch(url.replace('.pth', '_copy.pth'), 'deadbeef', tmp_path, allow_http=True)
+        assert not list(tmp_path.rglob('*_copy.pth*'))
+        assert fetch(url, None, tmp_path, allow_http=True).path == fetched.path  # downloaded once, then cached
 
 
 def test_shipped_manifest_lists_the_nine_mmpretrain_checkpoints() -> None:
@@ -338,49 +282,47 @@ def test_shipped_manifest_lists_the_nine_mmpretrain_checkpoints() -> None:
                for e in entries)
 
 
-def test_cli_source_choices_match_the_converter() -> None:
+def test_names_spelled_out_for_a_light_cli_match_the_originals() -> None:
+    from timm.data.transforms import _str_to_pil_interpolation
+
+    from hub_upload.__main__ import MIN_INPUT_SIZE
+    from hub_upload.names import INTERPOLATIONS
+    from timm_hrnet.hrnet import MIN_INPUT_SIZE as MODEL_MIN_INPUT_SIZE
+
     assert set(SOURCES) == {'auto', *LAYOUT_NAMES}
+    assert set(INTERPOLATIONS) == set(_str_to_pil_interpolation) and MIN_INPUT_SIZE == MODEL_MIN_INPUT_SIZE
 
 
 def test_manifest_unknown_keys_get_suggestions(tmp_path: Path) -> None:
-    manifest = _write_manifest(tmp_path / 'typo.toml', [dict(url='x.pth', model=SMALL_MODEL, repo='r', sha265='00')])
+    manifest = write_manifest(tmp_path / 'typo.toml', [dict(url='x.pth', model=SMALL_MODEL, repo='r', sha265='00')])
     with pytest.raises(ValueError, match="unknown key.*'sha265' \\(did you mean 'sha256'\\?\\)"):
         load_manifest(manifest)
 
 
-@pytest.fixture(scope='module')
-def ssld_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp('ssld') / 'hrnet_w18_ssld_canonical.pth'
-    torch.save(random_state_dict('hrnet_w18_ssld', seed=3), path)
-    return path
-
-
-def test_convert_cli_writes_the_models_registered_preprocessing(
-        ssld_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    out = tmp_path / 'ssld'
-    assert main(['convert', str(ssld_checkpoint), '--model', 'hrnet_w18_ssld', '--out', str(out),
+def test_convert_cli_writes_the_tags_registered_preprocessing_and_options_override_it(
+        small: SmallCheckpoints, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / 'tagged'
+    assert main(['convert', str(small.canonical_pth), '--model', f'{SMALL_MODEL}.gluon_in1k', '--out', str(out),
                  '--image-size', '32']) == 0, capsys.readouterr().err
     cfg = json.loads((out / 'config.json').read_text())['pretrained_cfg']
-    assert (cfg['input_size'], cfg['crop_pct'], cfg['interpolation']) == ([3, 224, 224], 0.95, 'bilinear')
-    assert cfg['test_input_size'] == [3, 288, 288] and cfg['test_crop_pct'] == 1.0
-    assert 'published accuracy measured at 288 with crop_pct 1.0' in (out / 'README.md').read_text()
+    assert (cfg['input_size'], cfg['crop_pct'], cfg['interpolation']) == ([3, 224, 224], 0.875, 'bicubic')
+    assert "timm_hrnet's pretrained cfg of hrnet_w18_small.gluon_in1k" in capsys.readouterr().out
 
-
-def test_convert_cli_preprocessing_options_override_the_tagged_cfg(
-        ssld_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    out = tmp_path / 'ssld'
-    assert main(['convert', str(ssld_checkpoint), '--model', 'hrnet_w18_ssld.paddle_in1k', '--out', str(out),
-                 '--image-size', '32', '--input-size', '256', '--interpolation', 'bicubic', '--crop-pct', '0.9',
+    out = tmp_path / 'overridden'
+    assert main(['convert', str(small.canonical_pth), '--model', f'{SMALL_MODEL}.gluon_in1k', '--out', str(out),
+                 '--image-size', '32', '--input-size', '256', '--interpolation', 'bilinear', '--crop-pct', '0.9',
                  '--test-input-size', '320', '--test-crop-pct', '0.95']) == 0, capsys.readouterr().err
     config = json.loads((out / 'config.json').read_text())
     cfg = config['pretrained_cfg']
-    assert config['architecture'] == 'hrnet_w18_ssld'
-    assert (cfg['input_size'], cfg['crop_pct'], cfg['interpolation']) == ([3, 256, 256], 0.9, 'bicubic')
+    assert config['architecture'] == SMALL_MODEL
+    assert (cfg['input_size'], cfg['crop_pct'], cfg['interpolation']) == ([3, 256, 256], 0.9, 'bilinear')
     assert (cfg['test_input_size'], cfg['test_crop_pct']) == ([3, 320, 320], 0.95)
     assert cfg.get('pool_size') is None  # the registered (7, 7) belongs to 224
-    assert '(at 256x256)' in (out / 'README.md').read_text()
-    assert main(['convert', str(ssld_checkpoint), '--model', 'hrnet_w18_ssld.bogus', '--out', str(tmp_path / 'x')]) == 2
-    assert 'Invalid pretrained tag (bogus)' in capsys.readouterr().err
+    card = (out / 'README.md').read_text()
+    assert '(at 256x256)' in card and 'published accuracy measured at 320 with crop_pct 0.95' in card
+    assert main(['convert', str(small.canonical_pth), '--model', f'{SMALL_MODEL}.bogus', '--out',
+                 str(tmp_path / 'x')]) == 2
+    assert 'Invalid pretrained tag (bogus)' in capsys.readouterr().err and not (tmp_path / 'x').exists()
 
 
 def test_verify_names_a_missing_config_field(staged: Path, tmp_path: Path, capsys, monkeypatch) -> None:
@@ -407,17 +349,17 @@ def test_relative_manifest_paths_resolve_next_to_the_manifest_once(
         small: SmallCheckpoints, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / 'sub').mkdir()
     (tmp_path / 'sub' / 'x.pth').write_bytes(small.canonical_pth.read_bytes())
-    _write_manifest(tmp_path / 'sub' / 'm.toml', [
-        dict(file='x.pth', model='hrnet_w18_ssld', repo='from_file'),
-        dict(url='x.pth', model='hrnet_w18_ssld', repo='from_url', crop_pct=0.9),
+    write_manifest(tmp_path / 'sub' / 'm.toml', [
+        dict(file='x.pth', model='hrnet_w18_ssld', repo='from_file', sha256='0' * 64),
+        dict(url='x.pth', model='hrnet_w18_ssld', repo='from_url', sha256='0' * 64, crop_pct=0.9),
     ])
     monkeypatch.chdir(tmp_path)
     from_file, from_url = load_manifest('sub/m.toml')
     assert from_file.url == from_url.url == str(tmp_path / 'sub' / 'x.pth')
     assert Path(from_file.url).is_file()
-    # preprocessing the manifest leaves out comes from the model's pretrained cfg; what it states wins
-    assert (from_file.preprocessing().crop_pct, from_file.preprocessing().test_input_size) == (0.95, (3, 288, 288))
-    assert from_url.preprocessing().crop_pct == 0.9
+    # what an entry states overrides the source's preprocessing; what it leaves out is None
+    assert set(from_file.preprocessing_overrides().values()) == {None}
+    assert from_url.preprocessing_overrides()['crop_pct'] == 0.9
 
 
 def test_batch_hashes_each_checkpoint_once(
@@ -428,13 +370,12 @@ def test_batch_hashes_each_checkpoint_once(
         hashed.append(Path(path).name)
         return sha256(Path(path))
 
-    for module in (hub_upload.batch, hub_upload.stage, hub_upload.verify):
-        monkeypatch.setattr(module, 'file_sha256', counting_sha256)
-    manifest = _write_manifest(tmp_path / 'one.toml', [
+    monkeypatch.setattr(timm_hrnet.download, 'file_sha256', counting_sha256)
+    manifest = write_manifest(tmp_path / 'one.toml', [
         dict(url=str(small.canonical_pth), model=SMALL_MODEL, repo='once', sha256=sha256(small.canonical_pth))])
     outcomes = hub_upload.batch.run_batch(manifest, tmp_path / 'out', tmp_path / 'cache', verify_image_size=32,
                                           log=lambda line: None)
     assert [o.ok for o in outcomes] == [True], outcomes
     assert hashed == [small.canonical_pth.name]
-    metadata = hub_upload.verify.read_weights_metadata(tmp_path / 'out' / 'once')
-    assert metadata['source_sha256'] == sha256(small.canonical_pth)
+    metadata = hub_upload.verify.read_weights_metadata(tmp_path / 'out' / 'once' / 'model.safetensors')
+    assert metadata['source_sha256'] == sha256(small.canonical_pth) and metadata['source_sha256_check'] == 'full'

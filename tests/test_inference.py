@@ -168,11 +168,14 @@ def test_extract_feat_mapping_documented_in_tools_md() -> None:
     reference = torch.load(REFDATA / 'ref_hrnet-w18_mmpretrain.pt', weights_only=True)
     state_dict = convert_state_dict(REFDATA / 'hrnet-w18_mmpretrain_random.pth', 'hrnet_w18')
     image = reference['input'][:1]
-    model = get_model('hrnet-w18_3rdparty_8xb32_in1k').eval()
-    model.load_state_dict(state_dict)
-    backbone = get_model('hrnet-w18_3rdparty_8xb32_in1k', features_only=True, feature_location='',
-                         out_indices=(1, 2, 3, 4)).eval()
-    backbone.load_state_dict({k: v for k, v in state_dict.items() if k in backbone.state_dict()})
+    with torch.device('meta'):  # no random init: every tensor is assigned from the checkpoint
+        model = get_model('hrnet-w18_3rdparty_8xb32_in1k')
+        backbone = get_model('hrnet-w18_3rdparty_8xb32_in1k', features_only=True, feature_location='',
+                             out_indices=(1, 2, 3, 4))
+    model.load_state_dict(state_dict, assign=True)
+    backbone_keys = set(backbone.state_dict())
+    backbone.load_state_dict({k: v for k, v in state_dict.items() if k in backbone_keys}, assign=True)
+    model.eval(), backbone.eval()
     with torch.no_grad():
         pooled = model.forward_head(model.forward_features(image), pre_logits=True)
         branches = backbone(image)
@@ -214,3 +217,10 @@ def test_local_dir_model_loads_with_and_without_checkpoint(tmp_path: Path) -> No
     fine_tuned = load_model(f'local-dir:{tmp_path / "repo"}', tmp_path / 'five.pth')
     assert fine_tuned.num_classes == 5
     torch.testing.assert_close(fine_tuned.classifier.weight, other.classifier.weight, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('kwargs', [dict(features_only=True), dict(num_classes=0)])
+def test_a_model_without_a_classifier_is_refused_by_name(kwargs: dict) -> None:
+    model = timm.create_model('hrnet_w18_small', pretrained_cfg_overlay=SMALL_INPUT, **kwargs).eval()
+    with pytest.raises(ValueError, match='inference_model needs a classifier'):
+        inference_model(model, torch.zeros(3, 64, 64))

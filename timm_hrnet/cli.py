@@ -12,8 +12,16 @@ import json
 import sys
 from collections.abc import Sequence
 
-from timm_hrnet import benchmark, model_table, validate
-from timm_hrnet.cli_common import CliError, device_or_fail, image_size, load_model_or_fail, positive_int
+from timm_hrnet import benchmark, model_table, task_cli, validate
+from timm_hrnet.cli_common import (
+    CliError,
+    HelpFormatter,
+    crop_fraction,
+    device_or_fail,
+    image_size,
+    load_model_or_fail,
+    positive_int,
+)
 from timm_hrnet.inference import UnreadableImageError, build_eval_transform, inference_model, load_rgb_image
 
 __all__ = ['build_parser', 'main', 'predict']
@@ -25,12 +33,16 @@ def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('images', nargs='+', metavar='IMAGE', help='image files')
     parser.add_argument('--model', default=DEFAULT_PREDICT_MODEL,
                         help='timm name (tag optional), hf-hub:ORG/REPO, local-dir:DIR or mmpretrain name')
-    parser.add_argument('--checkpoint', help='weights in any layout the converter reads; default: published weights')
-    parser.add_argument('--topk', type=positive_int, default=5, help='classes to print per image')
+    parser.add_argument('--checkpoint', help='weights in any layout the converter reads, a path or an https URL '
+                        '(downloaded once into the cache); default: the published weights')
+    parser.add_argument('--allow-http', action='store_true', help='allow a plain http:// --checkpoint URL')
+    parser.add_argument('--topk', type=positive_int, default=5,
+                        help='classes to print per image (at most the model\'s class count)')
     parser.add_argument('--json', action='store_true', help='print a JSON list instead of text')
     parser.add_argument('--device', help='default: cuda when available, else cpu')
     parser.add_argument('--img-size', type=image_size, help='square input size; default: from the pretrained cfg')
-    parser.add_argument('--crop-pct', type=float, help='center-crop fraction; default: from the pretrained cfg')
+    parser.add_argument('--crop-pct', type=crop_fraction,
+                        help='center-crop fraction in (0, 1]; default: from the pretrained cfg')
 
 
 def predict(args: argparse.Namespace) -> int:
@@ -45,7 +57,7 @@ def predict(args: argparse.Namespace) -> int:
             print(f'skipped {error}', file=sys.stderr)
     if not images:
         raise CliError('none of the images could be read')
-    model = load_model_or_fail(args.model, args.checkpoint)
+    model = load_model_or_fail(args.model, args.checkpoint, args.allow_http)
     transform = build_eval_transform(model, args.img_size, args.crop_pct)
     try:
         predictions = inference_model(model, images, topk=args.topk, device=device, transform=transform)
@@ -67,9 +79,11 @@ def predict(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; each subcommand stores its `run` function as `handler`."""
-    parser = argparse.ArgumentParser(prog='timm-hrnet', description='HRNet models for timm: everyday tools.')
+    parser = argparse.ArgumentParser(prog='timm-hrnet', description='HRNet models for timm: everyday tools.',
+                                     formatter_class=HelpFormatter)
     subparsers = parser.add_subparsers(dest='command', required=True)
-    predict_parser = subparsers.add_parser('predict', help='classify images')
+    predict_parser = subparsers.add_parser('predict', help='classify images', description='classify images',
+                                           formatter_class=HelpFormatter)
     _add_predict_arguments(predict_parser)
     predict_parser.set_defaults(handler=predict)
     subcommands = {
@@ -78,9 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
         'benchmark': (benchmark, 'inference throughput and peak memory'),
     }
     for command, (module, description) in subcommands.items():
-        subparser = subparsers.add_parser(command, help=description)
+        subparser = subparsers.add_parser(command, help=description, description=description,
+                                          formatter_class=HelpFormatter)
         module.add_arguments(subparser)
         subparser.set_defaults(handler=module.run)
+    task_cli.add_pose_parser(subparsers)
+    task_cli.add_segment_parser(subparsers)
     return parser
 
 

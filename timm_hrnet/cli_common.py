@@ -1,20 +1,24 @@
-"""Pieces shared by the `timm-hrnet` subcommands: the user-facing error type, argument types, device choice,
-autocast and model loading."""
+"""Pieces shared by the `timm-hrnet` subcommands (and hub_upload's error messages): the user-facing error type,
+argument types, the help formatter, device choice, autocast, checkpoint arguments and model loading."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import math
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
+from timm_hrnet.convert import CheckpointMismatchError, convert_state_dict, load_checkpoint_file
+from timm_hrnet.download import FetchedFile, resolve_checkpoint
 from timm_hrnet.hrnet import MIN_INPUT_SIZE
 from timm_hrnet.inference import UnknownModelError, load_model, resolve_device
+from timm_hrnet.variants import VARIANTS
 
 __all__ = [
-    'CliError', 'amp_autocast', 'device_or_fail', 'image_size', 'load_model_or_fail', 'non_negative_int',
-    'positive_int',
+    'CliError', 'HelpFormatter', 'amp_autocast', 'checkpoint_file', 'crop_fraction', 'device_or_fail',
+    'fitting_variant', 'image_size', 'load_model_or_fail', 'mismatch_summary', 'non_negative_int', 'positive_int',
 ]
 
 
@@ -47,6 +51,26 @@ def image_size(text: str) -> int:
     return _int_at_least(text, MIN_INPUT_SIZE)
 
 
+def crop_fraction(text: str) -> float:
+    """argparse type: a center-crop fraction in (0, 1] (the image is resized to size / fraction, then cropped)."""
+    try:
+        value = float(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f'expected a number, got {text!r}') from error
+    if not (math.isfinite(value) and 0 < value <= 1):
+        raise argparse.ArgumentTypeError(f'must be in (0, 1], got {text}')
+    return value
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` shows each option's default, except where there is none to show (None, False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False) or '%(default)' in (action.help or ''):
+            return action.help or ''
+        return super()._get_help_string(action)
+
+
 def device_or_fail(device: str | None) -> torch.device:
     """`resolve_device` with a malformed device string or an absent CUDA reported as `CliError`."""
     try:
@@ -64,27 +88,73 @@ def amp_autocast(device: torch.device, enabled: bool) -> torch.autocast:
                           enabled=enabled)
 
 
-def load_model_or_fail(name: str, checkpoint: str | None) -> nn.Module:
-    """`load_model` with missing files, unknown names and unloadable checkpoints turned into `CliError`."""
-    if checkpoint is not None and not Path(checkpoint).is_file():
-        raise CliError(f'checkpoint not found: {checkpoint}')
+def _first_line(error: BaseException) -> str:
+    """Loaders (torch, safetensors) sometimes explain over many lines; the first says what is wrong."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _examples(keys: list[str], count: int = 2) -> str:
+    return ', '.join(keys[:count]) + (', ...' if len(keys) > count else '')
+
+
+def fitting_variant(state_dict: Mapping[str, torch.Tensor], layout: str = 'auto', exclude: str = '') -> str | None:
+    """The first HRNet variant a checkpoint converts to without a mismatch (the likely cause of one), or None."""
+    for variant in VARIANTS:
+        if variant == exclude:
+            continue
+        try:
+            convert_state_dict(state_dict, variant, layout=layout)
+        except ValueError:
+            continue
+        return variant
+    return None
+
+
+def mismatch_summary(error: CheckpointMismatchError, state_dict: Mapping[str, torch.Tensor] | None = None,
+                     layout: str = 'auto', source: str | None = None) -> str:
+    """One line instead of every key name: counts, a couple of names per kind, and the variant it does fit.
+
+    ``state_dict`` (the checkpoint's own) lets it name the variant that fits; ``source`` names the file.
+    """
+    parts = []
+    if error.missing:
+        parts.append(f'{len(error.missing)} missing ({_examples(error.missing)})')
+    if error.unexpected:
+        parts.append(f'{len(error.unexpected)} unexpected ({_examples(error.unexpected)})')
+    if error.mismatched:
+        key, (got, want) = next(iter(error.mismatched.items()))
+        parts.append(f'{len(error.mismatched)} mis-shaped (e.g. {key}: checkpoint {list(got)}, model {list(want)})')
+    summary = f"{source or error.source} does not fit {error.model_name}: {', '.join(parts)} keys"
+    variant = fitting_variant(state_dict, layout, exclude=error.model_name) if state_dict is not None else None
+    if variant is not None:
+        summary += f'; it is a {variant} checkpoint: pass --model {variant}'
+    return summary
+
+
+def checkpoint_file(checkpoint: str, allow_http: bool = False) -> FetchedFile:
+    """A --checkpoint argument (path or URL, downloaded once into the cache) as a checked local file."""
     try:
-        return load_model(name, checkpoint)
+        return resolve_checkpoint(checkpoint, allow_http=allow_http)
+    except (OSError, ValueError) as error:
+        raise CliError(_first_line(error)) from error
+
+
+def load_model_or_fail(name: str, checkpoint: str | None, allow_http: bool = False) -> nn.Module:
+    """`load_model` with missing files, unknown names and unloadable checkpoints turned into one-line `CliError`s."""
+    path = checkpoint_file(checkpoint, allow_http).path if checkpoint is not None else None
+    try:
+        return load_model(name, path)
     except UnknownModelError as error:
         raise CliError(str(error)) from error
+    except CheckpointMismatchError as error:
+        raise CliError(mismatch_summary(error, load_checkpoint_file(path), source=checkpoint)) from error
     except OSError as error:
         if checkpoint is None:
-            raise CliError(f'cannot get the pretrained weights of {name} (offline or not cached?): {error}') from error
-        raise CliError(f'cannot load checkpoint {checkpoint} into {name}: {error}') from error
+            raise CliError(f'cannot get the pretrained weights of {name} (offline or not cached?): '
+                           f'{_first_line(error)}') from error
+        raise CliError(f'cannot load checkpoint {checkpoint} into {name}: {_first_line(error)}') from error
     except (KeyError, ValueError, RuntimeError) as error:
         if checkpoint is None:
             raise
-        raise CliError(f'cannot load checkpoint {checkpoint} into {name}: {_abbreviate(str(error))}') from error
-
-
-def _abbreviate(message: str, max_lines: int = 8) -> str:
-    """Key-by-key mismatch reports run to hundreds of lines; the first few tell what is wrong."""
-    lines = message.splitlines()
-    if len(lines) <= max_lines:
-        return message
-    return '\n'.join(lines[:max_lines] + [f'  ... and {len(lines) - max_lines} more lines'])
+        raise CliError(f'cannot load checkpoint {checkpoint} into {name}: {_first_line(error)}') from error

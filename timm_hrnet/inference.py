@@ -203,6 +203,9 @@ def inference_model(
         device = resolve_device(device)
     else:
         model = model_or_name
+    if getattr(model, 'num_classes', None) == 0:
+        raise ValueError('inference_model needs a classifier; this model has none (features_only, or num_classes=0): '
+                         'create it with its classifier')
     if device is not None:
         model.to(device)
     device = _model_device(model)
@@ -218,15 +221,25 @@ def inference_model(
     was_training = model.training
     model.eval()
     try:
-        scores = torch.cat([
-            model(chunk.to(device)).float().softmax(dim=-1).cpu() for chunk in batch.split(batch_size)
-        ]) if len(batch) else torch.empty(0)
+        scores = torch.cat([_class_scores(model, chunk.to(device)) for chunk in batch.split(batch_size)]) \
+            if len(batch) else torch.empty(0)
     finally:
         model.train(was_training)
 
     names = class_names(model)
     predictions = [_decode(row, min(topk, row.numel()), names) for row in scores]
     return predictions[0] if single else predictions
+
+
+def _class_scores(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """Softmax over the logits; a features model (a list of maps) or a pooled-feature output is refused by name."""
+    output = model(batch)
+    if not isinstance(output, torch.Tensor) or output.ndim != 2:
+        got = f'a {type(output).__name__} of {len(output)} feature maps' if isinstance(output, (list, tuple)) else (
+            f'a tensor of shape {tuple(output.shape)}' if isinstance(output, torch.Tensor) else type(output).__name__)
+        raise ValueError(f'inference_model needs a classifier returning (batch, classes) logits; this model returned '
+                         f'{got} (a features_only model?): create it without features_only')
+    return output.float().softmax(dim=-1).cpu()
 
 
 def _decode(scores: torch.Tensor, topk: int, names: list[str] | None) -> Prediction:

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from timm_hrnet.cli_common import CliError, device_or_fail
+from timm_hrnet.cli_common import CliError, HelpFormatter, checkpoint_file, device_or_fail
 from timm_hrnet.inference import UnreadableImageError
 from timm_hrnet.pose import create_pose_model
 from timm_hrnet.segmentation import create_seg_model
@@ -44,16 +44,19 @@ def _boolean(text: str) -> bool:
 
 def _common_arguments(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument('image', metavar='IMAGE', help='image file')
-    parser.add_argument('--checkpoint', required=True, help=f'official {what} checkpoint (.pth or .safetensors)')
+    parser.add_argument('--checkpoint', required=True,
+                        help=f'official {what} checkpoint (.pth or .safetensors), a path or an https URL')
+    parser.add_argument('--allow-http', action='store_true', help='accept a plain http:// checkpoint URL')
     parser.add_argument('--out', help=f'write the image with the {what} result drawn on it (format from the suffix)')
     parser.add_argument('--json', action='store_true', help='print JSON instead of text')
     parser.add_argument('--device', help='default: cuda when available, else cpu')
 
 
 def add_pose_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add `pose`: keypoints of the people in an image, one per person box (default: the whole image)."""
-    parser = subparsers.add_parser('pose', help='human keypoints with an official pose_hrnet checkpoint',
-                                   description=add_pose_parser.__doc__)
+    """The `pose` subcommand."""
+    parser = subparsers.add_parser(
+        'pose', help='human keypoints with an official pose_hrnet checkpoint', formatter_class=HelpFormatter,
+        description='Keypoints of the people in an image, one per person box (default: the whole image).')
     _common_arguments(parser, 'pose')
     parser.add_argument('--box', nargs=4, type=float, action='append', metavar=('X', 'Y', 'W', 'H'),
                         help='a person box in pixels (repeat for several people); default: the whole image')
@@ -66,9 +69,10 @@ def add_pose_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def add_segment_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add `segment`: a label per pixel with an official seg_hrnet checkpoint."""
-    parser = subparsers.add_parser('segment', help='semantic segmentation with an official seg_hrnet checkpoint',
-                                   description=add_segment_parser.__doc__)
+    """The `segment` subcommand."""
+    parser = subparsers.add_parser(
+        'segment', help='semantic segmentation with an official seg_hrnet checkpoint', formatter_class=HelpFormatter,
+        description='A label per pixel with an official seg_hrnet checkpoint.')
     _common_arguments(parser, 'segmentation')
     parser.add_argument('--align-corners', type=_boolean, metavar='{true,false}',
                         help="the training config's MODEL.ALIGN_CORNERS; default: known for the released class "
@@ -83,10 +87,9 @@ def add_segment_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _load(factory: Any, args: argparse.Namespace, **kwargs: Any) -> Any:
-    if not Path(args.checkpoint).is_file():
-        raise CliError(f'checkpoint not found: {args.checkpoint}')
+    path = checkpoint_file(args.checkpoint, args.allow_http).path
     try:
-        return factory(args.checkpoint, device=device_or_fail(args.device), **kwargs)
+        return factory(path, device=device_or_fail(args.device), **kwargs)
     except ValueError as error:
         raise CliError(f'cannot load {args.checkpoint}: {error}') from error
 

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from timm_hrnet.cli_common import (
     CliError,
     amp_autocast,
+    crop_fraction,
     device_or_fail,
     image_size,
     load_model_or_fail,
@@ -131,7 +132,9 @@ def evaluate(
     amp: bool = False,
     device: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate `model` on `samples`; returns top-1/top-5 (percent), mean loss, counts, throughput, unreadable files.
+    """Evaluate `model` on `samples`; returns top-1 and top-k (percent), mean loss, counts, throughput, unreadables.
+
+    k is 5, or the class count when there are fewer (`topk` holds it; the key is `top<k>`, absent when k is 1).
 
     Shards over the `torchrun` process group when there is one; every rank returns the same global numbers.
     """
@@ -200,9 +203,12 @@ def _evaluate(
     elapsed = time.perf_counter() - start
     top1_hits, topk_hits, loss_sum, count = totals.tolist()
     count = int(count)
+    # top-k is named for the k measured: with fewer than 5 classes 'top5' would claim a number that cannot exist
+    topk = {f'top{maxk}': 100.0 * topk_hits / count if count else float('nan')} if maxk > 1 else {}
     return {
         'top1': 100.0 * top1_hits / count if count else float('nan'),
-        'top5': 100.0 * topk_hits / count if count else float('nan'),
+        **topk,
+        'topk': maxk,
         'loss': loss_sum / count if count else float('nan'),
         'num_images': count,
         'num_unreadable': len(unreadable),
@@ -225,13 +231,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--split-file', help='annotation file of "relative/path label" lines (mmpretrain ImageNet val)')
     parser.add_argument('--model', required=True,
                         help='timm name (tag optional), hf-hub:ORG/REPO, local-dir:DIR or mmpretrain HRNet name')
-    parser.add_argument('--checkpoint', help='weights in any layout the converter reads; default: published weights')
-    parser.add_argument('--batch-size', type=positive_int, default=64)
+    parser.add_argument('--checkpoint', help='weights in any layout the converter reads, a path or an https URL '
+                        '(downloaded once into the cache); default: the published weights')
+    parser.add_argument('--allow-http', action='store_true', help='allow a plain http:// --checkpoint URL')
+    parser.add_argument('--batch-size', type=positive_int, default=64, help='images per batch (per process)')
     parser.add_argument('--workers', type=non_negative_int, default=min(4, os.cpu_count() or 1),
                         help='data-loading processes')
     parser.add_argument('--img-size', type=image_size, help='square input size; default: from the pretrained cfg')
-    parser.add_argument('--crop-pct', type=float, help='center-crop fraction; default: from the pretrained cfg')
-    parser.add_argument('--channels-last', action='store_true')
+    parser.add_argument('--crop-pct', type=crop_fraction,
+                        help='center-crop fraction in (0, 1]; default: from the pretrained cfg')
+    parser.add_argument('--channels-last', action='store_true', help='run in channels_last memory format')
     parser.add_argument('--amp', action='store_true', help='autocast: float16 on CUDA, bfloat16 on CPU')
     parser.add_argument('--device', help='default: cuda (this rank\'s GPU under torchrun) when available, else cpu')
     parser.add_argument('--results-file', help='write the results as JSON here')
@@ -241,7 +250,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run `timm-hrnet validate`; only rank 0 prints and writes the results file."""
     samples = read_samples(args.data_dir, args.split_file)
-    model = load_model_or_fail(args.model, args.checkpoint)
+    model = load_model_or_fail(args.model, args.checkpoint, args.allow_http)
     try:
         results = evaluate(
             model, samples, img_size=args.img_size, crop_pct=args.crop_pct, batch_size=args.batch_size,
@@ -255,7 +264,9 @@ def run(args: argparse.Namespace) -> int:
                'split_file': args.split_file, **results}
     for item in results['unreadable']:
         print(f'skipped unreadable image {item["path"]}: {item["reason"]}', file=sys.stderr)
-    print(f'{args.model}: top-1 {results["top1"]:.3f}%  top-5 {results["top5"]:.3f}%  loss {results["loss"]:.4f}  '
+    k = results['topk']
+    topk = f'  top-{k} {results[f"top{k}"]:.3f}%' if k > 1 else ''
+    print(f'{args.model}: top-1 {results["top1"]:.3f}%{topk}  loss {results["loss"]:.4f}  '
           f'{results["num_images"]} images ({results["num_unreadable"]} unreadable)  '
           f'{results["images_per_second"]:.1f} images/s')
     if args.strict and results['num_unreadable']:

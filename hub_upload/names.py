@@ -1,0 +1,36 @@
+"""Names users give, checked before anything is written or sent: repo ids, source layouts, interpolations.
+
+Imports nothing heavy, so that push and --help start without torch; the two tuples spell out timm_hrnet's and timm's
+own lists for that reason (a test checks they match).
+"""
+
+from __future__ import annotations
+
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id as _hf_validate_repo_id
+
+__all__ = ['INTERPOLATIONS', 'SOURCES', 'validate_repo_id', 'validate_repo_name']
+
+SOURCES = ('auto', 'canonical', 'official', 'timm', 'mmpretrain')  # 'auto' + timm_hrnet.convert.LAYOUT_NAMES
+INTERPOLATIONS = ('bilinear', 'bicubic', 'nearest', 'box', 'hamming', 'lanczos')  # timm.data.transforms' names
+
+
+def validate_repo_name(name: str, what: str = 'repo name') -> str:
+    """A Hub repo name that is also a safe directory name: not empty, no '/', no '..', no leading '.' or '-'."""
+    if not isinstance(name, str) or not name or '/' in name:
+        raise ValueError(f'invalid {what} {name!r}: expected a non-empty name without "/"')
+    try:
+        _hf_validate_repo_id(name)
+    except HFValidationError as e:
+        raise ValueError(f'invalid {what} {name!r}: {str(e).splitlines()[0]}') from e
+    return name
+
+
+def validate_repo_id(repo_id: str) -> str:
+    """``ORG/NAME`` with both parts valid Hub names (an empty part, ``ORG/`` or ``../x``, is refused)."""
+    owner, slash, name = repo_id.partition('/') if isinstance(repo_id, str) else ('', '', '')
+    if not slash or '/' in name:
+        raise ValueError(f'invalid repo id {repo_id!r}: expected ORG/NAME')
+    validate_repo_name(owner, 'repo owner')
+    validate_repo_name(name, 'repo name')
+    return repo_id
