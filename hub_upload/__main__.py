@@ -1,4 +1,5 @@
-"""``python -m hub_upload convert|verify|push|batch``: publish HRNet checkpoints as timm Hugging Face repos."""
+"""``python -m hub_upload convert|verify|push|batch``: publish HRNet checkpoints as Hugging Face repos (classifiers as
+timm repos; the official pose and segmentation models as timm_hrnet repos)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,24 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from .names import INTERPOLATIONS, SOURCES, validate_repo_id, validate_repo_name
+from .names import (
+    CLASSIFICATION,
+    INTERPOLATIONS,
+    SOURCES,
+    TASK_ARCHITECTURES,
+    TASK_METRICS,
+    TASK_SOURCES,
+    TASKS,
+    validate_repo_id,
+    validate_repo_name,
+)
 from .push import push_dir, read_weights_metadata
+
+if TYPE_CHECKING:
+    from timm_hrnet.download import FetchedFile
 
 MANIFEST_DIR = Path(__file__).resolve().parent / 'manifests'
 MIN_INPUT_SIZE = 32  # timm_hrnet.hrnet.MIN_INPUT_SIZE, spelled out so that --help starts without torch
@@ -47,6 +61,33 @@ def _size(text: str) -> int:
         raise ValueError(f'expected an integer of at least {MIN_INPUT_SIZE} (HRNet needs one pixel at stride 32), '
                          f'got {text!r}')
     return value
+
+
+def _input_size(text: str) -> int | tuple[int, int]:
+    """N (N x N) or HEIGHTxWIDTH (pose crops such as 256x192), each at least 32."""
+    parts = text.lower().split('x')
+    if len(parts) == 1:
+        return _size(text)
+    if len(parts) != 2:
+        raise ValueError(f'expected N or HEIGHTxWIDTH such as 256x192, got {text!r}')
+    return _size(parts[0]), _size(parts[1])
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() not in ('true', 'false'):
+        raise ValueError(f'expected true or false, got {text!r}')
+    return text.lower() == 'true'
+
+
+_ALL_METRICS = sorted({name for names in TASK_METRICS.values() for name in names})
+
+
+def _metric(text: str) -> tuple[str, float]:
+    """NAME=VALUE: a published result in percent, e.g. AP=74.4 or mIoU=80.9."""
+    name, equals, value = text.partition('=')
+    if not equals or name.strip() not in _ALL_METRICS:
+        raise ValueError(f"expected NAME=VALUE with NAME one of {', '.join(_ALL_METRICS)}, got {text!r}")
+    return name.strip(), _float_in(value, 0, 100, include_low=True)
 
 
 def _positive_int(text: str) -> int:
@@ -87,6 +128,7 @@ def _repo_owner(text: str) -> str:
 
 size, positive_int, crop_pct, tolerance, sha256, repo_id_type, repo_owner_type = map(
     _argument_type, (_size, _positive_int, _crop_pct, _tolerance, _sha256, validate_repo_id, _repo_owner))
+input_size_type, boolean, metric = map(_argument_type, (_input_size, _boolean, _metric))
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -101,21 +143,72 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+# options that describe only one kind of checkpoint; given for the other kind they are an error, not ignored
+_CLASSIFIER_OPTIONS = ('model', 'interpolation', 'crop_pct', 'test_input_size', 'test_crop_pct', 'atol')
+_TASK_OPTIONS = ('align_corners', 'metric', 'eval_split', 'eval_protocol', 'rtol')
+
+
+def _refuse(args: argparse.Namespace, options: Sequence[str], what: str) -> None:
+    given = [f'--{name.replace("_", "-")}' for name in options if getattr(args, name) is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to {what}")
+
+
+def _checkpoint_task(args: argparse.Namespace, path: Path) -> str:
+    """--task, or what the checkpoint's keys say it is; a classifier needs --model, a task model must not get one."""
+    if args.task != 'auto':
+        return args.task
+    from timm_hrnet.convert import load_checkpoint_file
+
+    from .tasks import detect_task
+
+    found = detect_task(load_checkpoint_file(path))
+    if found in TASK_ARCHITECTURES:
+        if args.model is not None:
+            raise ValueError(f"'{args.src}' is an HRNet {found} checkpoint, whose architecture is read from its "
+                             'tensors: leave out --model (or pass --task classification)')
+        return found
+    if args.model is None:
+        what = 'a classification checkpoint' if found == CLASSIFICATION else (
+            'not an HRNet pose or segmentation checkpoint (no final_layer / last_layer head)')
+        raise ValueError(f"'{args.src}' is {what}: pass --model with the classifier variant, e.g. hrnet_w18")
+    return CLASSIFICATION
+
+
 def _convert(args: argparse.Namespace) -> int:
     from timm_hrnet.download import resolve_checkpoint
 
+    fetched = resolve_checkpoint(args.src, args.sha256, args.cache_dir, allow_http=args.allow_http, require_hash=True)
+    source_url = fetched.url if urlparse(fetched.url or '').scheme in ('http', 'https') else None
+    task = _checkpoint_task(args, fetched.path)
+    if task == CLASSIFICATION:
+        _refuse(args, _TASK_OPTIONS, 'classification checkpoints')
+        return _convert_classifier(args, fetched, source_url)
+    _refuse(args, _CLASSIFIER_OPTIONS, f'{task} checkpoints')
+    if args.source not in TASK_SOURCES:
+        raise ValueError(f"--source {args.source} does not apply to {task} checkpoints (official layout only)")
+    return _convert_task(args, fetched, source_url, task)
+
+
+def _convert_classifier(args: argparse.Namespace, fetched: FetchedFile, source_url: str | None) -> int:
     from .model_card import CardFacts
     from .stage import convert_to_dir
 
-    fetched = resolve_checkpoint(args.src, args.sha256, args.cache_dir, allow_http=args.allow_http, require_hash=True)
-    overrides = dict(input_size=args.input_size, interpolation=args.interpolation, crop_pct=args.crop_pct,
+    if args.model is None:
+        raise ValueError('--model is needed for a classification checkpoint (the variant, e.g. hrnet_w18)')
+    input_size = args.input_size
+    if isinstance(input_size, tuple):
+        if input_size[0] != input_size[1]:
+            raise ValueError(f'--input-size {input_size[0]}x{input_size[1]}: a classifier takes N (N x N); HxW is '
+                             'for pose checkpoints')
+        input_size = input_size[0]
+    overrides = dict(input_size=input_size, interpolation=args.interpolation, crop_pct=args.crop_pct,
                      test_input_size=args.test_input_size, test_crop_pct=args.test_crop_pct)
     result = convert_to_dir(
         fetched, args.model, args.out, source=args.source, force=args.force, repo_id=args.repo_id,
-        facts=CardFacts(source=args.source, license=args.license, dataset=args.dataset,
-                        source_url=fetched.url if urlparse(fetched.url or '').scheme in ('http', 'https') else None),
-        preprocessing_overrides=overrides, atol=args.atol, verify_image_size=args.image_size,
-        num_classes=args.num_classes,
+        facts=CardFacts(source=args.source, license=args.license, dataset=args.dataset, source_url=source_url),
+        preprocessing_overrides=overrides, atol=1e-4 if args.atol is None else args.atol,
+        verify_image_size=args.image_size, num_classes=args.num_classes,
     )
     print(result.report.summary())
     for name, nbytes in result.files.items():
@@ -124,6 +217,28 @@ def _convert(args: argparse.Namespace) -> int:
     print(f'preprocessing in config.json: {result.preprocessing_origin}'
           + (f'; overridden by {overridden}' if overridden else ''))
     print(f'converted {args.src} -> {result.out_dir} ({result.architecture}, {result.num_classes} classes)')
+    return 0
+
+
+def _convert_task(args: argparse.Namespace, fetched: FetchedFile, source_url: str | None, task: str) -> int:
+    from .model_card import TaskFacts
+    from .tasks import convert_task_to_dir
+
+    input_size = (args.input_size, args.input_size) if isinstance(args.input_size, int) else args.input_size
+    facts = TaskFacts(license=args.license, dataset=args.dataset, source_url=source_url,
+                      metrics=tuple(dict(args.metric or ()).items()), eval_split=args.eval_split,
+                      eval_protocol=args.eval_protocol)
+    result = convert_task_to_dir(
+        fetched, args.out, task=task, force=args.force, repo_id=args.repo_id, facts=facts, input_size=input_size,
+        align_corners=args.align_corners, num_outputs=args.num_classes,
+        rtol=1e-4 if args.rtol is None else args.rtol, verify_image_size=args.image_size,
+    )
+    print(result.report.summary())
+    for name, nbytes in result.files.items():
+        print(f'  {result.out_dir / name}  {nbytes} bytes')
+    print(f'config.json: {result.preprocessing_origin}')
+    what = 'joints' if task == 'pose' else 'classes'
+    print(f'converted {args.src} -> {result.out_dir} ({result.architecture}, {result.num_classes} {what})')
     return 0
 
 
@@ -136,7 +251,8 @@ def _verify(args: argparse.Namespace) -> int:
     if against is not None and is_url(against):  # downloaded against the digest the repo records
         recorded = read_weights_metadata(args.dir / WEIGHTS_NAME).get('source_sha256')
         against = resolve_checkpoint(against, recorded, args.cache_dir, allow_http=args.allow_http, require_hash=True)
-    report = verify_dir(args.dir, against=against, source=args.source, atol=args.atol, image_size=args.image_size)
+    report = verify_dir(args.dir, against=against, source=args.source, atol=args.atol, rtol=args.rtol,
+                        image_size=args.image_size)
     print(report.summary())
     return 0 if report.ok else 1
 
@@ -157,7 +273,7 @@ def _batch(args: argparse.Namespace) -> int:
     outcomes = run_batch(
         _manifest_path(args.manifest), args.out_root, args.cache_dir or _default_cache_dir(), push=args.push,
         restage=args.restage, overwrite_weights=args.overwrite_weights, allow_http=args.allow_http,
-        verify_image_size=args.image_size, repo_owner=args.repo_owner,
+        verify_image_size=args.image_size, repo_owner=args.repo_owner, checkpoint_dir=args.checkpoint_dir,
     )
     print(format_summary(outcomes))
     return 0 if all(o.ok for o in outcomes) else 1
@@ -186,11 +302,15 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         return commands.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
 
-    convert = command('convert', 'convert a checkpoint into a verified repo directory')
+    convert = command('convert', 'convert a checkpoint (classifier, pose or segmentation) into a verified repo '
+                      'directory')
     convert.add_argument('src', help='source checkpoint: a path or an https URL (.pth/.pt/.bin/.ckpt or .safetensors)')
-    convert.add_argument('--model', required=True, help='target variant, e.g. hrnet_w18 or hrnet_w48_ssld, optionally '
-                         'with a pretrained tag (hrnet_w18_ssld.paddle_in1k) whose preprocessing is then the default')
+    convert.add_argument('--model', help='classifiers: target variant, e.g. hrnet_w18 or hrnet_w48_ssld, optionally '
+                         'with a pretrained tag (hrnet_w18_ssld.paddle_in1k) whose preprocessing is then the default; '
+                         'pose and segmentation checkpoints take their architecture from their tensors')
     convert.add_argument('--out', required=True, type=Path, help='repo directory to create')
+    convert.add_argument('--task', choices=('auto', *TASKS), default='auto',
+                         help='what the checkpoint is (auto: from its keys)')
     convert.add_argument('--source', choices=SOURCES, default='auto', help='checkpoint layout (auto: detect)')
     convert.add_argument('--sha256', type=sha256, help="the source's sha256 (a URL needs it unless its file name "
                          'carries a torch.hub-style hash prefix; publishing needs the full 64 digits)')
@@ -199,20 +319,35 @@ def build_parser() -> argparse.ArgumentParser:
                          help="ORG/NAME the card's usage snippets refer to (default: YOUR_ORG/<--out's name>)")
     convert.add_argument('--license', default='mit', help='license of the weights for the card')
     convert.add_argument('--dataset', help='what the weights were trained or fine-tuned on, for the card (default: '
-                         'imagenet-1k for a 1000-class classifier, else not stated)')
-    convert.add_argument('--num-classes', type=positive_int, help="the classifier's class count (checked)")
-    convert.add_argument('--atol', type=tolerance, default=1e-4, help='verification tolerance on logits')
+                         'imagenet-1k for a 1000-class classifier; pose / segmentation: the dataset of the label set, '
+                         'e.g. coco, cityscapes; else not stated)')
+    convert.add_argument('--num-classes', type=positive_int,
+                         help="the classifier's class count (checked); pose: joints, segmentation: classes")
+    convert.add_argument('--atol', type=tolerance, help='classifiers: verification tolerance on logits (default 1e-4)')
+    convert.add_argument('--rtol', type=tolerance, help='pose / segmentation: verification tolerance on the relative '
+                         'max difference (default 1e-4)')
     convert.add_argument('--force', action='store_true',
                          help='replace an existing --out that hub_upload staged and nobody changed (nothing else)')
     preprocessing = convert.add_argument_group(
         'preprocessing', "the source's evaluation preprocessing for config.json (default: a --model tag's cfg, else "
         "the pipeline of the checkpoint's source (mmpretrain, official), else the model's registered cfg)")
-    preprocessing.add_argument('--input-size', type=size, metavar='N', help='input resolution N x N')
+    preprocessing.add_argument('--input-size', type=input_size_type, metavar='N|HxW',
+                               help='input resolution N x N; pose: the crop size HxW the model was trained at (needed '
+                               'unless the file name says it, e.g. ..._384x288.pth)')
     preprocessing.add_argument('--interpolation', choices=INTERPOLATIONS, help='resize interpolation')
     preprocessing.add_argument('--crop-pct', type=crop_pct, help='center crop fraction: resize to N / crop-pct')
     preprocessing.add_argument('--test-input-size', type=size, metavar='N',
                                help='resolution the published accuracy was measured at, if not --input-size')
     preprocessing.add_argument('--test-crop-pct', type=crop_pct, help='crop fraction at --test-input-size')
+    tasks = convert.add_argument_group('pose and segmentation')
+    tasks.add_argument('--align-corners', type=boolean, metavar='{true,false}',
+                       help="segmentation: the training config's MODEL.ALIGN_CORNERS (needed unless the class count is "
+                       "a released model's: 19, 20, 59, 60 false; 150, 171 true)")
+    tasks.add_argument('--metric', type=metric, action='append', metavar='NAME=VALUE',
+                       help='a published result for the card, in percent (repeatable): pose AP, AP50, AP75, APm, APl, '
+                       'AR, PCKh; segmentation mIoU')
+    tasks.add_argument('--eval-split', help='the split the results were measured on, e.g. val2017, val')
+    tasks.add_argument('--eval-protocol', help='how they were measured, e.g. "flip test" or "multi-scale, flip"')
     _add_image_size(convert)
     convert.set_defaults(run=_convert)
 
@@ -222,7 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "weights through timm's built-in HRNet, which does not check the conversion)")
     verify.add_argument('--source', choices=SOURCES, default='auto', help='layout of --against (auto: detect)')
     _add_download_options(verify)
-    verify.add_argument('--atol', type=tolerance, default=1e-4, help='tolerance on logits')
+    verify.add_argument('--atol', type=tolerance, help='classifier repos: tolerance on logits (default 1e-4)')
+    verify.add_argument('--rtol', type=tolerance, help='pose / segmentation repos: tolerance on the relative max '
+                        'difference (default 1e-4)')
     _add_image_size(verify)
     verify.set_defaults(run=_verify)
 
@@ -238,8 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
     push.set_defaults(run=_push)
 
     batch = command('batch', 'download, convert, verify, stage (and push) a manifest')
-    batch.add_argument('manifest', help='TOML/YAML manifest path or a shipped manifest name (mmpretrain_hrnet)')
+    batch.add_argument('manifest', help='TOML/YAML manifest path or a shipped manifest name (mmpretrain_hrnet, '
+                       'official_pose_seg)')
     batch.add_argument('--out-root', type=Path, default=Path('hub_repos'), help='where repo directories go')
+    batch.add_argument('--checkpoint-dir', type=Path, help="where the manifest's relative `file`s are (default: next "
+                       'to the manifest), e.g. the folder holding the official pose / segmentation downloads')
     _add_download_options(batch)
     batch.add_argument('--push', action='store_true', help='push each verified repo (needs full sha256s)')
     batch.add_argument('--repo-owner', type=repo_owner_type,

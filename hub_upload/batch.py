@@ -4,6 +4,10 @@ A manifest is checked as a whole before anything is downloaded or written: an in
 model, a repo id such as ``ORG/`` or ``../x``, a malformed hash or number, two entries staging to one directory)
 stops the run with one line naming the manifest and the entry. What can only fail while running (a download, a
 hash, a conversion) fails that entry alone; the summary lists it.
+
+Entries are classifiers unless they say ``task = "pose"`` or ``"segmentation"``; those take their architecture from
+the checkpoint (no ``model``) and state the input size / align_corners and the published results instead of the
+classifier's preprocessing and top-1 (``hub_upload.tasks``).
 """
 
 from __future__ import annotations
@@ -26,10 +30,18 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from timm_hrnet.convert import LAYOUT_NAMES
-from timm_hrnet.download import FetchedFile, check_sha256, hash_from_name, resolve_checkpoint
+from timm_hrnet.download import FetchedFile, check_sha256, hash_from_name, is_url, resolve_checkpoint
 
-from .model_card import CardFacts
-from .names import INTERPOLATIONS, validate_repo_id
+from .model_card import CardFacts, TaskFacts
+from .names import (
+    CLASSIFICATION,
+    INTERPOLATIONS,
+    TASK_ARCHITECTURES,
+    TASK_METRICS,
+    TASK_SOURCES,
+    TASKS,
+    validate_repo_id,
+)
 from .push import push_dir, read_weights_metadata
 from .safety import is_staged_repo, recover_interrupted
 from .stage import Preprocessing, convert_to_dir
@@ -67,6 +79,12 @@ class ManifestEntry:
     crop_pct: float | None = None
     test_input_size: tuple[int, int, int] | None = None
     test_crop_pct: float | None = None
+    # pose and segmentation entries (model: hrnet_pose / hrnet_seg, set from the task)
+    task: str = CLASSIFICATION
+    align_corners: bool | None = None  # segmentation: the training config's MODEL.ALIGN_CORNERS
+    metrics: tuple[tuple[str, float], ...] = ()  # published results in percent, e.g. (('AP', 74.4),)
+    eval_split: str | None = None  # where they were measured, e.g. 'val2017'
+    eval_protocol: str | None = None  # how, e.g. 'flip test'
 
     @property
     def file_name(self) -> str:
@@ -109,6 +127,21 @@ class ManifestEntry:
             description=self.description,
         )
 
+    def task_facts(self) -> TaskFacts:
+        return TaskFacts(
+            source_title=self.source_title,
+            source_name=self.display_name,
+            source_url=self.url if urlparse(self.url).scheme in ('http', 'https') else None,
+            source_config=self.source_config,
+            license=self.license,
+            dataset=self.dataset,
+            metrics=self.metrics,
+            eval_split=self.eval_split,
+            eval_protocol=self.eval_protocol,
+            results_url=self.results_url,
+            description=self.description,
+        )
+
     def preprocessing_overrides(self) -> dict[str, Any]:
         """The preprocessing this entry states (None: not stated)."""
         return dict(input_size=self.input_size, interpolation=self.interpolation, crop_pct=self.crop_pct,
@@ -118,7 +151,11 @@ class ManifestEntry:
 _ENTRY_KEYS = {f.name for f in fields(ManifestEntry)} | {'file', 'repo'}
 _TOP_LEVEL_KEYS = {'url_base', 'repo_owner', 'defaults', 'checkpoints'}
 _TEXT_KEYS = ('source_title', 'source_name', 'source_config', 'converted_from', 'license', 'dataset', 'results_url',
-              'description')
+              'description', 'eval_split', 'eval_protocol')
+# keys that describe only one kind of entry; on the other kind they are an error, not ignored
+_CLASSIFIER_KEYS = ('model', 'converted_from', 'top1', 'top5', 'params', 'flops', 'interpolation', 'crop_pct',
+                    'test_input_size', 'test_crop_pct')
+_TASK_KEYS = ('align_corners', 'metrics', 'eval_split', 'eval_protocol')
 
 
 def _check_keys(found: Any, allowed: set[str], where: str) -> None:
@@ -159,15 +196,53 @@ def _size(value: Any, key: str) -> tuple[int, int, int]:
     return tuple(value)
 
 
+def _task_values(values: dict[str, Any]) -> None:
+    """Check a pose / segmentation entry in place: its own keys only, metrics as a tuple of (name, value)."""
+    task = values['task']
+    other = [key for key in _CLASSIFIER_KEYS if values.get(key) is not None]
+    if task == 'segmentation' and values.get('input_size') is not None:
+        other.append('input_size')
+    if other:
+        raise ValueError(f"{', '.join(other)} do(es) not apply to a {task} entry (its architecture comes from the "
+                         'checkpoint; it states input_size (pose), align_corners (segmentation), metrics)')
+    values['model'] = TASK_ARCHITECTURES[task]
+    if values.get('source', 'auto') not in TASK_SOURCES:
+        raise ValueError(f"source must be one of {', '.join(TASK_SOURCES)} for a {task} entry, got "
+                         f"{values['source']!r}")
+    if values.get('align_corners') is not None:
+        if task != 'segmentation' or not isinstance(values['align_corners'], bool):
+            raise ValueError(f"align_corners must be true or false on a segmentation entry, got "
+                             f"{values['align_corners']!r}")
+    metrics = values.get('metrics') or {}
+    if not isinstance(metrics, dict):
+        raise ValueError(f'metrics must be a table of NAME = VALUE, got {metrics!r}')
+    for name, value in metrics.items():
+        if name not in TASK_METRICS[task]:
+            raise ValueError(f"metrics: {name!r} is not a {task} metric; expected {', '.join(TASK_METRICS[task])}")
+        _number(value, f'metrics.{name}', 0, 100)
+    values['metrics'] = tuple(metrics.items())
+
+
 def _validated(values: dict[str, Any]) -> ManifestEntry:
     """The entry, or a ValueError naming the first problem (the caller adds which entry of which manifest)."""
+    values.setdefault('task', CLASSIFICATION)
+    if values['task'] not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {values['task']!r}")
+    if values['task'] != CLASSIFICATION:
+        _task_values(values)
+    else:
+        given = [key for key in _TASK_KEYS if values.get(key) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} do(es) not apply to a classifier entry (task = \"pose\" or "
+                             '"segmentation" for those)')
     missing = [key for key in ('url', 'model', 'repo_id') if not values.get(key)]
     if missing:
         raise ValueError(f"lacks {', '.join(missing)}")
     validate_repo_id(values['repo_id'])
-    Preprocessing.for_model(values['model'])  # an unknown variant or tag
-    if values.get('source', 'auto') not in ('auto', *LAYOUT_NAMES):
-        raise ValueError(f"source must be auto or one of {', '.join(LAYOUT_NAMES)}, got {values['source']!r}")
+    if values['task'] == CLASSIFICATION:
+        Preprocessing.for_model(values['model'])  # an unknown variant or tag
+        if values.get('source', 'auto') not in ('auto', *LAYOUT_NAMES):
+            raise ValueError(f"source must be auto or one of {', '.join(LAYOUT_NAMES)}, got {values['source']!r}")
     for key in _TEXT_KEYS:
         if values.get(key) is not None and not isinstance(values[key], str):
             raise ValueError(f'{key} must be a string, got {values[key]!r}')
@@ -186,15 +261,17 @@ def _validated(values: dict[str, Any]) -> ManifestEntry:
     if values.get('interpolation') is not None and values['interpolation'] not in INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {values['interpolation']!r}")
     entry = ManifestEntry(**values)
-    if entry.expected_sha256 is None:
+    if entry.expected_sha256 is None and is_url(entry.url):  # a local file is the user's own; a download must be
         raise ValueError(f'has no sha256 and {entry.file_name!r} carries no hash prefix; add sha256 = "..."')
     return entry
 
 
-def load_manifest(path: str | os.PathLike, repo_owner: str | None = None) -> list[ManifestEntry]:
+def load_manifest(path: str | os.PathLike, repo_owner: str | None = None,
+                  checkpoint_dir: str | os.PathLike | None = None) -> list[ManifestEntry]:
     """Parse and check a TOML or YAML manifest; entries inherit ``[defaults]``, relative paths resolve next to it.
 
-    ``repo_owner`` replaces the manifest's owner of every repo (e.g. to publish under your own account).
+    ``repo_owner`` replaces the manifest's owner of every repo (e.g. to publish under your own account);
+    ``checkpoint_dir`` is where relative file paths resolve instead (the files a user downloaded by hand).
     """
     path = Path(path).resolve()
     raw = _read_manifest_file(path)
@@ -221,7 +298,7 @@ def load_manifest(path: str | os.PathLike, repo_owner: str | None = None) -> lis
             values['repo_id'] = f"{repo_owner}/{str(values['repo_id']).split('/')[-1]}"
         if isinstance(values.get('url'), str) and urlparse(values['url']).scheme == '' \
                 and not Path(values['url']).is_absolute():
-            values['url'] = str(path.parent / values['url'])
+            values['url'] = str(Path(checkpoint_dir or path.parent).resolve() / values['url'])
         try:
             entry = _validated(values)
         except (ValueError, TypeError, RuntimeError) as e:  # timm says RuntimeError for an unknown tag
@@ -251,12 +328,40 @@ def _already_staged(out_dir: Path, source_sha256: str) -> bool:
 
 def _require_full_hash(entry: ManifestEntry, fetched: FetchedFile) -> None:
     if fetched.verified != 'full':
-        raise ValueError(f'{entry.file_name}: only the sha256 prefix {entry.expected_sha256} was checked; publishing '
-                         f'needs the full sha256: confirm {fetched.sha256} with the source and add it to the manifest')
+        checked = (f'only the sha256 prefix {entry.expected_sha256} was checked' if entry.expected_sha256
+                   else 'the manifest states no sha256')
+        raise ValueError(f'{entry.file_name}: {checked}; publishing needs the full sha256: confirm {fetched.sha256} '
+                         'with the source and add it to the manifest')
+
+
+def _convert(entry: ManifestEntry, fetched: FetchedFile, out_dir: Path, options: dict[str, Any],
+             log: Callable[[str], None]) -> str:
+    """Stage one entry (classifier or task model); the detail for the summary."""
+    if entry.task == CLASSIFICATION:
+        result = convert_to_dir(
+            fetched, entry.model, out_dir, source=entry.source, force=options['restage'], repo_id=entry.repo_id,
+            facts=entry.card_facts(), preprocessing_overrides=entry.preprocessing_overrides(),
+            verify_image_size=options['verify_image_size'], num_classes=entry.num_classes,
+            log=lambda message: log(f'  {message}'),
+        )
+        return f'max abs diff {result.report.max_abs_diff:.2g}' + (
+            '' if result.report.independent else ' (self-consistency only)')
+    from .tasks import convert_task_to_dir  # imports the task models only for task entries
+
+    result = convert_task_to_dir(
+        fetched, out_dir, task=entry.task, force=options['restage'], repo_id=entry.repo_id, facts=entry.task_facts(),
+        input_size=entry.input_size[1:] if entry.input_size else None, align_corners=entry.align_corners,
+        num_outputs=entry.num_classes, verify_image_size=options['verify_image_size'],
+        log=lambda message: log(f'  {message}'),
+    )
+    return f'relative max diff {result.report.relative_diff:.2g} (self-consistency only)'
 
 
 def _process(entry: ManifestEntry, out_root: Path, cache_dir: Path, options: dict[str, Any],
              log: Callable[[str], None]) -> str:
+    if not is_url(entry.url) and not Path(entry.url).is_file():
+        raise FileNotFoundError(f"checkpoint file not found: '{entry.url}' (download {entry.file_name} there, or "
+                                'pass --checkpoint-dir with the folder holding it)')
     fetched = resolve_checkpoint(entry.url, entry.expected_sha256, cache_dir, allow_http=options['allow_http'],
                                  require_hash=True, log=lambda message: log(f'  warning: {message}'))
     if options['push']:  # before staging: nothing is done for a source that could not be published
@@ -266,14 +371,7 @@ def _process(entry: ManifestEntry, out_root: Path, cache_dir: Path, options: dic
     if not options['restage'] and _already_staged(out_dir, fetched.sha256):
         detail = 'already staged'
     else:
-        result = convert_to_dir(
-            fetched, entry.model, out_dir, source=entry.source, force=options['restage'], repo_id=entry.repo_id,
-            facts=entry.card_facts(), preprocessing_overrides=entry.preprocessing_overrides(),
-            verify_image_size=options['verify_image_size'], num_classes=entry.num_classes,
-            log=lambda message: log(f'  {message}'),
-        )
-        detail = f'max abs diff {result.report.max_abs_diff:.2g}' + (
-            '' if result.report.independent else ' (self-consistency only)')
+        detail = _convert(entry, fetched, out_dir, options, log)
     if options['push']:
         url = push_dir(out_dir, entry.repo_id, overwrite_weights=options['overwrite_weights'], log=log)
         detail += f', pushed {url}'
@@ -291,13 +389,15 @@ def run_batch(
         verify_image_size: int | None = None,
         repo_owner: str | None = None,
         log: Callable[[str], None] = print,
+        checkpoint_dir: str | os.PathLike | None = None,
 ) -> list[BatchOutcome]:
     """Process every manifest entry; failures are recorded with their reason and the run goes on.
 
     ``restage`` replaces directories hub_upload staged before (never anything else); ``overwrite_weights`` lets
     ``push`` replace weights already on the Hub. They are separate decisions, so they are separate flags.
+    ``checkpoint_dir`` is where the manifest's relative file paths are (default: next to the manifest).
     """
-    entries = load_manifest(manifest, repo_owner=repo_owner)
+    entries = load_manifest(manifest, repo_owner=repo_owner, checkpoint_dir=checkpoint_dir)
     options = dict(push=push, restage=restage, overwrite_weights=overwrite_weights, allow_http=allow_http,
                    verify_image_size=verify_image_size)
     outcomes = []

@@ -1,13 +1,16 @@
-"""Model cards (README.md) for converted HRNet weights, built with huggingface_hub's ModelCard / ModelCardData."""
+"""Model cards (README.md) for converted HRNet weights, built with huggingface_hub's ModelCard / ModelCardData:
+``build_model_card`` for the timm classifiers, ``build_task_model_card`` for the pose and segmentation models."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-__all__ = ['CardFacts', 'Complexity', 'HRNET_CITATION', 'IMAGENET_1K', 'Verification', 'build_model_card',
-           'dataset_title', 'source_title']
+__all__ = ['CardFacts', 'Complexity', 'HRNET_CITATION', 'IMAGENET_1K', 'POSE_CITATION', 'TaskFacts', 'Verification',
+           'build_model_card', 'build_task_model_card', 'dataset_title', 'source_title']
 
 OFFICIAL_CODE_URL = 'https://github.com/HRNet/HRNet-Image-Classification'
 HRNET_CITATION = """@article{WangSCJDZLMTWLX19,
@@ -17,7 +20,19 @@ HRNET_CITATION = """@article{WangSCJDZLMTWLX19,
   journal={IEEE Transactions on Pattern Analysis and Machine Intelligence},
   year={2019}
 }"""
+POSE_CITATION = """@inproceedings{sun2019deep,
+  title={Deep High-Resolution Representation Learning for Human Pose Estimation},
+  author={Sun, Ke and Xiao, Bin and Liu, Dong and Wang, Jingdong},
+  booktitle={CVPR},
+  year={2019}
+}"""
 IMAGENET_1K = 'imagenet-1k'
+# timm_hrnet.task_data's dataset / keypoint set names, as the cards spell them
+_DATASET_TITLES = {
+    IMAGENET_1K: 'ImageNet-1k', 'coco': 'COCO', 'mpii': 'MPII', 'cityscapes': 'Cityscapes', 'lip': 'LIP',
+    'pascal_context': 'PASCAL-Context (60 classes)', 'pascal_context_59': 'PASCAL-Context (59 classes)',
+    'ade20k': 'ADE20K', 'cocostuff': 'COCO-Stuff',
+}
 # what the layout alone tells; who published the file is only stated when a manifest (source_title) names it
 _LAYOUT_TITLES = {
     'mmpretrain': 'a checkpoint in the mmpretrain layout',
@@ -78,7 +93,7 @@ def source_title(facts: CardFacts) -> str:
 
 
 def dataset_title(dataset: str) -> str:
-    return 'ImageNet-1k' if dataset == IMAGENET_1K else dataset
+    return _DATASET_TITLES.get(dataset, dataset)
 
 
 def _result_source(facts: CardFacts) -> dict[str, str]:
@@ -266,3 +281,230 @@ with torch.no_grad():
 
 `import timm_hrnet` first to use the timm_hrnet implementation; plain timm loads the same weights into its
 built-in HRNet."""
+
+
+@dataclass(frozen=True)
+class TaskFacts:
+    """What the source publishes about a pose or segmentation checkpoint; results only where it states them."""
+
+    source_title: str | None = None  # who published it, e.g. 'HRNet-Semantic-Segmentation (official release)'
+    source_name: str | None = None
+    source_url: str | None = None
+    source_config: str | None = None  # the official experiment config it was trained / evaluated with
+    license: str = 'mit'
+    dataset: str | None = None  # what the weights were trained on; None: the label set's dataset, if it has one
+    metrics: tuple[tuple[str, float], ...] = ()  # e.g. (('AP', 74.4),), percentages as published
+    eval_split: str | None = None  # e.g. 'val2017'
+    eval_protocol: str | None = None  # e.g. 'person detector boxes (AP 56.4), flip test'
+    results_url: str | None = None  # where the published numbers are
+    description: str | None = None
+
+
+@dataclass(frozen=True)
+class _TaskText:
+    """What differs between the two task cards."""
+
+    pipeline_tag: str
+    task_name: str
+    model_type: str
+    code: str  # the official code's name
+    code_url: str
+    paper: str
+    citation: str
+
+
+_TASK_TEXT = {
+    'pose': _TaskText(
+        'keypoint-detection', 'Keypoint Detection', 'Top-down human pose estimation (keypoint heatmaps)', 'pose_hrnet',
+        'https://github.com/leoxiaobin/deep-high-resolution-net.pytorch',
+        '[Deep High-Resolution Representation Learning for Human Pose Estimation](https://arxiv.org/abs/1902.09212)',
+        POSE_CITATION),
+    'segmentation': _TaskText(
+        'image-segmentation', 'Image Segmentation', 'Semantic segmentation (HRNetV2)', 'seg_hrnet',
+        'https://github.com/HRNet/HRNet-Semantic-Segmentation',
+        '[Deep High-Resolution Representation Learning for Visual Recognition](https://arxiv.org/abs/1908.07919)',
+        HRNET_CITATION),
+}
+
+
+def _task_results(task: str, facts: TaskFacts) -> list[EvalResult] | None:
+    """model-index entries for the metrics the source states; none without a named dataset."""
+    if not facts.metrics or facts.dataset is None:
+        return None
+    url = facts.results_url or facts.source_url
+    source = dict(source_name=facts.source_title or 'source', source_url=url) if url else {}
+    return [
+        EvalResult(
+            task_type=_TASK_TEXT[task].pipeline_tag,
+            task_name=_TASK_TEXT[task].task_name,
+            dataset_type=facts.dataset,
+            dataset_name=dataset_title(facts.dataset),
+            dataset_split=facts.eval_split,
+            metric_type=name,
+            metric_name=f'{name} ({facts.eval_protocol})' if facts.eval_protocol else name,
+            metric_value=value,
+            **source,
+        )
+        for name, value in facts.metrics
+    ]
+
+
+def _task_results_table(facts: TaskFacts) -> str:
+    url = facts.results_url or facts.source_url
+    reporter = facts.source_title or 'the publisher of the checkpoint'
+    reported = f'[{reporter}]({url})' if url else reporter
+    lines = ['| Dataset | Split | Metric | Value | Protocol | Reported by |', '|---|---|---|---|---|---|']
+    lines += [f'| {dataset_title(facts.dataset or "")} | {facts.eval_split or "-"} | {name} | {value:g} | '
+              f'{facts.eval_protocol or "-"} | {reported} |' for name, value in facts.metrics]
+    return '\n'.join(lines)
+
+
+def _width(spec: Mapping[str, Any]) -> int:
+    return spec['stages'][-1]['channels'][0]
+
+
+def build_task_model_card(
+        repo_id: str,
+        config: Mapping[str, Any],
+        complexity: Complexity,
+        facts: TaskFacts,
+        source_file: str,
+        source_sha256: str,
+        verification: str,
+) -> ModelCard:
+    """The card of a pose or segmentation repo: metadata with ``pipeline_tag`` and, only for results the source
+    states on a named dataset, ``model-index``; details, results, usage through timm_hrnet, citation.
+
+    ``config`` is the repo's config.json; ``verification`` says how the staged weights were checked.
+    """
+    task = config['task']
+    text = _TASK_TEXT[task]
+    model_name = repo_id.split('/')[-1]
+    results = _task_results(task, facts)
+    card_data = ModelCardData(
+        library_name='timm_hrnet',
+        pipeline_tag=text.pipeline_tag,
+        license=facts.license,
+        tags=[text.pipeline_tag, 'human-pose-estimation' if task == 'pose' else 'semantic-segmentation', 'hrnet',
+              'timm_hrnet'],
+        datasets=[facts.dataset] if facts.dataset else None,
+        metrics=sorted({name for name, _ in facts.metrics}) if results else None,
+        model_name=model_name,
+        eval_results=results,
+    )
+    source = facts.source_title or f'a checkpoint in the official {text.code} layout'
+    source_link = f'[{source_file}]({facts.source_url})' if facts.source_url else f'`{source_file}`'
+    height, width = complexity.input_size[1:]
+    mean, std = tuple(config['mean']), tuple(config['std'])
+    if task == 'pose':
+        outputs = config['num_joints']
+        labels = f"{outputs} joints ({dataset_title(config['keypoints'])} keypoints)" if config['keypoints'] \
+            else f'{outputs} joints'
+        rows = [
+            ('Input', f'person crops of {height} x {width} (box widened to {width}:{height}, enlarged by 1.25, '
+                      'affine crop)'),
+            ('Output', f'{outputs} heatmaps at stride {config["heatmap_stride"]} ({height // 4} x {width // 4})'),
+            ('Keypoints', labels),
+            ('Preprocessing', f'RGB in [0, 1], normalize mean {mean} std {std}; flip test averages the mirrored crop'),
+        ]
+        what = (f'An HRNet top-down human pose estimation model (the official {text.code}) predicting {labels} from '
+                f'{height}x{width} person crops')
+    else:
+        outputs = config['num_classes']
+        labels = f"{outputs} classes ({dataset_title(config['dataset'])})" if config['dataset'] \
+            else f'{outputs} classes'
+        rows = [
+            ('Input', 'images of any size of at least 32 x 32'),
+            ('Output', f'logits for {outputs} classes at stride {config["output_stride"]} (H/4 x W/4)'),
+            ('Classes', labels),
+            ('Preprocessing', f'RGB in [0, 1], normalize mean {mean} std {std}'),
+            ('align_corners', f'{config["align_corners"]} (bilinear upsampling, as in training)'),
+        ]
+        what = f'An HRNetV2 semantic segmentation model (the official {text.code}) predicting {labels}'
+    rows = [
+        ('Model type', text.model_type),
+        ('Architecture', f'`{config["architecture"]}`, HRNet-W{_width(config["hrnet_spec"])}'),
+        ('Params (M)', f'{complexity.params / 1e6:.2f}'),
+        ('GMACs', f'{complexity.macs / 1e9:.2f} (at {height}x{width})'),
+        *rows,
+        ('Dataset', dataset_title(facts.dataset) if facts.dataset else 'not stated'),
+        ('Paper', text.paper),
+        ('Original code', text.code_url),
+        ('Source', source + (f', `{facts.source_name}`' if facts.source_name else '')),
+        ('Source checkpoint', f'{source_link} (sha256 `{source_sha256}`)'),
+        *([('Source config', facts.source_config)] if facts.source_config else []),
+        ('License', facts.license),
+    ]
+    description = facts.description or (
+        f'{what}. The weights come from {source}' + (f' (`{facts.source_name}`)' if facts.source_name else '')
+        + ", stored with the official keys as float32 safetensors by timm_hrnet's `hub_upload`."
+    )
+    sections = [f'# Model card for {model_name}', f'{description} {verification}', '## Model Details',
+                _details_table(rows)]
+    if results:
+        sections += ['## Results', _task_results_table(facts)]
+    usage = _pose_usage(repo_id, config) if task == 'pose' else _seg_usage(repo_id, config)
+    sections += ['## Model Usage', usage, '## Citation', f'```bibtex\n{text.citation}\n```']
+    content = f'---\n{card_data.to_yaml()}\n---\n\n' + '\n\n'.join(sections) + '\n'
+    return ModelCard(content)
+
+
+def _download_lines(repo_id: str) -> tuple[str, str, str]:
+    """The Python and shell ways to get the weights (timm_hrnet builds the model from the file), and the local file."""
+    folder = repo_id.split('/')[-1]
+    return (f"weights = hf_hub_download('{repo_id}', 'model.safetensors')",
+            f'hf download {repo_id} model.safetensors --local-dir {folder}', f'{folder}/model.safetensors')
+
+
+def _pose_usage(repo_id: str, config: Mapping[str, Any]) -> str:
+    python_download, shell_download, local = _download_lines(repo_id)
+    channels, height, width = config['input_size']
+    joints = config['num_joints']
+    heatmaps = f'(N, {joints}, {height // 4}, {width // 4}) for (N, {channels}, {height}, {width}) normalised crops'
+    return f"""```python
+from huggingface_hub import hf_hub_download
+
+import timm_hrnet
+
+{python_download}
+model = timm_hrnet.create_pose_model(weights, input_size=({height}, {width}))   # eval mode
+result = model.predict('people.jpg', boxes=[[x, y, w, h]])   # person boxes in pixels; default: the whole image
+result['keypoints'], result['scores']      # (P, {joints}, 2) image pixels, (P, {joints})
+heatmaps = model(crops)                    # {heatmaps}
+```
+
+Command line (`timm-hrnet`, installed with timm_hrnet):
+
+```bash
+{shell_download}
+timm-hrnet pose people.jpg --checkpoint {local} --input-size {height}x{width} --out pose.png
+```
+
+The input size is not stored in the weights: pass `input_size=({height}, {width})` (config.json's `input_size`)."""
+
+
+def _seg_usage(repo_id: str, config: Mapping[str, Any]) -> str:
+    python_download, shell_download, local = _download_lines(repo_id)
+    align = config['align_corners']
+    classes = config['num_classes']
+    return f"""```python
+from huggingface_hub import hf_hub_download
+
+import timm_hrnet
+
+{python_download}
+model = timm_hrnet.create_seg_model(weights, align_corners={align})   # eval mode
+result = model.predict('street.png', flip=True)   # also scales=(0.75, 1.0, 1.25), window=(512, 1024)
+result['labels']                           # (H, W) class indices at the image's size; model.class_names
+logits = model(images)                     # (N, {classes}, H/4, W/4) for (N, 3, H, W) normalised images
+```
+
+Command line (`timm-hrnet`, installed with timm_hrnet):
+
+```bash
+{shell_download}
+timm-hrnet segment street.png --checkpoint {local} --align-corners {str(align).lower()} --out seg.png
+```
+
+`align_corners` is not stored in the weights but changes every output: pass `align_corners={align}` (config.json's
+`align_corners`, the training config's `MODEL.ALIGN_CORNERS`)."""

@@ -1,6 +1,6 @@
-"""Names users give, checked before anything is written or sent: repo ids, source layouts, interpolations.
+"""Names users give, checked before anything is written or sent: repo ids, source layouts, interpolations, tasks.
 
-Imports nothing heavy, so that push and --help start without torch; the two tuples spell out timm_hrnet's and timm's
+Imports nothing heavy, so that push and --help start without torch; the tuples spell out timm_hrnet's and timm's
 own lists for that reason (a test checks they match).
 """
 
@@ -9,10 +9,17 @@ from __future__ import annotations
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id as _hf_validate_repo_id
 
-__all__ = ['INTERPOLATIONS', 'SOURCES', 'validate_repo_id', 'validate_repo_name']
+__all__ = ['CLASSIFICATION', 'INTERPOLATIONS', 'SOURCES', 'TASKS', 'TASK_ARCHITECTURES', 'TASK_METRICS',
+           'TASK_SOURCES', 'validate_repo_id', 'validate_repo_name']
 
 SOURCES = ('auto', 'canonical', 'official', 'timm', 'mmpretrain')  # 'auto' + timm_hrnet.convert.LAYOUT_NAMES
 INTERPOLATIONS = ('bilinear', 'bicubic', 'nearest', 'box', 'hamming', 'lanczos')  # timm.data.transforms' names
+CLASSIFICATION = 'classification'  # timm_hrnet.task_checkpoints' names of what a checkpoint is
+TASK_ARCHITECTURES = {'pose': 'hrnet_pose', 'segmentation': 'hrnet_seg'}  # config.json 'architecture' of task repos
+TASKS = (CLASSIFICATION, *TASK_ARCHITECTURES)
+TASK_SOURCES = ('auto', 'official')  # task checkpoints come in the official layout only (mmpose / mmseg are refused)
+# the results a task repo's card may state (percentages): COCO keypoint AP / AR, MPII PCKh@0.5; mean IoU
+TASK_METRICS = {'pose': ('AP', 'AP50', 'AP75', 'APm', 'APl', 'AR', 'PCKh'), 'segmentation': ('mIoU',)}
 
 
 def validate_repo_name(name: str, what: str = 'repo name') -> str:

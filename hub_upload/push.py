@@ -114,7 +114,8 @@ def push_dir(
     names = [name for name, _ in files]
     target = f'{constants.ENDPOINT}/{repo_id}'
     where = f"{target} (revision {revision or 'main'}{', as a pull request' if create_pr else ''})"
-    if f'hf-hub:{repo_id}' not in (repo_dir / constants.REPOCARD_NAME).read_text(encoding='utf-8'):
+    card = (repo_dir / constants.REPOCARD_NAME).read_text(encoding='utf-8')
+    if f'hf-hub:{repo_id}' not in card and f"hf_hub_download('{repo_id}'" not in card:  # classifier / task cards
         log(f'warning: the model card\'s usage snippets name another repo; restage with --repo-id {repo_id}')
     if dry_run:
         total = sum(size for _, size in files)

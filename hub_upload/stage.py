@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import safetensors.torch
 import timm
@@ -34,7 +34,13 @@ from .model_card import IMAGENET_1K, CardFacts, Complexity, Verification, build_
 from .safety import MARKER_NAME, check_target, make_staging_dir, recover_interrupted, replace_dir, write_marker
 from .verify import WEIGHTS_NAME, VerifyReport, verify_dir
 
-__all__ = ['Preprocessing', 'StageResult', 'VerificationError', 'convert_to_dir', 'default_preprocessing']
+if TYPE_CHECKING:
+    from .tasks import TaskVerifyReport
+
+__all__ = ['Preprocessing', 'StageResult', 'VerificationError', 'convert_to_dir', 'default_preprocessing', 'stage_repo',
+           'weights_metadata']
+
+T = TypeVar('T')
 
 # pretrained_cfg entries that describe the checkpoint timm ships, not the one being converted
 _SOURCE_SPECIFIC_CFG = (
@@ -126,11 +132,11 @@ def default_preprocessing(model_name: str, source: str) -> tuple[Preprocessing, 
 @dataclass(frozen=True)
 class StageResult:
     out_dir: Path
-    architecture: str
-    num_classes: int
+    architecture: str  # task repos: hrnet_pose / hrnet_seg
+    num_classes: int  # pose: joints
     source_sha256: str
-    report: VerifyReport
-    preprocessing_origin: str  # where config.json's preprocessing comes from, for the user to check
+    report: VerifyReport | TaskVerifyReport
+    preprocessing_origin: str  # where config.json's preprocessing (task repos: input size / align_corners) comes from
     files: dict[str, int] = field(default_factory=dict)  # name -> size in bytes
 
 
@@ -183,6 +189,44 @@ def _write(path: Path, out_dir: Path, write: Callable[[], None]) -> None:
         raise OSError(f"cannot write '{path}': {e.strerror or e}; nothing was written to '{out_dir}'") from e
 
 
+def weights_metadata(fetched: FetchedFile, architecture: str, layout: str, converted_with: str = 'timm_hrnet.convert',
+                     **extra: str) -> dict[str, str]:
+    """model.safetensors' metadata: what the weights are and the source they were converted from, by sha256."""
+    return {
+        'format': 'pt',
+        'architecture': architecture,
+        **extra,
+        'source_file': fetched.path.name,
+        'source_sha256': fetched.sha256,
+        'source_sha256_check': fetched.verified,
+        **({'source_url': fetched.url} if fetched.url else {}),
+        'source_layout': layout,
+        'converted_with': f'{converted_with} ({_version()})',
+    }
+
+
+def stage_repo(out_dir: Path, force: bool, src: Path, fill: Callable[[Path], T],
+               marker: dict[str, Any]) -> tuple[T, dict[str, int]]:
+    """Fill a staging directory next to ``out_dir`` (``fill`` writes and verifies the files), mark it as hub_upload's
+    and move it into place; on any failure the staging directory goes and ``out_dir`` stays as it was.
+
+    ``out_dir`` is checked again just before the move: it may have changed while converting.
+    """
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = make_staging_dir(out_dir)
+    try:
+        result = fill(staging)
+        _apply_umask(staging)
+        files = {p.name: p.stat().st_size for p in sorted(staging.iterdir())}
+        _write(staging / MARKER_NAME, out_dir, lambda: write_marker(staging, marker))
+        check_target(out_dir, force, sources=[src])
+        replace_dir(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return result, files
+
+
 def convert_to_dir(
         src: FetchedFile | str | os.PathLike,
         model_name: str,
@@ -233,20 +277,9 @@ def convert_to_dir(
         pretrained_cfg['origin_url'] = facts.source_url
     model.pretrained_cfg = model.default_cfg = pretrained_cfg
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = make_staging_dir(out_dir)
-    try:
+    def fill(staging: Path) -> VerifyReport:
         _write(staging / WEIGHTS_NAME, out_dir, lambda: safetensors.torch.save_file(
-            state_dict, staging / WEIGHTS_NAME, metadata={
-                'format': 'pt',
-                'architecture': architecture,
-                'source_file': src.name,
-                'source_sha256': fetched.sha256,
-                'source_sha256_check': fetched.verified,
-                **({'source_url': fetched.url} if fetched.url else {}),
-                'source_layout': layout,
-                'converted_with': f'timm_hrnet.convert ({_version()})',
-            }))
+            state_dict, staging / WEIGHTS_NAME, metadata=weights_metadata(fetched, architecture, layout)))
         _write(staging / 'config.json', out_dir, lambda: save_config_for_hf(model, str(staging / 'config.json')))
         report = verify_dir(staging, against=fetched, source=layout, atol=atol, image_size=verify_image_size)
         if not report.ok:
@@ -263,16 +296,10 @@ def convert_to_dir(
             verification=Verification(report.reference, report.independent, report.max_abs_diff),
         )
         _write(staging / 'README.md', out_dir, lambda: card.save(staging / 'README.md'))
-        _apply_umask(staging)
-        files = {p.name: p.stat().st_size for p in sorted(staging.iterdir())}
-        _write(staging / MARKER_NAME, out_dir, lambda: write_marker(staging, {
-            'version': _version(), 'architecture': architecture, 'source_file': src.name,
-            'source_sha256': fetched.sha256}))
-        check_target(out_dir, force, sources=[src])  # again: the output may have changed while converting
-        replace_dir(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        return report
+
+    report, files = stage_repo(out_dir, force, src, fill, {
+        'version': _version(), 'architecture': architecture, 'source_file': src.name, 'source_sha256': fetched.sha256})
     return StageResult(
         out_dir=out_dir,
         architecture=architecture,

@@ -7,6 +7,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import safetensors.torch
 import timm
@@ -16,6 +17,7 @@ from huggingface_hub import constants
 from timm_hrnet.convert import detect_layout, resolve_layout
 from timm_hrnet.download import FetchedFile, resolve_checkpoint
 
+from .names import TASK_ARCHITECTURES, TASK_SOURCES
 from .push import read_weights_metadata
 from .reference import (
     Reference,
@@ -25,9 +27,13 @@ from .reference import (
     read_source_state_dict,
 )
 
+if TYPE_CHECKING:
+    from .tasks import TaskVerifyReport
+
 __all__ = ['WEIGHTS_NAME', 'VerifyReport', 'read_weights_metadata', 'verify_dir']
 
 WEIGHTS_NAME = constants.SAFETENSORS_SINGLE_FILE
+DEFAULT_TOLERANCE = 1e-4  # on logits (classifiers: absolute; pose / segmentation repos: relative max difference)
 
 
 @dataclass(frozen=True)
@@ -74,23 +80,40 @@ def verify_dir(
         repo_dir: str | os.PathLike,
         against: FetchedFile | str | os.PathLike | None = None,
         source: str = 'auto',
-        atol: float = 1e-4,
+        atol: float | None = None,
         batch_size: int = 2,
         image_size: int | None = None,
         seed: int = 0,
-) -> VerifyReport:
+        rtol: float | None = None,
+) -> VerifyReport | TaskVerifyReport:
     """Compare logits of ``timm.create_model('local-dir:DIR')`` with the source run through independent code.
 
     ``against`` is the source checkpoint (a path, or a `FetchedFile` already fetched and hashed); its sha256 must be the
     one the repo records. Without it, the repo's own weights go through timm's built-in HRNet, which checks that
     config.json builds the right architecture and that every tensor loads, but not the conversion. ``image_size``
-    (default: the config's input size) trades coverage for speed on slow machines.
+    (default: the config's input size) trades coverage for speed on slow machines. ``atol`` (default 1e-4) is the
+    tolerance on classifier logits. Pose and segmentation repos (config.json's ``task``) go to
+    ``tasks.verify_task_dir``, with ``rtol`` (default 1e-4) on the relative max difference.
     """
     repo_dir = Path(repo_dir)
     for required in (WEIGHTS_NAME, 'config.json'):
         if not (repo_dir / required).is_file():
             raise FileNotFoundError(f"'{repo_dir}' is not a staged repo: {required} is missing")
     config = json.loads((repo_dir / 'config.json').read_text(encoding='utf-8'))
+    if isinstance(config, dict) and config.get('task') in TASK_ARCHITECTURES:
+        from .tasks import verify_task_dir  # imports the task models only for task repos
+
+        if atol is not None:
+            raise ValueError(f"--atol applies to classifier repos; '{repo_dir}' is a {config['task']} repo, compared "
+                             'by relative max difference: --rtol')
+        if source not in TASK_SOURCES:
+            raise ValueError(f"--source {source}: '{repo_dir}' is a {config['task']} repo, whose sources come in the "
+                             'official layout only')
+        return verify_task_dir(repo_dir, against, rtol=DEFAULT_TOLERANCE if rtol is None else rtol,
+                               batch_size=batch_size, image_size=image_size, seed=seed)
+    if rtol is not None:
+        raise ValueError(f"--rtol applies to pose and segmentation repos; '{repo_dir}' is a classifier repo: --atol")
+    atol = DEFAULT_TOLERANCE if atol is None else atol
     _require_fields(config, repo_dir / 'config.json')
     architecture = config['architecture']
     recorded = read_weights_metadata(repo_dir / WEIGHTS_NAME).get('source_sha256')
