@@ -25,6 +25,11 @@ def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.float() - b.float()).abs().max().item()
 
 
+def relative_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Max |a - b| relative to max |b|: the measure the reference-fixture tolerances are stated in."""
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
+
+
 def features_model(weights_file: Path, name: str = 'hrnet_w18_small', **kwargs) -> nn.Module:
     """A features model loaded with a classifier's saved weights (the pruned head's weights are dropped)."""
     overlay = dict(file=str(weights_file))

@@ -14,6 +14,7 @@ import safetensors
 import safetensors.torch
 import torch
 import yaml
+from helpers import relative_diff
 from huggingface_hub import ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from test_hub_common import leftovers, sha256, snapshot
@@ -32,10 +33,6 @@ pytestmark = pytest.mark.usefixtures('single_torch_thread')
 POSE_REPO = 'someone/hrnet_pose_small.coco'
 RESULTS_URL = 'https://github.com/leoxiaobin/deep-high-resolution-net.pytorch'
 IMAGE = ['--image-size', '64']  # verification input; the reduced models are checked in full below
-
-
-def relative_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 def write_manifest(path: Path, entries: list[dict], **defaults: object) -> Path:

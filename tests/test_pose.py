@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
+from helpers import relative_diff
 from PIL import Image
 from task_reference import official_extra, official_forward, official_shapes, random_checkpoint, tiny_extra
 
@@ -23,10 +24,6 @@ from timm_hrnet.task_data import COCO_KEYPOINTS, KeypointInfo
 pytestmark = pytest.mark.usefixtures('single_torch_thread')
 
 TOLERANCE = 1e-4  # relative max difference the issue allows; float32 rounding gives ~1e-7
-
-
-def relative_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
 
 
 @pytest.fixture(scope='module')

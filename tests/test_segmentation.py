@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import relative_diff
 from PIL import Image
 from task_reference import official_extra, official_forward, official_shapes, random_checkpoint, tiny_extra
 
@@ -21,10 +22,6 @@ from timm_hrnet.task_data import SEG_DATASETS
 pytestmark = pytest.mark.usefixtures('single_torch_thread')
 
 TOLERANCE = 1e-4  # relative max difference the issue allows; float32 rounding gives ~1e-7
-
-
-def relative_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
 
 
 @pytest.fixture(scope='module')
