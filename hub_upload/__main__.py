@@ -134,7 +134,7 @@ input_size_type, boolean, metric = map(_argument_type, (_input_size, _boolean, _
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """`--help` shows each option's default, except where there is none to show (None, False).
 
-    The same as timm_hrnet.cli_common.HelpFormatter, which cannot be imported here without loading torch.
+    The same as timm_hrnet.tools.cli_common.HelpFormatter, which cannot be imported here without loading torch.
     """
 
     def _get_help_string(self, action: argparse.Action) -> str:

@@ -80,7 +80,7 @@ class Verification:
 
 @dataclass(frozen=True)
 class Complexity:
-    """Parameters and multiply-accumulates of one image (``timm_hrnet.model_table.count_params_and_macs``)."""
+    """Parameters and multiply-accumulates of one image (``timm_hrnet.tools.model_table.count_params_and_macs``)."""
 
     params: int
     macs: int

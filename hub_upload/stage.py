@@ -18,7 +18,6 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 import timm_hrnet  # noqa: F401  (registers our hrnet_* models and their pretrained cfgs before any lookup)
-from timm_hrnet.cli_common import mismatch_summary
 from timm_hrnet.convert import (
     CheckpointMismatchError,
     convert_state_dict,
@@ -27,8 +26,9 @@ from timm_hrnet.convert import (
     resolve_layout,
 )
 from timm_hrnet.download import FetchedFile, resolve_checkpoint
-from timm_hrnet.model_table import count_params_and_macs
 from timm_hrnet.timm_compat import save_config_for_hf
+from timm_hrnet.tools.cli_common import mismatch_summary
+from timm_hrnet.tools.model_table import count_params_and_macs
 
 from .model_card import IMAGENET_1K, CardFacts, Complexity, Verification, build_model_card
 from .safety import MARKER_NAME, check_target, make_staging_dir, recover_interrupted, replace_dir, write_marker

@@ -17,8 +17,8 @@ from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
 import timm_hrnet  # noqa: F401  (registers our hrnet_* entrypoints with timm)
-from timm_hrnet.cli import main
-from timm_hrnet.validate import read_samples
+from timm_hrnet.tools.cli import main
+from timm_hrnet.tools.validate import read_samples
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 10
@@ -182,7 +182,7 @@ def test_torchrun_two_processes_equal_one_process(
     results_file = tmp_path / 'distributed.json'
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(REPO_ROOT)}
     command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
-               '-m', 'timm_hrnet.cli', 'validate', '--data-dir', str(corrupt_dir), '--split-file', str(split),
+               '-m', 'timm_hrnet', 'validate', '--data-dir', str(corrupt_dir), '--split-file', str(split),
                '--checkpoint', checkpoint, '--batch-size', '3', '--workers', '0', '--results-file', str(results_file),
                *SMALL]
     completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)
@@ -312,8 +312,8 @@ def test_predict_runs_on_the_resolved_device(
     checkpoint: str, image_paths: list[Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     """Without --device the model goes to the default device (CUDA when available), not wherever it was built."""
-    from timm_hrnet import cli
     from timm_hrnet.inference import resolve_device
+    from timm_hrnet.tools import cli
 
     devices = []
 
@@ -420,4 +420,4 @@ def test_hub_upload_help_shows_defaults(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
         hub_main(['convert', '--help'])
     text = ' '.join(capsys.readouterr().out.split())
-    assert '(default: 0.0001)' in text and '(default: mit)' in text and '(default: auto)' in text
+    assert '(default 1e-4)' in text and '(default: mit)' in text and '(default: auto)' in text

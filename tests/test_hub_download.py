@@ -20,8 +20,8 @@ import hub_upload.batch
 import hub_upload.push
 from hub_upload.__main__ import main as hub_main
 from hub_upload.push import PushError, PushRefusedError, push_dir
-from timm_hrnet.cli import main as cli_main
 from timm_hrnet.download import DownloadError, fetch, hash_from_name
+from timm_hrnet.tools.cli import main as cli_main
 
 pytestmark = pytest.mark.usefixtures('single_torch_thread')
 

@@ -20,7 +20,7 @@ from test_hub_common import leftovers, serve, sha256, snapshot, write_manifest
 import timm_hrnet.download
 from hub_upload.__main__ import main
 from hub_upload.stage import convert_to_dir
-from timm_hrnet.cli import main as cli_main
+from timm_hrnet.tools.cli import main as cli_main
 
 pytestmark = pytest.mark.usefixtures('single_torch_thread')
 REPO_ROOT = Path(__file__).resolve().parents[1]

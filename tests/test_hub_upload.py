@@ -36,8 +36,8 @@ from hub_upload.stage import VerificationError, convert_to_dir
 from hub_upload.verify import VerifyReport
 from timm_hrnet.convert import LAYOUT_NAMES
 from timm_hrnet.download import HashMismatchError, fetch
-from timm_hrnet.model_table import count_params_and_macs
 from timm_hrnet.pretrained_cfgs import PAPER
+from timm_hrnet.tools.model_table import count_params_and_macs
 
 REPO_ID = 'someone/hrnet_w18_small.mmpretrain_test'
 SOURCE_URL = 'https://example.org/hrnet-w18-small_mmpretrain.pth'

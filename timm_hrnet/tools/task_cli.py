@@ -13,12 +13,12 @@ from typing import Any
 
 import torch
 
-from timm_hrnet.cli_common import CliError, HelpFormatter, checkpoint_file, device_or_fail
 from timm_hrnet.inference import UnreadableImageError
 from timm_hrnet.pose import create_pose_model
 from timm_hrnet.segmentation import create_seg_model
 from timm_hrnet.task_data import SEG_DATASETS
 from timm_hrnet.task_images import draw_pose, overlay_labels, to_pil
+from timm_hrnet.tools.cli_common import CliError, HelpFormatter, checkpoint_file, device_or_fail
 
 __all__ = ['add_pose_parser', 'add_segment_parser', 'run_pose', 'run_segment']
 

@@ -27,7 +27,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from tqdm import tqdm
 
-from timm_hrnet.cli_common import (
+from timm_hrnet.inference import UnreadableImageError, load_rgb_image
+from timm_hrnet.tools.cli_common import (
     CliError,
     amp_autocast,
     crop_fraction,
@@ -37,7 +38,6 @@ from timm_hrnet.cli_common import (
     non_negative_int,
     positive_int,
 )
-from timm_hrnet.inference import UnreadableImageError, load_rgb_image
 
 __all__ = ['EvalImageDataset', 'add_arguments', 'evaluate', 'read_samples', 'run']
 

@@ -12,8 +12,8 @@ import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from timm_hrnet.cli_common import CliError
 from timm_hrnet.pretrained_cfgs import published_results
+from timm_hrnet.tools.cli_common import CliError
 from timm_hrnet.variants import VARIANTS
 
 __all__ = ['ModelRow', 'add_arguments', 'count_params_and_macs', 'format_table', 'model_rows', 'run']

@@ -1,7 +1,7 @@
-"""The `timm-hrnet` command: predict, validate, models, benchmark.
+"""The `timm-hrnet` command: predict, validate, models, benchmark, pose, segment.
 
-`predict` lives here; the other subcommands live in validate.py, model_table.py and benchmark.py, each exposing
-`add_arguments(parser)` and `run(args)`. User errors (missing files, unknown model names) print one line on stderr
+`predict` lives here; validate.py, model_table.py and timm_hrnet/benchmark.py each expose `add_arguments(parser)`
+and `run(args)`, task_cli.py adds `pose` and `segment`. User errors (missing files, unknown model names) print one line on stderr
 and exit with code 2.
 """
 
@@ -12,8 +12,10 @@ import json
 import sys
 from collections.abc import Sequence
 
-from timm_hrnet import benchmark, model_table, task_cli, validate
-from timm_hrnet.cli_common import (
+from timm_hrnet import benchmark
+from timm_hrnet.inference import UnreadableImageError, build_eval_transform, inference_model, load_rgb_image
+from timm_hrnet.tools import model_table, task_cli, validate
+from timm_hrnet.tools.cli_common import (
     CliError,
     HelpFormatter,
     crop_fraction,
@@ -22,7 +24,6 @@ from timm_hrnet.cli_common import (
     load_model_or_fail,
     positive_int,
 )
-from timm_hrnet.inference import UnreadableImageError, build_eval_transform, inference_model, load_rgb_image
 
 __all__ = ['build_parser', 'main', 'predict']
 
@@ -110,6 +111,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f'timm-hrnet {args.command}: error: {error}', file=sys.stderr)
         return 2
 
-
-if __name__ == '__main__':
-    sys.exit(main())
