@@ -1,8 +1,8 @@
 """The `timm-hrnet` command: predict, validate, models, benchmark, pose, segment.
 
-`predict` lives here; validate.py, model_table.py and timm_hrnet/benchmark.py each expose `add_arguments(parser)`
-and `run(args)`, task_cli.py adds `pose` and `segment`. User errors (missing files, unknown model names) print one line on stderr
-and exit with code 2.
+`predict` lives here; validate.py, model_table.py and benchmark.py each expose `add_arguments(parser)` and
+`run(args)`, task_cli.py adds `pose` and `segment`. User errors (missing files, unknown model names) print one line
+on stderr and exit with code 2.
 """
 
 from __future__ import annotations
