@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import functools
 import warnings
+from pathlib import Path
 from typing import Any
 
 import timm
@@ -107,4 +108,4 @@ def save_config_for_hf(model: nn.Module, config_path: Any, **kwargs: Any) -> Non
             f'this timm ({timm.__version__}) has no timm.models._hub.save_config_for_hf, which writes config.json '
             'for hub_upload; install a timm release within the range pyproject.toml declares'
         ) from e
-    timm_save_config(model, config_path, **kwargs)
+    timm_save_config(model, Path(config_path), **kwargs)  # timm < 1.0.20 needs a Path, not a str
