@@ -2,21 +2,25 @@
 
 Everything runs in ONE process and the variants are timed in interleaved rounds (the order rotates every round), so
 a slow phase of a shared machine hits all of them alike; each variant gets untimed warm-up calls first (that is
-where torch.compile compiles) and the reported time is the median over rounds. The built-in model is
-`timm.models.hrnet.<name>()` called directly (`import timm_hrnet` replaces the registry entries) and gets our
-model's weights, so every variant computes the same function; the max relative output difference to the built-in
-is printed as a sanity check. FLOPs are counted once with torch.utils.flop_counter (convolutions and matmuls, per
-image); the achieved GFLOP/s is compared with a square matmul of the same dtype timed in the same rounds.
+where torch.compile compiles and CUDA graphs are captured) and the reported time is the median over rounds. The
+built-in model is `timm.models.hrnet.<name>()` called directly (`import timm_hrnet` replaces the registry entries)
+and gets our model's weights, so every variant computes the same function. The baseline is the built-in's best
+compiled mode (`torch.compile`, and on CUDA also with CUDA graphs); `diff` is each variant's max relative output
+difference to the built-in run eagerly in float32, so in bfloat16 it compares the fused model's rounding with the
+plain bf16 model's (`timm_eager`, `ours_eager`). FLOPs are counted once with torch.utils.flop_counter
+(convolutions and matmuls, per image); the achieved GFLOP/s is compared with a square matmul of the same dtype
+timed in the same rounds.
 
     python benchmarks/bench_inference.py --quick                  # smoke run: hrnet_w18, batch 8, 2 rounds, no compile
-    python benchmarks/bench_inference.py                          # CPU fp32, hrnet_w18 + hrnet_w48, batch 1 and 8
-    python benchmarks/bench_inference.py --device cuda            # CUDA bf16 + fp16, batch 64 and 256
+    python benchmarks/bench_inference.py                          # CPU bf16 + fp32, hrnet_w18 + hrnet_w48, batch 1, 8
+    python benchmarks/bench_inference.py --device cuda            # CUDA bf16, batch 1 and 256 (see run_cuda.sh)
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import json
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -33,10 +37,16 @@ import timm_hrnet  # noqa: F401  (registers our hrnet_* entrypoints in timm)
 from timm_hrnet.fuse import optimize_for_inference
 
 VARIANTS = (
-    'timm_eager', 'timm_channels_last', 'timm_compile',
+    'timm_eager', 'timm_channels_last', 'timm_compile', 'timm_compile_cudagraphs',
     'ours_eager', 'ours_fused', 'ours_fused_channels_last', 'ours_fused_compile',
+    'ours_fused_cudagraph', 'ours_fused_compile_cudagraphs',
+    'ours_padded_channels_last', 'ours_padded_compile', 'ours_padded_cudagraph',
 )
-QUICK_VARIANTS = tuple(v for v in VARIANTS if not v.endswith('compile'))
+CUDA_ONLY = tuple(v for v in VARIANTS if v.endswith(('cudagraph', 'cudagraphs')))
+BASELINES = ('timm_compile', 'timm_compile_cudagraphs')  # the built-in's compiled modes; the fastest is the baseline
+# zero-padded branches (branch_widths) feed GPU tensor cores better; on CPU they only add work, so not by default
+CPU_DEFAULT = tuple(v for v in VARIANTS if v not in CUDA_ONLY and 'padded' not in v)
+QUICK_VARIANTS = tuple(v for v in CPU_DEFAULT if 'compile' not in v)
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
 
@@ -49,22 +59,29 @@ class Result:
     device: str
     ms_per_batch: float
     images_per_second: float
-    speedup_vs_timm_eager: float
+    baseline: str | None
+    speedup_vs_baseline: float | None
+    speedup_vs_timm_eager: float | None
     speedup_vs_timm_channels_last: float | None
     gflops_per_second: float
     fraction_of_matmul_peak: float
-    max_rel_diff_vs_timm: float
+    max_rel_diff_vs_fp32: float
     warmup_seconds: float
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--models', nargs='+', default=['hrnet_w18', 'hrnet_w48'])
-    parser.add_argument('--batch-sizes', nargs='+', type=int, help='default: 1 8 on CPU, 64 256 on CUDA')
-    parser.add_argument('--dtypes', nargs='+', choices=list(DTYPES), help='default: float32 on CPU, bf16+fp16 on CUDA')
+    parser.add_argument('--batch-sizes', nargs='+', type=int, help='default: 1 8 on CPU, 1 256 on CUDA')
+    parser.add_argument('--dtypes', '--dtype', nargs='+', choices=list(DTYPES),
+                        help='default: bfloat16 float32 on CPU, bfloat16 on CUDA')
     parser.add_argument('--img-size', type=int, default=224)
     parser.add_argument('--device', default='cpu', help="'cpu', 'cuda' or 'cuda:N'")
-    parser.add_argument('--variants', nargs='+', choices=VARIANTS, help='default: all (--quick: all but compile)')
+    parser.add_argument('--variants', nargs='+', choices=VARIANTS,
+                        help='default: all on CUDA; on CPU all but CUDA graphs and padding (--quick: no compile)')
+    parser.add_argument('--branch-widths', nargs='+', type=int,
+                        help='widths of the ours_padded_* variants; default: each branch rounded up to a multiple '
+                             'of 8, 16, 32, 64 (W18: 24 48 96 192)')
     parser.add_argument('--rounds', type=int, default=7, help='interleaved timing rounds (median reported)')
     parser.add_argument('--iters', type=int, default=3, help='timed calls per variant per round')
     parser.add_argument('--warmup', type=int, default=3, help='untimed calls per variant before the rounds')
@@ -81,9 +98,11 @@ def parse_args() -> argparse.Namespace:
         args.batch_sizes = args.batch_sizes or [64 if on_cuda else 8]
         args.rounds, args.iters, args.warmup = 2, 1, 1
         args.variants = args.variants or list(QUICK_VARIANTS)
-    args.batch_sizes = args.batch_sizes or ([64, 256] if on_cuda else [1, 8])
-    args.dtypes = args.dtypes or (['bfloat16', 'float16'] if on_cuda else ['float32'])
-    args.variants = args.variants or list(VARIANTS)
+    args.batch_sizes = args.batch_sizes or ([1, 256] if on_cuda else [1, 8])
+    args.dtypes = args.dtypes or (['bfloat16'] if on_cuda else ['bfloat16', 'float32'])
+    args.variants = args.variants or list(VARIANTS if on_cuda else CPU_DEFAULT)
+    if not on_cuda and set(args.variants) & set(CUDA_ONLY):
+        parser.error(f'{", ".join(sorted(set(args.variants) & set(CUDA_ONLY)))}: CUDA graphs need --device cuda')
     if min(args.rounds, args.iters, args.warmup, *args.batch_sizes) < 1:
         parser.error('--rounds, --iters, --warmup and --batch-sizes must be positive')
     return args
@@ -94,29 +113,72 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def cuda_graphed(model: nn.Module, example: Tensor) -> Callable[[Tensor], Tensor]:
+    """`model` captured once as a CUDA graph for inputs shaped like `example`: a call copies its input into the
+    graph's input buffer and replays the graph (one launch instead of one per kernel); the output is overwritten
+    by the next call."""
+    static_input = example.clone()
+    side = torch.cuda.Stream(device=example.device)
+    side.wait_stream(torch.cuda.current_stream(example.device))
+    with torch.cuda.stream(side):  # warm-up on a side stream, as capture requires (cuDNN picks its kernels here)
+        for _ in range(3):
+            model(static_input)
+    torch.cuda.current_stream(example.device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_output = model(static_input)
+
+    def replay(x: Tensor) -> Tensor:
+        static_input.copy_(x)
+        graph.replay()
+        return static_output
+    return replay
+
+
+def tensor_core_widths(model: nn.Module) -> list[int]:
+    """Branch widths rounded up to multiples of 8, 16, 32, 64 (W18's 18, 36, 72, 144 become 24, 48, 96, 192)."""
+    return [math.ceil(c / (8 << i)) * (8 << i) for i, c in enumerate(model.spec.stages[-1].channels)]
+
+
 def build_variants(
-        name: str, variants: list[str], device: torch.device, dtype: torch.dtype,
-) -> dict[str, tuple[Callable[[Tensor], Tensor], bool]]:
-    """Each variant as (callable, wants a channels_last input). All share the same weights."""
+        name: str, variants: list[str], device: torch.device, dtype: torch.dtype, example: Tensor,
+        branch_widths: list[int] | None,
+) -> tuple[dict[str, tuple[Callable[[Tensor], Tensor], bool]], nn.Module]:
+    """Each variant as (callable, wants a channels_last input), all with the same weights, and the built-in model
+    in float32 (the reference). `example` is a channels_last input, for the CUDA graph capture."""
     ours = timm.create_model(name).eval()
     builtin = getattr(timm_builtin_hrnet, name)().eval()
     builtin.load_state_dict(ours.state_dict())
+    widths = branch_widths or tensor_core_widths(ours)
 
     def prepared(model: nn.Module, channels_last: bool) -> nn.Module:
         model = model.to(device=device, dtype=dtype)
         return model.to(memory_format=torch.channels_last) if channels_last else model
 
+    def fused(channels_last: bool, padded: bool = False) -> nn.Module:
+        return optimize_for_inference(
+            ours, channels_last=channels_last, dtype=dtype, branch_widths=widths if padded else None).to(device)
+
+    def compiled(model: nn.Module, mode: str | None = None) -> Callable[[Tensor], Tensor]:
+        return torch.compile(model, dynamic=False, mode=mode)
+
     builders: dict[str, Callable[[], tuple[Callable[[Tensor], Tensor], bool]]] = {
         'timm_eager': lambda: (prepared(copy.deepcopy(builtin), False), False),
         'timm_channels_last': lambda: (prepared(copy.deepcopy(builtin), True), True),
-        'timm_compile': lambda: (torch.compile(prepared(copy.deepcopy(builtin), True), dynamic=False), True),
+        'timm_compile': lambda: (compiled(prepared(copy.deepcopy(builtin), True)), True),
+        'timm_compile_cudagraphs': lambda: (
+            compiled(prepared(copy.deepcopy(builtin), True), 'reduce-overhead'), True),
         'ours_eager': lambda: (prepared(copy.deepcopy(ours), False), False),
-        'ours_fused': lambda: (prepared(optimize_for_inference(ours), False), False),
-        'ours_fused_channels_last': lambda: (prepared(optimize_for_inference(ours, channels_last=True), True), True),
-        'ours_fused_compile': lambda: (
-            torch.compile(prepared(optimize_for_inference(ours, channels_last=True), True), dynamic=False), True),
+        'ours_fused': lambda: (fused(False), False),
+        'ours_fused_channels_last': lambda: (fused(True), True),
+        'ours_fused_compile': lambda: (compiled(fused(True)), True),
+        'ours_fused_cudagraph': lambda: (cuda_graphed(fused(True), example), True),
+        'ours_fused_compile_cudagraphs': lambda: (compiled(fused(True), 'reduce-overhead'), True),
+        'ours_padded_channels_last': lambda: (fused(True, padded=True), True),
+        'ours_padded_compile': lambda: (compiled(fused(True, padded=True)), True),
+        'ours_padded_cudagraph': lambda: (cuda_graphed(fused(True, padded=True), example), True),
     }
-    return {variant: builders[variant]() for variant in variants}
+    return {variant: builders[variant]() for variant in variants}, builtin.to(device)
 
 
 def count_flops_per_image(model: Callable[[Tensor], Tensor], x: Tensor) -> float:
@@ -147,16 +209,21 @@ def max_rel_diff(actual: Tensor, expected: Tensor) -> float:
     return ((actual.float() - expected.float()).abs().max() / expected.float().abs().max()).item()
 
 
+def ratio(median: dict[str, float], reference: str | None, variant: str) -> float | None:
+    return median[reference] / median[variant] if reference in median else None
+
+
 @torch.inference_mode()
 def bench_case(name: str, batch_size: int, dtype_name: str, args: argparse.Namespace) -> list[Result]:
     """All variants of one model at one batch size and dtype, interleaved."""
     device, dtype = torch.device(args.device), DTYPES[dtype_name]
-    variants = build_variants(name, args.variants, device, dtype)
-    x = torch.randn(batch_size, 3, args.img_size, args.img_size, device=device, dtype=dtype)
-    inputs = {False: x, True: x.contiguous(memory_format=torch.channels_last)}
-    reference_variant = 'timm_eager' if 'timm_eager' in variants else next(iter(variants))
-    reference = variants[reference_variant][0](x)
-    flops_per_image = count_flops_per_image(variants[reference_variant][0], x)
+    x = torch.randn(batch_size, 3, args.img_size, args.img_size, device=device)
+    inputs = {False: x.to(dtype), True: x.to(dtype).contiguous(memory_format=torch.channels_last)}
+    variants, reference_model = build_variants(name, args.variants, device, dtype, inputs[True], args.branch_widths)
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # cuDNN would round float32 convs to TF32
+        reference = reference_model(x)  # the built-in model, eager float32
+    flops_per_image = count_flops_per_image(reference_model, x)
+    del reference_model
     matmul, matmul_flops = matmul_call(device, dtype)
 
     calls: dict[str, Callable[[], object]] = {'matmul': matmul}
@@ -176,6 +243,7 @@ def bench_case(name: str, batch_size: int, dtype_name: str, args: argparse.Names
             seconds[key].append(time_calls(calls[key], args.iters, device))
     median = {key: statistics.median(values) for key, values in seconds.items()}
     matmul_flops_per_second = matmul_flops / median['matmul']
+    baseline = min((v for v in BASELINES if v in median), key=median.__getitem__, default=None)
 
     results = []
     for variant in variants:
@@ -185,23 +253,29 @@ def bench_case(name: str, batch_size: int, dtype_name: str, args: argparse.Names
             model=name, variant=variant, batch_size=batch_size, dtype=dtype_name, device=str(device),
             ms_per_batch=1000 * median[variant],
             images_per_second=images_per_second,
-            speedup_vs_timm_eager=median['timm_eager'] / median[variant] if 'timm_eager' in median else float('nan'),
-            speedup_vs_timm_channels_last=(
-                median['timm_channels_last'] / median[variant] if 'timm_channels_last' in median else None),
+            baseline=baseline,
+            speedup_vs_baseline=ratio(median, baseline, variant),
+            speedup_vs_timm_eager=ratio(median, 'timm_eager', variant),
+            speedup_vs_timm_channels_last=ratio(median, 'timm_channels_last', variant),
             gflops_per_second=flops_per_second / 1e9,
             fraction_of_matmul_peak=flops_per_second / matmul_flops_per_second,
-            max_rel_diff_vs_timm=diffs[variant],
+            max_rel_diff_vs_fp32=diffs[variant],
             warmup_seconds=warmup_seconds[variant],
         ))
     print(f'\n{name}, batch {batch_size}, {dtype_name} on {device}: {flops_per_image / 1e9:.2f} GFLOP/image, '
-          f'matmul peak {matmul_flops_per_second / 1e9:.0f} GFLOP/s, {args.rounds} rounds x {args.iters} calls')
-    print(f'{"variant":<26}{"ms/batch":>10}{"img/s":>10}{"x eager":>9}{"x cl":>7}{"GFLOP/s":>9}{"peak":>7}'
-          f'{"diff":>10}{"warmup s":>10}')
+          f'matmul peak {matmul_flops_per_second / 1e9:.0f} GFLOP/s, {args.rounds} rounds x {args.iters} calls; '
+          f'x base: vs {baseline or "nothing (no compiled built-in variant in this run)"}')
+    print(f'{"variant":<30}{"ms/batch":>10}{"img/s":>10}{"x base":>8}{"x eager":>9}{"x cl":>7}{"GFLOP/s":>9}'
+          f'{"peak":>7}{"diff fp32":>11}{"warmup s":>10}')
+
+    def fmt(value: float | None) -> str:
+        return '' if value is None else f'{value:.2f}'
+
     for r in results:
-        vs_cl = '' if r.speedup_vs_timm_channels_last is None else f'{r.speedup_vs_timm_channels_last:.2f}'
-        print(f'{r.variant:<26}{r.ms_per_batch:>10.1f}{r.images_per_second:>10.1f}{r.speedup_vs_timm_eager:>9.2f}'
-              f'{vs_cl:>7}{r.gflops_per_second:>9.1f}{r.fraction_of_matmul_peak:>7.0%}'
-              f'{r.max_rel_diff_vs_timm:>10.1e}{r.warmup_seconds:>10.1f}')
+        print(f'{r.variant:<30}{r.ms_per_batch:>10.2f}{r.images_per_second:>10.1f}{fmt(r.speedup_vs_baseline):>8}'
+              f'{fmt(r.speedup_vs_timm_eager):>9}{fmt(r.speedup_vs_timm_channels_last):>7}'
+              f'{r.gflops_per_second:>9.1f}{r.fraction_of_matmul_peak:>7.0%}{r.max_rel_diff_vs_fp32:>11.1e}'
+              f'{r.warmup_seconds:>10.1f}')
     return results
 
 
@@ -211,8 +285,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if not args.no_freezing:
         torch._inductor.config.freezing = True
-    print(f'torch {torch.__version__}, timm {timm.__version__}, {torch.get_num_threads()} threads, '
-          f'input {args.img_size}x{args.img_size}')
+    device = torch.device(args.device)
+    where = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'
+    print(f'torch {torch.__version__}, timm {timm.__version__}, {where}, input {args.img_size}x{args.img_size}')
     results: list[Result] = []
     for name in args.models:
         for dtype_name in args.dtypes:

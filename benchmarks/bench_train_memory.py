@@ -13,10 +13,12 @@ step. On CPU, where PyTorch keeps no allocator statistics, it comes from the pro
 
     python benchmarks/bench_train_memory.py --quick      # smoke run: batch 2, one round
     python benchmarks/bench_train_memory.py              # hrnet_w18, batch 16, 224x224, 5 rounds
+    python benchmarks/bench_train_memory.py --device cuda --amp --channels-last --batch-size 128   # GPU training
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import statistics
 import time
@@ -42,6 +44,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--device', default='cpu', help="'cpu', 'cuda' or 'cuda:N'")
     parser.add_argument('--rounds', type=int, default=5, help='interleaved timing rounds (median reported)')
     parser.add_argument('--threads', type=int, help='torch.set_num_threads (default: torch default)')
+    parser.add_argument('--amp', action='store_true', help='bfloat16 autocast (weights and gradients stay float32)')
+    parser.add_argument('--channels-last', action='store_true', help='channels_last weights and input')
     parser.add_argument('--quick', action='store_true', help='smoke run: batch 2, one round')
     args = parser.parse_args()
     if args.quick:
@@ -51,20 +55,23 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def build_models(name: str, device: torch.device) -> dict[str, nn.Module]:
+def build_models(name: str, device: torch.device, memory_format: torch.memory_format) -> dict[str, nn.Module]:
     ours = timm.create_model(name)
     builtin = getattr(timm_builtin_hrnet, name)()
     builtin.load_state_dict(ours.state_dict())
     checkpointed = copy.deepcopy(ours)
     checkpointed.set_grad_checkpointing(True)
-    return {'timm': builtin.to(device).train(), 'ours': ours.to(device).train(),
-            'ours_checkpointing': checkpointed.to(device).train()}
+    models = {'timm': builtin, 'ours': ours, 'ours_checkpointing': checkpointed}
+    return {variant: model.to(device, memory_format=memory_format).train() for variant, model in models.items()}
 
 
-def make_step(model: nn.Module, x: Tensor, target: Tensor) -> Callable[[], None]:
+def make_step(model: nn.Module, x: Tensor, target: Tensor, amp: bool) -> Callable[[], None]:
     def step() -> None:
         model.zero_grad(set_to_none=False)
-        F.cross_entropy(model(x), target).backward()
+        autocast = torch.autocast(x.device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+        with autocast:
+            loss = F.cross_entropy(model(x), target)
+        loss.backward()
     return step
 
 
@@ -102,10 +109,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    models = build_models(args.model, device)
-    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    models = build_models(args.model, device, memory_format)
+    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device).to(memory_format=memory_format)
     target = torch.randint(0, 1000, (args.batch_size,), device=device)
-    steps = {variant: make_step(model, x, target) for variant, model in models.items()}
+    steps = {variant: make_step(model, x, target, args.amp) for variant, model in models.items()}
     for step in steps.values():
         step()  # warm-up, and creates the .grad buffers the measured steps reuse
     peaks = {variant: peak_step_bytes(step, device) for variant, step in steps.items()}
@@ -117,12 +125,16 @@ def main() -> None:
             seconds[variant].append(timed(steps[variant], device))
 
     median = {variant: statistics.median(values) for variant, values in seconds.items()}
-    print(f'{args.model}, batch {args.batch_size}, {args.img_size}x{args.img_size}, fp32 on {device}, '
-          f'{torch.get_num_threads()} threads, {args.rounds} rounds')
-    print(f'{"variant":<20}{"peak act. MiB":>14}{"vs ours":>9}{"step s":>9}{"vs ours":>9}')
+    where = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'
+    precision = 'AMP bf16' if args.amp else 'fp32'
+    layout = ', channels_last' if args.channels_last else ''
+    print(f'{args.model}, batch {args.batch_size}, {args.img_size}x{args.img_size}, {precision}{layout} on {device} '
+          f'({where}), {args.rounds} rounds')
+    print(f'{"variant":<20}{"peak act. MiB":>14}{"vs ours":>9}{"step s":>9}{"vs ours":>9}{"img/s":>9}{"x timm":>8}')
     for variant in steps:
         print(f'{variant:<20}{peaks[variant] / 2**20:>14.1f}{peaks[variant] / peaks["ours"] - 1:>+9.0%}'
-              f'{median[variant]:>9.3f}{median[variant] / median["ours"] - 1:>+9.0%}')
+              f'{median[variant]:>9.3f}{median[variant] / median["ours"] - 1:>+9.0%}'
+              f'{args.batch_size / median[variant]:>9.1f}{median["timm"] / median[variant]:>8.2f}')
 
 
 if __name__ == '__main__':

@@ -1,4 +1,4 @@
-"""Export paths of the classifier and the features model: TorchScript, torch.export, ONNX (dynamo), FX."""
+"""Export paths of the classifier and the features model, plain and fused: TorchScript, torch.export, ONNX, FX."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from helpers import features_model
 from timm.models import create_feature_extractor
 
 import timm_hrnet  # noqa: F401  (registers our hrnet_* entrypoints with timm)
-from timm_hrnet import HRNet
+from timm_hrnet import HRNet, optimize_for_inference
 
 NAME = 'hrnet_w18_small'
 # torch 2.14 deprecates torch.jit.script; it still works and TorchScript deployments still rely on it
@@ -113,3 +113,49 @@ def test_classifier_torch_export_and_onnx(classifier: HRNet, tmp_path: Path) -> 
         torch.onnx.export(classifier, (x,), str(path), dynamo=True, input_names=['image'])
     logits = ort.InferenceSession(str(path), providers=['CPUExecutionProvider']).run(None, {'image': x.numpy()})[0]
     assert (torch.from_numpy(logits) - expected).abs().max().item() <= 1e-4
+
+
+# The fused model (optimize_for_inference) exports like the plain one: with a dynamic image size the graph holds no
+# sizes of the export input, so it runs at other sizes, non-multiples of 32 included (branch sizes that do not
+# halve exactly, where the exchange unit resizes by non-integer factors).
+OTHER_SIZES = [(250, 330), (97, 161)]
+
+
+@pytest.mark.parametrize('dynamo', [True, False], ids=['dynamo', 'torchscript_exporter'])
+def test_fused_onnx_dynamic_size_runs_at_other_sizes(classifier: HRNet, tmp_path: Path, dynamo: bool) -> None:
+    ort = pytest.importorskip('onnxruntime')
+    if dynamo:
+        pytest.importorskip('onnxscript')
+    fused = optimize_for_inference(classifier, channels_last=True)
+    path = tmp_path / 'hrnet_fused.onnx'
+    x = torch.randn(1, 3, 224, 224)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # exporter chatter (progress, deprecation, tracer) is not what this checks
+        if dynamo:
+            size = torch.export.Dim('height', min=64, max=1024), torch.export.Dim('width', min=64, max=1024)
+            torch.onnx.export(fused, (x,), str(path), dynamo=True, input_names=['image'],
+                              dynamic_shapes=({2: size[0], 3: size[1]},))
+        else:
+            torch.onnx.export(fused, (x,), str(path), dynamo=False, input_names=['image'],
+                              dynamic_axes={'image': {2: 'height', 3: 'width'}})
+    session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    for height, width in [(224, 224), *OTHER_SIZES]:
+        x = torch.randn(1, 3, height, width)
+        (logits,) = session.run(None, {'image': x.numpy()})
+        with torch.no_grad():
+            expected = classifier(x)
+        assert (torch.from_numpy(logits) - expected).abs().max().item() <= 1e-4 * expected.abs().max().item()
+
+
+@pytest.mark.parametrize('location', ['incre', ''])
+def test_fused_torch_export_dynamic_size(weights_file: Path, location: str) -> None:
+    model = features_model(weights_file, feature_location=location)
+    fused = optimize_for_inference(model, channels_last=True)
+    size = torch.export.Dim('height', min=64, max=1024), torch.export.Dim('width', min=64, max=1024)
+    exported = torch.export.export(fused, (torch.randn(1, 3, 224, 224),), dynamic_shapes=({2: size[0], 3: size[1]},))
+    ops = {str(node.target) for node in exported.graph.nodes if node.op == 'call_function'}
+    assert not [op for op in ops if 'mkldnn' in op], 'the exported graph must hold portable ops only'
+    with torch.no_grad():
+        for height, width in OTHER_SIZES:
+            x = torch.randn(1, 3, height, width)
+            assert_features_close(exported.module()(x), model(x), rel=1e-4)

@@ -1,7 +1,9 @@
 """`optimize_for_inference`: the fused model computes what the original computes, and refuses to be trained."""
 from __future__ import annotations
 
+import copy
 import warnings
+from pathlib import Path
 
 import pytest
 import timm
@@ -10,7 +12,8 @@ from helpers import randomize_batchnorm
 from torch import nn
 
 import timm_hrnet  # noqa: F401  (registers our hrnet_* entrypoints)
-from timm_hrnet.fuse import is_inference_optimized, optimize_for_inference
+from timm_hrnet import fuse
+from timm_hrnet.fuse import ConvAct, is_inference_optimized, optimize_for_inference
 from timm_hrnet.variants import VARIANTS
 
 SMALL = 'hrnet_w18_small'
@@ -204,3 +207,49 @@ def test_fused_model_saves_and_loads_whole(small_pair: tuple[nn.Module, nn.Modul
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(loaded(x), fused(x))
+
+
+@pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated:FutureWarning')
+@torch.inference_mode()
+def test_packed_weights_follow_the_weights_and_stay_out_of_saved_state(
+        small_pair: tuple[nn.Module, nn.Module], tmp_path: Path) -> None:
+    """A channels-last model keeps its weights pre-packed for oneDNN; that copy is a cache, never state."""
+    model, _ = small_pair
+    fused = optimize_for_inference(model, channels_last=True)
+    x = torch.randn(1, 3, 64, 64)
+    assert_close(fused(x), model(x))
+    convs = [m for m in fused.modules() if isinstance(m, ConvAct)]
+    if torch.backends.mkldnn.is_available():
+        assert all(conv._pack is not None for conv in convs)
+    assert not [key for key in fused.state_dict() if 'pack' in key]
+    torch.manual_seed(1)
+    other_model = randomize_batchnorm(timm.create_model(SMALL), seed=2).eval()
+    fused.load_state_dict(optimize_for_inference(other_model).state_dict())  # in place: the packed copies follow
+    expected = other_model(x)
+    assert_close(fused(x), expected)
+    path = tmp_path / 'fused.pt'
+    torch.save(fused, path)
+    loaded = torch.load(path, weights_only=False)  # a whole pickled module: trusted, written by this test
+    assert not [conv for conv in loaded.modules() if isinstance(conv, ConvAct) and conv._pack is not None]
+    for copied in (loaded, copy.deepcopy(fused), torch.jit.script(fused)):
+        assert_close(copied(x), expected)
+    fused.double()  # conversions drop the packed copies (float64 then runs the plain ops)
+    assert not [conv for conv in convs if conv._pack is not None]
+    assert_close(fused(x.double()).float(), expected)
+    assert_close(fused.float()(x), expected)
+
+
+@torch.inference_mode()
+def test_fast_path_is_decided_per_model_call(small_pair: tuple[nn.Module, nn.Module]) -> None:
+    """The model decides once per call for all its convs; a unit called on its own decides for itself."""
+    model, fused = small_pair
+    with pytest.raises(ValueError, match='expects 3 input channels'):
+        fused(torch.randn(1, 1, 64, 64))
+    assert getattr(fuse._CALL, 'fusable', None) is None  # a failed call leaves no decision behind
+    x = torch.randn(1, 3, 64, 64)
+    with torch.autocast('cpu', dtype=torch.bfloat16):  # the call after it still sees its own context
+        assert fused(x).dtype == torch.bfloat16
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        stem = fused.conv1(x)
+    assert 'mkldnn::_convolution_pointwise' in {event.key for event in profiler.key_averages()}
+    assert_close(stem, model.act1(model.bn1(model.conv1(x))))

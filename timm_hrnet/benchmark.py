@@ -23,6 +23,8 @@ from timm_hrnet.tools.cli_common import CliError, amp_autocast, device_or_fail, 
 
 __all__ = ['add_arguments', 'benchmark', 'run']
 
+DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+
 
 def _peak_rss_bytes() -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -39,11 +41,20 @@ def benchmark(
     compile_model: bool = False,
     fused: bool = False,
     amp: bool = False,
+    dtype: str = 'float32',
     device: str | None = None,
     steps: int = 20,
     warmup_steps: int = 5,
 ) -> dict[str, Any]:
-    """Time `steps` forward passes after `warmup_steps` untimed ones, with random weights (speed ignores them)."""
+    """Time `steps` forward passes after `warmup_steps` untimed ones, with random weights (speed ignores them).
+
+    `dtype` casts the model and its input (a fused model folds BatchNorm in float32 first); `amp` instead keeps a
+    float32 model under autocast, so the two do not combine.
+    """
+    if dtype not in DTYPES:
+        raise CliError(f'unknown dtype {dtype!r}; choose from {", ".join(DTYPES)}')
+    if amp and dtype != 'float32':
+        raise CliError('--amp runs a float32 model under autocast; use either --amp or --dtype, not both')
     device = device_or_fail(device)
     try:
         model = get_model(model_name, pretrained=False).eval()
@@ -51,12 +62,12 @@ def benchmark(
         raise CliError(str(error)) from error
     input_size = resolve_data_config({'img_size': img_size}, model=model)['input_size']
     if fused:
-        model = optimize_for_inference(model)
+        model = optimize_for_inference(model, dtype=DTYPES[dtype])
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(device, memory_format=memory_format)
+    model = model.to(device, DTYPES[dtype], memory_format=memory_format)
     if compile_model:
         model = torch.compile(model)
-    batch = torch.randn(batch_size, *input_size, device=device).to(memory_format=memory_format)
+    batch = torch.randn(batch_size, *input_size, device=device, dtype=DTYPES[dtype]).to(memory_format=memory_format)
 
     def step() -> None:
         with amp_autocast(device, amp):
@@ -90,6 +101,7 @@ def benchmark(
         'compile': compile_model,
         'fused': fused,
         'amp': amp,
+        'dtype': dtype,
         'steps': steps,
         'images_per_second': steps * batch_size / elapsed,
         'ms_per_batch': 1000 * elapsed / steps,
@@ -101,12 +113,14 @@ def benchmark(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `timm-hrnet benchmark`."""
     parser.add_argument('--model', required=True, help='timm name or mmpretrain HRNet name')
-    parser.add_argument('--batch-size', type=positive_int, default=32)
+    parser.add_argument('--batch-size', type=positive_int, default=32, help='images per forward pass')
     parser.add_argument('--img-size', type=image_size, help='square input size; default: from the pretrained cfg')
-    parser.add_argument('--channels-last', action='store_true')
+    parser.add_argument('--channels-last', action='store_true', help='run in channels_last memory format')
     parser.add_argument('--compile', action='store_true', help='torch.compile the model')
     parser.add_argument('--fused', action='store_true', help='use timm_hrnet.optimize_for_inference (BN folding)')
     parser.add_argument('--amp', action='store_true', help='autocast: float16 on CUDA, bfloat16 on CPU')
+    parser.add_argument('--dtype', choices=list(DTYPES), default='float32',
+                        help='cast the model and input (e.g. bfloat16 with --fused: fused kernels in bf16 on CPU)')
     parser.add_argument('--device', help='default: cuda when available, else cpu')
     parser.add_argument('--steps', type=positive_int, default=20, help='timed forward passes (after 5 warm-up passes)')
     parser.add_argument('--json', action='store_true', help='print the result as JSON')
@@ -117,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = benchmark(
             args.model, batch_size=args.batch_size, img_size=args.img_size, channels_last=args.channels_last,
-            compile_model=args.compile, fused=args.fused, amp=args.amp, device=args.device, steps=args.steps,
+            compile_model=args.compile, fused=args.fused, amp=args.amp, dtype=args.dtype, device=args.device,
+            steps=args.steps,
         )
     except ValueError as error:  # the model refusing the input
         raise CliError(f'{args.model} cannot run on this input: {error}') from error

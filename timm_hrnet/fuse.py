@@ -1,24 +1,30 @@
 """Inference-only HRNet: BatchNorm folded into the convolutions and a leaner exchange unit, with identical outputs.
 
 `optimize_for_inference` copies a model and rewrites it from the outside (module surgery):
-* every BatchNorm is folded into the convolution before it (the conv gets a bias) and disappears,
+* every BatchNorm is folded into the convolution before it (in float32, then cast once to the requested dtype),
 * conv -> BN (-> ReLU) containers and nested path chains become flat `ConvAct`/`ConvChain` units,
-* on CPU in eager float32 those units run oneDNN's fused kernels: conv + bias + ReLU, and conv + residual add
-  (+ ReLU) in one pass, so the residual blocks and the exchange unit run no separate add or ReLU passes;
-  elsewhere (CUDA, TorchScript, tracing/ONNX export, torch.compile, autocast, input gradients) they run the plain
-  ops, in place where the tensor is fresh,
-* the exchange unit sums every path into one buffer: nearest upsampling by an integer factor is a broadcast add
-  into a strided view (no upsampled temporary), the upsampled paths of one target are summed coarse-to-fine at low
-  resolution first, and the strided paths add straight into the buffer from their last conv, the last with ReLU;
-  bilinear exchange units (segmentation) resize each path to the target as the original does,
+* on CPU in eager float32 and bfloat16 (where the CPU has bf16 instructions) those units run oneDNN's fused
+  kernels: conv + bias + ReLU, and conv + residual add (+ ReLU) in one pass, with the weights packed once into
+  oneDNN's blocked layout for a channels-last model; elsewhere (CUDA, TorchScript, tracing/export, torch.compile,
+  autocast, input gradients) they run the plain ops,
+* residual blocks write their sum into the shortcut (the block input, an intermediate nothing else reads), so a
+  branch runs in one buffer, as torch.compile arranges it,
+* the exchange unit sums every path into one buffer per target: the upsampled paths of one target are summed
+  coarse-to-fine at low resolution (nearest upsampling by integer factors composes), and the strided paths add
+  straight into the buffer from their last conv, the last with ReLU; bilinear exchange units (segmentation), and
+  any export, resize each path to the target as the original does, so exported graphs hold no sizes,
 * the task models work too: the pose model's single-output last module, the segmentation head's conv -> BN -> ReLU
   -> conv (`last_layer`, folded like any such Sequential),
+* optionally (`branch_widths`) the branches of stages 2-4 are zero-padded to widths GPU tensor cores prefer,
 * dropout goes, parameters stop requiring gradients, gradient checkpointing is switched off.
 The result refuses training: `.train()` and a forward pass in training mode raise a RuntimeError.
 """
 from __future__ import annotations
 
 import copy
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -50,27 +56,49 @@ class InferenceOnlyMixin:
         return super().train(False)  # type: ignore[misc]
 
 
-class InferenceOnlyHRNet(InferenceOnlyMixin, HRNet):
+# per thread, while a fused model runs: whether its convs may run oneDNN's fused kernels (decided once per call:
+# every conv sees the same context and an input of the same kind); None otherwise, then each conv decides itself
+_CALL = threading.local()
+
+
+class InferenceOnlyModel(InferenceOnlyMixin):
+    """A whole fused model: besides refusing training, it decides once per call whether its convs run oneDNN's
+    fused kernels, instead of each of its ~300 convs checking the context between kernels (milliseconds a call)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if (
+            torch.compiler.is_compiling() or getattr(_CALL, 'fusable', None) is not None
+            or not args or not isinstance(args[0], Tensor)
+        ):
+            return super().__call__(*args, **kwargs)  # type: ignore[misc]
+        _CALL.fusable = _onednn_fusable(args[0])
+        try:
+            return super().__call__(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            _CALL.fusable = None
+
+
+class InferenceOnlyHRNet(InferenceOnlyModel, HRNet):
     """A fused HRNet classifier (module level, so that fused models pickle and `torch.save` whole)."""
 
 
-class InferenceOnlyHRNetFeatures(InferenceOnlyMixin, HRNetFeatures):
+class InferenceOnlyHRNetFeatures(InferenceOnlyModel, HRNetFeatures):
     """A fused `features_only` HRNet."""
 
 
-class InferenceOnlyHRNetPose(InferenceOnlyMixin, HRNetPose):
+class InferenceOnlyHRNetPose(InferenceOnlyModel, HRNetPose):
     """A fused pose model."""
 
 
-class InferenceOnlyHRNetSeg(InferenceOnlyMixin, HRNetSeg):
+class InferenceOnlyHRNetSeg(InferenceOnlyModel, HRNetSeg):
     """A fused segmentation model."""
 
 
-class InferenceOnlyFeatureGetterNet(InferenceOnlyMixin, FeatureGetterNet):
+class InferenceOnlyFeatureGetterNet(InferenceOnlyModel, FeatureGetterNet):
     """A fused HRNet in timm's `feature_cls='getter'` wrapper."""
 
 
-class InferenceOnlyFeatureHookNet(InferenceOnlyMixin, FeatureHookNet):
+class InferenceOnlyFeatureHookNet(InferenceOnlyModel, FeatureHookNet):
     """A fused HRNet in timm's `feature_cls='hook'` wrapper."""
 
 
@@ -85,14 +113,15 @@ _INFERENCE_ONLY_CLASSES: dict[type, type] = {
 
 
 def _inference_only_class(cls: type) -> type:
-    """A subclass of `cls` whose `.train()` refuses training (one per class, so isinstance checks still hold).
+    """A subclass of `cls` that refuses training and runs as `InferenceOnlyModel` (one per class, so isinstance
+    checks still hold).
 
     Unknown classes (e.g. a user's subclass) get one made on the fly; those models work but do not pickle.
     """
     if issubclass(cls, InferenceOnlyMixin):
         return cls
     if cls not in _INFERENCE_ONLY_CLASSES:
-        _INFERENCE_ONLY_CLASSES[cls] = type(f'InferenceOnly{cls.__name__}', (InferenceOnlyMixin, cls), {})
+        _INFERENCE_ONLY_CLASSES[cls] = type(f'InferenceOnly{cls.__name__}', (InferenceOnlyModel, cls), {})
     return _INFERENCE_ONLY_CLASSES[cls]
 
 
@@ -102,32 +131,51 @@ def is_inference_optimized(model: nn.Module) -> bool:
 
 
 def _fold(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
-    """`conv` with the eval-mode `norm` after it folded into its weight and (new) bias; changes `conv` in place."""
+    """`conv` with the eval-mode `norm` after it folded into its weight and (new) bias; changes `conv` in place.
+
+    The folding runs in at least float32 and rounds once to the conv's dtype, so a half-precision model gets no
+    extra rounding from it (a float32 model cast to bfloat16 afterwards is rounded only by that cast).
+    """
     if norm.running_mean is None or norm.running_var is None:
         raise ValueError('cannot fold a BatchNorm without running statistics (track_running_stats=False)')
-    conv.weight, conv.bias = fuse_conv_bn_weights(
-        conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias,
+    dtype = conv.weight.dtype
+    compute = torch.promote_types(dtype, torch.float32)
+
+    def wide(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t.detach().to(compute)
+
+    weight, bias = fuse_conv_bn_weights(
+        wide(conv.weight), wide(conv.bias), wide(norm.running_mean), wide(norm.running_var), norm.eps,
+        wide(norm.weight), wide(norm.bias),
     )
+    conv.weight = nn.Parameter(weight.to(dtype), requires_grad=False)
+    conv.bias = nn.Parameter(bias.to(dtype), requires_grad=False)
     return conv
 
 
-# a private torch op (stable since torch 2.1); without it the plain ops run, with the same results
-_HAS_ONEDNN_POINTWISE = hasattr(torch.ops.mkldnn, '_convolution_pointwise')
+# private torch ops (stable since torch 2.1); without them the plain ops run, with the same results
+_ONEDNN = hasattr(torch.ops.mkldnn, '_convolution_pointwise') and torch.backends.mkldnn.is_available()
+# bfloat16 only where the CPU has bf16 instructions (AVX512-BF16, AMX): oneDNN's emulation is slower than plain ops
+_ONEDNN_DTYPES = (torch.float32, torch.bfloat16) if _ONEDNN and torch.ops.mkldnn._is_mkldnn_bf16_supported() else (
+    torch.float32,)
 
 
 @torch.jit.unused
-def _onednn_fusable(x: Tensor, weight: Tensor) -> bool:
-    """Whether oneDNN's fused conv kernels may run: eager float32 CPU inference without autocast or autograd.
-
-    The callers check `torch.compiler.is_compiling()` first, so torch.compile traces the plain ops and fuses them.
-    """
+def _onednn_fusable(x: Tensor) -> bool:
+    """Whether oneDNN's fused conv kernels may run on `x`: eager float32/bfloat16 CPU inference, no autocast or
+    autograd; torch.compile and tracing see the plain ops (inductor fuses them itself)."""
     return (
-        x.device.type == 'cpu' and x.dtype == torch.float32 and weight.dtype == torch.float32
-        and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-        and _HAS_ONEDNN_POINTWISE
-        and not torch.jit.is_tracing()
-        and not torch.is_autocast_enabled('cpu') and not (torch.is_grad_enabled() and x.requires_grad)
+        _ONEDNN and x.is_cpu and x.dtype in _ONEDNN_DTYPES and not (x.requires_grad and torch.is_grad_enabled())
+        and torch.backends.mkldnn.enabled and not torch.jit.is_tracing() and not torch.is_autocast_enabled('cpu')
+        and not torch.compiler.is_compiling()
     )
+
+
+@torch.jit.unused
+def _exporting() -> bool:
+    """Whether a graph is being recorded for export (torch.jit.trace, either ONNX exporter, torch.export), where
+    only shape-agnostic ops may run: Python arithmetic on sizes would be baked into the graph as constants."""
+    return torch.jit.is_tracing() or torch.compiler.is_exporting()
 
 
 def _strictly_channels_last(x: Tensor) -> bool:
@@ -138,8 +186,15 @@ class ConvAct(nn.Module):
     """A BN-folded conv with an optional ReLU, which can also add its output to another tensor before the ReLU.
 
     `run(x, other, inplace, relu)` computes relu?(conv(x) + other); with `inplace` the result is written into
-    `other`. In eager float32 on CPU this is one oneDNN kernel (post-ops: sum, ReLU).
+    `other`. In eager float32/bfloat16 on CPU this is one oneDNN kernel (post-ops: sum, ReLU); channels-last, that
+    kernel gets the weight already reordered into oneDNN's blocked layout (packed on first use and kept until the
+    weight changes), which saves a reorder of every weight on every call.
     """
+
+    __jit_ignored_attributes__ = ['_pack']
+    # (weight's data_ptr and version), an alias of that weight (keeps its storage, hence its address, in use while
+    # cached) and the packed weight; not state: dropped when pickled or copied, rebuilt on the next call
+    _pack: tuple[tuple[int, int], Tensor, Tensor] | None = None
 
     def __init__(self, conv: nn.Conv2d, relu: bool) -> None:
         super().__init__()
@@ -150,6 +205,15 @@ class ConvAct(nn.Module):
         self.padding: list[int] = list(conv.padding)
         self.stride: list[int] = list(conv.stride)
         self.dilation: list[int] = list(conv.dilation)
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__().copy()
+        state.pop('_pack', None)
+        return state
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> ConvAct:
+        self.__dict__.pop('_pack', None)  # .to(), .cuda(), .bfloat16(): the packed copy is stale
+        return super()._apply(fn, recurse)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.run(x, None, False, self.relu)
@@ -168,21 +232,46 @@ class ConvAct(nn.Module):
 
     @torch.jit.unused
     def _run_eager(self, x: Tensor, other: Tensor | None, inplace: bool, relu: bool) -> Tensor:
-        weight = self.conv.weight
-        if torch.compiler.is_compiling() or not (relu or other is not None) or not _onednn_fusable(x, weight):
+        conv = self.conv
+        weight = conv.weight
+        fusable = getattr(_CALL, 'fusable', None)  # decided by the model's call; None: called on its own
+        if not (_onednn_fusable(x) if fusable is None else fusable) or x.dtype != weight.dtype:
             return self._run_plain(x, other, inplace, relu)
-        if _strictly_channels_last(weight) and not _strictly_channels_last(x):
+        channels_last = _strictly_channels_last(x)
+        if not channels_last and _strictly_channels_last(weight):
             x = x.contiguous(memory_format=torch.channels_last)  # a channels-last model runs channels-last
-        layout = torch.channels_last if _strictly_channels_last(x) else torch.contiguous_format
+            channels_last = _strictly_channels_last(x)
+        if channels_last:
+            weight = self._packed_weight(weight, x)
+        elif other is not None and x.dtype != torch.float32:
+            return self._run_plain(x, other, inplace, relu)  # NCHW, torch adds with _add_relu, which lacks bf16
+        layout = torch.channels_last if channels_last else torch.contiguous_format
         if other is not None and not other.is_contiguous(memory_format=layout):
             return self._run_plain(x, other, inplace, relu)
-        args = (weight, self.conv.bias, self.padding, self.stride, self.dilation, self.conv.groups)
+        args = (weight, conv.bias, self.padding, self.stride, self.dilation, conv.groups)
         if other is None:
-            return torch.ops.mkldnn._convolution_pointwise(x, *args, 'relu', [], '')
+            return torch.ops.mkldnn._convolution_pointwise.default(x, *args, 'relu' if relu else 'none', [], '')
         unary = 'relu' if relu else None
         if inplace:
             return torch.ops.mkldnn._convolution_pointwise_.binary(other, x, *args, 'add', 1.0, unary, [], None)
         return torch.ops.mkldnn._convolution_pointwise.binary(x, other, *args, 'add', 1.0, unary, [], None)
+
+    @torch.jit.unused
+    def _packed_weight(self, weight: Tensor, x: Tensor) -> Tensor:
+        """The weight in oneDNN's blocked layout for inputs like `x` (a different input shape still runs with it).
+
+        Inference tensors (weights converted under torch.inference_mode) carry no version counter, so an in-place
+        change would go unnoticed: those stay unpacked.
+        """
+        try:
+            key = (weight.data_ptr(), weight._version)
+        except RuntimeError:  # an inference tensor
+            return weight
+        if self._pack is None or self._pack[0] != key:
+            packed = torch.ops.mkldnn._reorder_convolution_weight(
+                weight, self.padding, self.stride, self.dilation, self.conv.groups, list(x.shape))
+            self._pack = (key, weight.detach(), packed)
+        return self._pack[2]
 
 
 class ConvChain(nn.Module):
@@ -258,8 +347,19 @@ def _block_conv(conv: nn.Conv2d, norm: nn.BatchNorm2d, relu: bool) -> ConvAct:
     return ConvAct(_fold(conv, norm), relu)
 
 
+def _writable_input(x: Tensor) -> bool:
+    """Whether a residual block may write its sum into its input tensor (the shortcut), as torch.compile does.
+
+    In the fused network every block input is an intermediate that nothing reads after the block (the previous
+    block's or exchange unit's fresh output); accumulating there keeps a branch in one buffer instead of a new one
+    per block. Not while autograd records: the input may be saved for the backward pass.
+    """
+    return not (torch.is_grad_enabled() and x.requires_grad)
+
+
 class InferenceBasicBlock(InferenceOnlyMixin, nn.Module):
-    """BasicBlock with folded BN: relu(conv2(relu(conv1(x))) + shortcut), each conv one fused kernel on CPU."""
+    """BasicBlock with folded BN: relu(conv2(relu(conv1(x))) + shortcut), each conv one fused kernel on CPU; the
+    sum is written into the shortcut, the block input itself when there is no projection (see `_writable_input`)."""
 
     def __init__(self, block: BasicBlock) -> None:
         super().__init__()
@@ -270,12 +370,14 @@ class InferenceBasicBlock(InferenceOnlyMixin, nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.training:
             refuse_training()
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return self.conv2.run(self.conv1(x), shortcut, False, True)
+        if self.downsample is None:
+            return self.conv2.run(self.conv1(x), x, _writable_input(x), True)
+        return self.conv2.run(self.conv1(x), self.downsample(x), True, True)
 
 
 class InferenceBottleneck(InferenceOnlyMixin, nn.Module):
-    """Bottleneck with folded BN: the last conv adds the shortcut and applies ReLU in the same kernel on CPU."""
+    """Bottleneck with folded BN: the last conv adds the shortcut and applies ReLU in the same kernel on CPU, written
+    into the shortcut as in `InferenceBasicBlock`."""
 
     def __init__(self, block: Bottleneck) -> None:
         super().__init__()
@@ -287,47 +389,39 @@ class InferenceBottleneck(InferenceOnlyMixin, nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.training:
             refuse_training()
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return self.conv3.run(self.conv2(self.conv1(x)), shortcut, False, True)
+        if self.downsample is None:
+            return self.conv3.run(self.conv2(self.conv1(x)), x, _writable_input(x), True)
+        return self.conv3.run(self.conv2(self.conv1(x)), self.downsample(x), True, True)
+
+
+def _block_width(block: BasicBlock | Bottleneck) -> int:
+    return (block.conv3 if isinstance(block, Bottleneck) else block.conv2).out_channels
 
 
 def _spatial(x: Tensor) -> list[int]:
     return [x.shape[-2], x.shape[-1]]
 
 
-def _integer_scale(size: list[int], target: list[int]) -> list[int] | None:
-    """Per-axis integer factors when nearest resizing `size` to `target` repeats each pixel, else None."""
-    if target[0] % size[0] == 0 and target[1] % size[1] == 0:
-        return [target[0] // size[0], target[1] // size[1]]
-    return None
+def _nearest(x: Tensor, size: list[int]) -> Tensor:
+    """`x` nearest-resized to `size` (`x` itself when it has that size already)."""
+    if _spatial(x) == size:
+        return x
+    return F.interpolate(x, size=size, mode='nearest')
 
 
-def _add_resized_(dst: Tensor, src: Tensor) -> Tensor:
-    """dst + nearest-resize(src, dst's size), written into dst; integer factors broadcast into a view of dst.
+def _add_nearest_(dst: Tensor, src: Tensor) -> Tensor:
+    """dst + nearest-resize(src, dst's size), written into the fresh `dst`.
 
-    While tracing it returns a new tensor instead: the TorchScript-based ONNX exporter mistranslates in-place
-    writes through views. Callers use the returned tensor.
+    Resizing into a temporary and adding two dense tensors beats a broadcast add into a strided 6-D view of dst
+    (measured 1.5-2x in float32, 2-4x in bfloat16, where the strided add barely vectorizes), and needs no
+    integer-factor shape arithmetic.
     """
-    if src.shape[-2:] == dst.shape[-2:]:
-        return dst.add_(src)
-    scale = _integer_scale(_spatial(src), _spatial(dst))
-    if scale is None:
-        return dst.add_(F.interpolate(src, size=_spatial(dst), mode='nearest'))
-    if torch.jit.is_tracing():
-        return _sum_resized(dst, src)
-    n, c, h, w = src.shape
-    dst.view(n, c, h, scale[0], w, scale[1]).add_(src.view(n, c, h, 1, w, 1))
-    return dst
+    return dst.add_(_nearest(src, _spatial(dst)))
 
 
-def _sum_resized(base: Tensor, src: Tensor) -> Tensor:
-    """A new tensor base + nearest-resize(src, base's size); integer factors broadcast without a resized temporary."""
-    scale = _integer_scale(_spatial(src), _spatial(base))
-    if scale is None:
-        return base + F.interpolate(src, size=_spatial(base), mode='nearest')
-    n, c, h, w = src.shape
-    summed = torch.add(base.view(n, c, h, scale[0], w, scale[1]), src.view(n, c, h, 1, w, 1))
-    return summed.reshape(base.shape)  # a view: the sum is laid out like base
+def _integer_factors(size: list[int], target: list[int]) -> bool:
+    """Whether nearest resizing `size` to `target` repeats each pixel a whole number of times (then resizes compose)."""
+    return target[0] % size[0] == 0 and target[1] % size[1] == 0
 
 
 class InferenceHRModule(InferenceOnlyMixin, nn.Module):
@@ -339,6 +433,10 @@ class InferenceHRModule(InferenceOnlyMixin, nn.Module):
 
     def __init__(self, module: HRModule) -> None:
         super().__init__()
+        # each branch's width; with `narrow` (this module is the network's last and its branches are zero-padded)
+        # the outputs keep only these channels of each branch
+        self.out_channels = [_block_width(branch[-1]) for branch in module.branches]
+        self.narrow = False
         self.branches = nn.ModuleList([_fuse_tree(branch) for branch in module.branches])
         self.fuse_layers = nn.ModuleList([
             nn.ModuleList([_fuse_path(path) for path in paths]) for paths in module.fuse_layers
@@ -348,6 +446,15 @@ class InferenceHRModule(InferenceOnlyMixin, nn.Module):
         self.align_corners = module.align_corners
         self.resize_paths = module.resize_paths
 
+    def _resize_per_path(self) -> bool:
+        """Resize every upsampled path to its target on its own, as the original does: always when bilinear (those
+        resizes do not compose), and while exporting (the coarse-to-fine sum depends on the sizes' divisibility)."""
+        if self.upsample == 'bilinear':
+            return True
+        if torch.jit.is_scripting():
+            return False
+        return _exporting()
+
     def forward(self, xs: list[Tensor]) -> list[Tensor]:
         if self.training:
             refuse_training()
@@ -356,26 +463,35 @@ class InferenceHRModule(InferenceOnlyMixin, nn.Module):
             ys.append(branch(xs[i]))
         if len(self.fuse_layers) == 0:
             return ys
+        per_path = self._resize_per_path()
         out: list[Tensor] = []
         for i, (paths, act) in enumerate(zip(self.fuse_layers, self.fuse_acts)):
-            bilinear = self.upsample == 'bilinear'
             coarse: list[Tensor] = []
             for j, path in enumerate(paths):
                 if j > i:
                     y = path(ys[j])
-                    if bilinear and self.resize_paths[i][j]:  # not composable: each path resized on its own
-                        y = F.interpolate(y, size=_spatial(ys[i]), mode='bilinear', align_corners=self.align_corners)
+                    if per_path and self.resize_paths[i][j]:
+                        y = F.interpolate(
+                            y, size=ys[i].shape[-2:], mode=self.upsample, align_corners=self.align_corners)
                     coarse.append(y)
-            low = _sum_fresh(coarse) if bilinear else _coarse_to_fine_sum(coarse, ys, i)
-            fused: Tensor | None = None if low is None else _sum_resized(ys[i], low)
+            own = ys[i][:, :self.out_channels[i]] if self.narrow else ys[i]
+            fused: Tensor | None = None
+            if per_path:
+                low = _sum_fresh(coarse)
+                if low is not None:
+                    fused = low.add_(own)
+            else:
+                low = _coarse_to_fine_sum(coarse, ys, i)
+                if low is not None:  # ys[i] + low in a fresh buffer: ys[i] still feeds the other targets' paths
+                    fused = _nearest(low, _spatial(ys[i])).add_(own)
             for j, path in enumerate(paths):
                 if j < i:  # the strided paths add into the sum from their last conv, the last one with the ReLU
                     if fused is None:
-                        fused = path.accumulate(ys[j], ys[i], False, j == i - 1)
+                        fused = path.accumulate(ys[j], own, False, j == i - 1)
                     else:
                         fused = path.accumulate(ys[j], fused, True, j == i - 1)
             if fused is None:
-                fused = torch.relu(ys[i])
+                fused = torch.relu(own)
             elif i == 0:
                 fused = torch.relu_(fused)
             out.append(act(fused))
@@ -391,19 +507,20 @@ def _sum_fresh(tensors: list[Tensor]) -> Tensor | None:
 
 
 def _coarse_to_fine_sum(coarse: list[Tensor], ys: list[Tensor], i: int) -> Tensor | None:
-    """Sum of the (fresh) projections of branches i+1, i+2, ... to be nearest-resized into branch i.
+    """Sum of the (fresh) projections of branches i+1, i+2, ..., to be nearest-resized into branch i.
 
-    Nearest upsampling by integer factors composes, so then the projections are summed coarse-to-fine at low
-    resolution and the caller adds the result into branch i once. Otherwise each is resized to branch i on its own.
+    Nearest upsampling by integer factors composes, so then the projections are summed coarse-to-fine, each into
+    the next finer one, and the caller resizes the sum into branch i once. Otherwise each is resized to branch i
+    on its own.
     """
     size = _spatial(ys[i])
     exact = True
     for j in range(i + 1, len(ys)):
-        exact = exact and _integer_scale(_spatial(ys[j]), _spatial(ys[j - 1])) is not None
+        exact = exact and _integer_factors(_spatial(ys[j]), _spatial(ys[j - 1]))
     low: Tensor | None = None
     for k in range(len(coarse) - 1, -1, -1):
-        finer = coarse[k] if exact else F.interpolate(coarse[k], size=size, mode='nearest')
-        low = finer if low is None else _add_resized_(finer, low)
+        finer = coarse[k] if exact else _nearest(coarse[k], size)
+        low = finer if low is None else _add_nearest_(finer, low)
     return low
 
 
@@ -481,31 +598,129 @@ def _fuse_tree(module: nn.Module) -> nn.Module:
     return module
 
 
+def _pad_conv(unit: ConvAct, in_channels: int, out_channels: int) -> None:
+    """Grow `unit`'s conv to `in_channels` inputs and `out_channels` outputs with zero weights and zero bias: the
+    added outputs are exactly 0 (also after ReLU), and the added inputs, themselves 0, contribute nothing."""
+    conv = unit.conv
+    weight, bias = conv.weight, conv.bias
+    out_old, in_old = weight.shape[:2]
+    if in_channels < in_old or out_channels < out_old:
+        raise ValueError(f'branch_widths must not narrow the branches: a conv with {in_old} -> {out_old} channels '
+                         f'cannot become {in_channels} -> {out_channels}')
+    if (in_old, out_old) == (in_channels, out_channels):
+        return
+    if conv.groups != 1:
+        raise ValueError(f'cannot pad a grouped convolution: {conv}')
+    padded = weight.new_zeros(out_channels, in_channels, *weight.shape[2:])
+    padded[:out_old, :in_old] = weight
+    padded_bias = bias.new_zeros(out_channels)
+    padded_bias[:out_old] = bias
+    conv.weight = nn.Parameter(padded, requires_grad=False)
+    conv.bias = nn.Parameter(padded_bias, requires_grad=False)
+    conv.in_channels, conv.out_channels = in_channels, out_channels
+
+
+def _path_steps(path: nn.Module) -> list[ConvAct]:
+    """The convs of a transition or exchange-unit path, in order."""
+    if isinstance(path, ConvAct):
+        return [path]
+    if isinstance(path, ConvChain):
+        return list(path.steps)
+    if isinstance(path, nn.Identity):
+        return []
+    raise ValueError(f'cannot pad this path: {type(path).__name__}')
+
+
+def _pad_path(path: nn.Module, in_channels: int, out_channels: int) -> None:
+    """Pad a path from one branch to another; its inner steps keep the source branch's width."""
+    steps = _path_steps(path)
+    for k, step in enumerate(steps):
+        _pad_conv(step, in_channels, out_channels if k == len(steps) - 1 else in_channels)
+
+
+def _pad_module(module: InferenceHRModule, widths: list[int], last: bool) -> None:
+    """Pad the branches of a fused HRModule to `widths`. The network's last module outputs the original widths, so
+    heads, features and feature hooks see what the original computes."""
+    for i, branch in enumerate(module.branches):
+        for block in branch:
+            if not isinstance(block, InferenceBasicBlock) or block.downsample is not None:
+                raise ValueError('branch_widths needs stages of basic blocks without projection shortcuts')
+            _pad_conv(block.conv1, widths[i], widths[i])
+            _pad_conv(block.conv2, widths[i], widths[i])
+    for i, paths in enumerate(module.fuse_layers):
+        for j, path in enumerate(paths):
+            _pad_path(path, widths[j], module.out_channels[i] if last else widths[i])
+    module.narrow = last
+
+
+def _pad_branches(model: nn.Module, widths: list[int]) -> None:
+    """Zero-pad the branches of stages 2-4 to `widths` (see `optimize_for_inference`)."""
+    names = ('transition1', 'stage2', 'transition2', 'stage3', 'transition3', 'stage4')
+    trunk = next((m for m in model.modules() if all(hasattr(m, name) for name in names)), None)
+    stages = [] if trunk is None else [list(getattr(trunk, f'stage{s}').children()) for s in (2, 3, 4)]
+    if not all(stages) or not all(isinstance(m, InferenceHRModule) for stage in stages for m in stage):
+        raise ValueError('branch_widths needs a model with its multi-resolution stages (not pruned away)')
+    if len(widths) < len(stages[-1][0].branches):
+        raise ValueError(f'branch_widths needs {len(stages[-1][0].branches)} widths, got {len(widths)}')
+    padded_inputs = False  # transition1 reads stage 1's output, which keeps its width
+    for t, stage in enumerate(stages):
+        transition = getattr(trunk, f'transition{t + 1}')
+        for i, path in enumerate(transition):
+            steps = _path_steps(path)
+            if steps:  # from branch i, or for a new branch from the last one
+                source = min(i, transition.num_inputs - 1)
+                _pad_path(path, widths[source] if padded_inputs else steps[0].conv.in_channels, widths[i])
+        for m, module in enumerate(stage):
+            _pad_module(module, widths, last=t == len(stages) - 1 and m == len(stage) - 1)
+        padded_inputs = True
+
+
 def _remaining_batchnorms(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
-def optimize_for_inference(model: nn.Module, channels_last: bool = False, inplace: bool = False) -> nn.Module:
+def optimize_for_inference(
+        model: nn.Module,
+        channels_last: bool = False,
+        inplace: bool = False,
+        dtype: torch.dtype | None = None,
+        branch_widths: Sequence[int] | None = None,
+) -> nn.Module:
     """A fused, inference-only copy of an HRNet (classifier, features_only model, timm feature wrapper, pose or
     segmentation model).
 
     Outputs match the eval-mode original up to float rounding. The input model is left untouched unless
     `inplace` (which saves a copy of the weights; the original must not be used afterwards). With `channels_last`
-    the weights are stored NHWC, which makes oneDNN/cuDNN run the whole network channels-last.
+    the weights are stored NHWC, which makes oneDNN/cuDNN run the whole network channels-last (recommended). With
+    `dtype` (e.g. torch.bfloat16) the fused model is cast to it after folding, so it takes and returns tensors of
+    that dtype, and its weights are rounded once, from the float32 folding.
+
+    `branch_widths` (e.g. (24, 48, 96, 192) for a W18 model) zero-pads the channels of the branches inside stages
+    2-4 to these widths, for GPUs whose tensor cores idle at narrow widths like 18 and 36 (on CPU it only adds
+    work). The outputs stay the same: the padded weights and biases are zero, so the padded channels stay exactly
+    zero and contribute nothing, and the last exchange unit computes the original widths again.
     """
-    fused = (model if inplace else copy.deepcopy(model)).eval()
-    if hasattr(fused, 'set_grad_checkpointing'):
-        fused.set_grad_checkpointing(False)
-    fused = _fuse_tree(fused)
-    leftover = _remaining_batchnorms(fused)
-    if leftover:
-        raise ValueError(
-            f'optimize_for_inference could not fold these BatchNorm layers of a {type(model).__name__}: '
-            f'{", ".join(leftover)} (only HRNet structures are supported)'
-        )
-    for param in fused.parameters():
-        param.requires_grad_(False)
-    if channels_last:
-        fused = fused.to(memory_format=torch.channels_last)
+    if dtype is not None and not dtype.is_floating_point:
+        raise ValueError(f'dtype must be a floating-point dtype, got {dtype}')
+    # normal tensors even when called under torch.inference_mode: the packed weights watch their version counters
+    with torch.inference_mode(False):
+        fused = (model if inplace else copy.deepcopy(model)).eval()
+        if hasattr(fused, 'set_grad_checkpointing'):
+            fused.set_grad_checkpointing(False)
+        fused = _fuse_tree(fused)
+        leftover = _remaining_batchnorms(fused)
+        if leftover:
+            raise ValueError(
+                f'optimize_for_inference could not fold these BatchNorm layers of a {type(model).__name__}: '
+                f'{", ".join(leftover)} (only HRNet structures are supported)'
+            )
+        if branch_widths is not None:
+            _pad_branches(fused, list(branch_widths))
+        for param in fused.parameters():
+            param.requires_grad_(False)
+        if dtype is not None:
+            fused = fused.to(dtype)
+        if channels_last:
+            fused = fused.to(memory_format=torch.channels_last)
     fused.__class__ = _inference_only_class(type(fused))
     return fused.eval()
