@@ -33,7 +33,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import timm_hrnet  # noqa: F401  (registers our hrnet_* entrypoints in timm)
 
-VARIANTS = ('timm', 'ours', 'ours_checkpointing')
+VARIANTS = ('timm', 'ours', 'ours_checkpointing', 'ours_selective')
 
 
 def parse_args() -> argparse.Namespace:
@@ -61,7 +61,9 @@ def build_models(name: str, device: torch.device, memory_format: torch.memory_fo
     builtin.load_state_dict(ours.state_dict())
     checkpointed = copy.deepcopy(ours)
     checkpointed.set_grad_checkpointing(True)
-    models = {'timm': builtin, 'ours': ours, 'ours_checkpointing': checkpointed}
+    selective = copy.deepcopy(ours)
+    selective.set_grad_checkpointing(True, selective=True)
+    models = {'timm': builtin, 'ours': ours, 'ours_checkpointing': checkpointed, 'ours_selective': selective}
     return {variant: model.to(device, memory_format=memory_format).train() for variant, model in models.items()}
 
 

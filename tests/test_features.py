@@ -227,13 +227,15 @@ def test_too_small_input_is_rejected() -> None:
         model(torch.randn(1, 3, 31, 64))
 
 
+@pytest.mark.parametrize('selective', [False, True], ids=['full', 'selective'])
 @pytest.mark.parametrize('location', ['incre', ''])
-def test_grad_checkpointing_same_outputs_grads_and_bn_stats(location: str) -> None:
+def test_grad_checkpointing_same_outputs_grads_and_bn_stats(location: str, selective: bool) -> None:
     torch.manual_seed(0)
     plain = timm.create_model(NAME, features_only=True, feature_location=location).train()
     checkpointed = copy.deepcopy(plain)
-    checkpointed.set_grad_checkpointing(True)
-    assert all(stage.grad_checkpointing for stage in (checkpointed.stage2, checkpointed.stage3, checkpointed.stage4))
+    checkpointed.set_grad_checkpointing(True, selective=selective)
+    stages = (checkpointed.stage2, checkpointed.stage3, checkpointed.stage4)
+    assert all(stage.grad_checkpointing and stage.selective_recompute == selective for stage in stages)
     x = torch.randn(2, 3, 64, 64)
     results = []
     for model in (plain, checkpointed):

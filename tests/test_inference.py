@@ -208,7 +208,8 @@ def test_local_dir_model_loads_with_and_without_checkpoint(tmp_path: Path) -> No
     saved = timm.create_model('hrnet_w18_small', num_classes=3, pretrained_cfg_overlay=SMALL_INPUT).eval()
     timm.models.save_for_hf(saved, tmp_path / 'repo', safe_serialization=True)
     loaded = load_model(f'local-dir:{tmp_path / "repo"}')
-    assert loaded.num_classes == 3 and loaded.pretrained_cfg['input_size'] == SMALL_INPUT['input_size']
+    assert loaded.num_classes == 3
+    assert tuple(loaded.pretrained_cfg['input_size']) == SMALL_INPUT['input_size']  # config.json gives a list
     for key, value in saved.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)
 

@@ -171,11 +171,16 @@ def _onednn_fusable(x: Tensor) -> bool:
     )
 
 
+# torch < 2.7 has no is_exporting; torch.export then traces through the compiler, so compiling stands in for it
+# (under torch.compile the shape-agnostic path then runs too: same results, inductor fuses it either way)
+_is_exporting = getattr(torch.compiler, 'is_exporting', torch.compiler.is_compiling)
+
+
 @torch.jit.unused
 def _exporting() -> bool:
     """Whether a graph is being recorded for export (torch.jit.trace, either ONNX exporter, torch.export), where
     only shape-agnostic ops may run: Python arithmetic on sizes would be baked into the graph as constants."""
-    return torch.jit.is_tracing() or torch.compiler.is_exporting()
+    return torch.jit.is_tracing() or _is_exporting()
 
 
 def _strictly_channels_last(x: Tensor) -> bool:

@@ -9,7 +9,8 @@ Beyond the reference implementations this model
 * accepts any input size of at least 32x32 (branches are fused by resizing to the target branch's actual size),
 * supports output strides 16 and 8 (the low-resolution branches keep their resolution and dilate instead),
 * has stochastic depth (`drop_path_rate`) in its residual blocks,
-* recomputes activations under gradient checkpointing without updating BatchNorm statistics twice,
+* recomputes activations under gradient checkpointing without updating BatchNorm statistics twice, either all of
+  them or (`selective=True`) only the cheap ones, keeping the convolution outputs,
 * gives features through `features_only=True`, `forward_intermediates` and timm's feature wrappers.
 """
 import contextlib
@@ -18,15 +19,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath
+from timm.layers import DropPath, create_classifier
 from timm.models import FeatureInfo, build_model_with_cfg, register_notrace_function
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from .convert import canonicalize_on_load, checkpoint_filter_fn
 from .pretrained_cfgs import default_cfgs
 from .registration import register_hrnet
-from .timm_compat import create_classifier, feature_take_indices, pretrained_cfg_for_features
+from .timm_compat import feature_take_indices, pretrained_cfg_for_features
 from .variants import HRNetSpec, StageSpec, resolve_variant
 
 __all__ = ['HRNet', 'HRNetFeatures', 'HRNetTrunk', 'HRModule', 'MIN_INPUT_SIZE', 'HEAD_CHANNELS', 'default_cfgs']
@@ -253,12 +254,44 @@ def frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
                 m.num_batches_tracked.copy_(steps)
 
 
-def checkpointed(module: nn.Module, *args: Any, fn: Callable[..., Any] | None = None) -> Any:
-    """Run `module` (or `fn`, a method of it) without keeping its activations: they are recomputed in backward."""
+def keep_costly_convolution_outputs(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:
+    """Selective checkpointing policy: keep what the convolutions computed, except 1x1 expansions, and redo the rest.
+
+    BatchNorm, ReLU, additions and resizes are cheap to redo. The 1x1 convolutions that widen a bottleneck
+    (64 -> 256 channels in the stage-1 layer, the head's incre modules) are cheap too, but their wide outputs would
+    be a quarter of what is kept.
+    """
+    if op is torch.ops.aten.convolution.default:
+        weight = args[1]
+        expands = weight.shape[-2:] == (1, 1) and weight.shape[0] > weight.shape[1]
+        return CheckpointPolicy.PREFER_RECOMPUTE if expands else CheckpointPolicy.MUST_SAVE
+    return CheckpointPolicy.PREFER_RECOMPUTE
+
+
+@contextlib.contextmanager
+def entered(*managers: contextlib.AbstractContextManager[Any]) -> Iterator[None]:
+    with contextlib.ExitStack() as stack:
+        for manager in managers:
+            stack.enter_context(manager)
+        yield
+
+
+def checkpoint_contexts(module: nn.Module, selective: bool) -> tuple[Any, Any]:
+    """The (forward, recompute) contexts: BatchNorm statistics frozen while recomputing; with `selective` the
+    convolution outputs the policy keeps come from the forward pass instead of being recomputed."""
+    if not selective:
+        return contextlib.nullcontext(), frozen_batchnorm_stats(module)
+    forward, recompute = create_selective_checkpoint_contexts(keep_costly_convolution_outputs)
+    return forward, entered(frozen_batchnorm_stats(module), recompute)  # the stats are saved outside the cache
+
+
+def checkpointed(module: nn.Module, *args: Any, fn: Callable[..., Any] | None = None, selective: bool = False) -> Any:
+    """Run `module` (or `fn`, a method of it) without keeping its activations: they are recomputed in backward.
+
+    With `selective` most convolution outputs are kept and only what follows them is recomputed.
+    """
     return checkpoint(
-        fn or module, *args, use_reentrant=False,
-        context_fn=lambda: (contextlib.nullcontext(), frozen_batchnorm_stats(module)),
-    )
+        fn or module, *args, use_reentrant=False, context_fn=lambda: checkpoint_contexts(module, selective))
 
 
 class Stage(nn.Sequential):
@@ -267,11 +300,12 @@ class Stage(nn.Sequential):
     def __init__(self, modules: list[HRModule]) -> None:
         super().__init__(*modules)
         self.grad_checkpointing = False
+        self.selective_recompute = False
 
     def forward(self, xs: list[Tensor]) -> list[Tensor]:
         for module in self:
             if self.grad_checkpointing and not torch.jit.is_scripting():
-                xs = checkpointed(module, xs)
+                xs = checkpointed(module, xs, selective=self.selective_recompute)
             else:
                 xs = module(xs)
         return xs
@@ -365,6 +399,7 @@ class HRNetTrunk(nn.Module):
         self.output_stride = output_stride
         self.drop_path_rate = drop_path_rate
         self.grad_checkpointing = False
+        self.selective_recompute = False
         res = Resolutions(output_stride)
         rates = iter(drop_path_schedule(spec, drop_path_rate))
 
@@ -401,11 +436,20 @@ class HRNetTrunk(nn.Module):
                 nn.init.zeros_(m.bias)
 
     @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
+    def set_grad_checkpointing(self, enable: bool = True, selective: bool = False) -> None:
+        """Recompute activations in backward instead of keeping them, trading step time for memory.
+
+        By default each segment (stem conv, residual block, HR module, head bottleneck) keeps only its input and is
+        recomputed whole. `selective=True` keeps the convolution outputs (all but the 1x1 expansions) and recomputes
+        BatchNorm, ReLU, the additions and resizes, over larger segments (stem conv 2 with the stage-1 layer as
+        one): about half the step memory for far less extra time (see benchmarks/README.md).
+        """
         self.grad_checkpointing = enable
+        self.selective_recompute = enable and selective
         for stage in (self.stage2, self.stage3, self.stage4):
             if isinstance(stage, Stage):
                 stage.grad_checkpointing = enable
+                stage.selective_recompute = self.selective_recompute
 
     def _stem1(self, x: Tensor) -> Tensor:
         return self.act1(self.bn1(self.conv1(x)))
@@ -416,21 +460,23 @@ class HRNetTrunk(nn.Module):
     def forward_stem(self, x: Tensor) -> Tensor:
         """The stride-2 stem output (feature index 0)."""
         check_input(x, self.in_chans, self.min_input_size)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpointed(self.bn1, x, fn=self._stem1)
+        if self.grad_checkpointing and not self.selective_recompute and not torch.jit.is_scripting():
+            return checkpointed(self.bn1, x, fn=self._stem1)  # selective: nothing to gain on one conv + BN + ReLU
         return self._stem1(x)
+
+    def _stem2_and_layer1(self, x: Tensor) -> Tensor:
+        return self.layer1(self._stem2(x))
 
     def forward_branches(self, x: Tensor) -> list[Tensor]:
         """From the stride-2 stem output to the branch outputs of the last stage."""
-        if self.grad_checkpointing and not torch.jit.is_scripting():
+        if self.selective_recompute and not torch.jit.is_scripting():
+            x = checkpointed(self, x, fn=self._stem2_and_layer1, selective=True)
+        elif self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpointed(self.bn2, x, fn=self._stem2)
-        else:
-            x = self._stem2(x)
-        for block in self.layer1:
-            if self.grad_checkpointing and not torch.jit.is_scripting():
+            for block in self.layer1:
                 x = checkpointed(block, x)
-            else:
-                x = block(x)
+        else:
+            x = self._stem2_and_layer1(x)
         xs = self.stage2(self.transition1([x]))
         xs = self.stage3(self.transition2(xs))
         return self.stage4(self.transition3(xs))
@@ -542,7 +588,7 @@ class HRNet(HRNetTrunk):
         for i, incre in enumerate(self.incre_modules):
             if i < count:
                 if self.grad_checkpointing and not torch.jit.is_scripting():
-                    out.append(checkpointed(incre, xs[i]))
+                    out.append(checkpointed(incre, xs[i], selective=self.selective_recompute))
                 else:
                     out.append(incre(xs[i]))
         return out

@@ -67,6 +67,9 @@ class UnreadableImageError(ValueError):
         self.reason = reason
 
 
+MODEL_SOURCES = ('hf-hub', 'local-dir')  # the prefixes timm.create_model resolves
+
+
 def _known_hrnet_names() -> list[str]:
     """Names offered as suggestions: every HRNet architecture, every `architecture.tag`, every mmpretrain name."""
     return timm.list_models('hrnet*') + timm.list_models('hrnet*', pretrained=True) + list(MMPRETRAIN_NAMES)
@@ -79,12 +82,15 @@ def resolve_model_name(name: str) -> str:
     """
     if name in MMPRETRAIN_NAMES:
         return MMPRETRAIN_NAMES[name]
-    try:
-        source, _ = timm.models.parse_model_name(name)
-    except ValueError as error:  # an unknown source prefix, or a path or repo id without one
-        raise UnknownModelError(str(error)) from error
-    if source is not None:
+    source, has_source, _ = name.partition(':')
+    if has_source:
+        if source not in MODEL_SOURCES:
+            raise UnknownModelError(
+                f'Unknown model source {source!r} in {name!r}; use hf-hub:ORG/REPO or local-dir:DIR')
         return name
+    if '/' in name:
+        raise UnknownModelError(f'{name!r} is not a model name; a Hub repo is written hf-hub:{name}, '
+                                f'a local directory local-dir:{name}')
     architecture, _, tag = name.partition('.')
     if timm.is_model(architecture) and (not tag or name in timm.list_pretrained(name)):
         return name

@@ -12,15 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import timm
-import torch
-from timm.layers import create_classifier as _timm_create_classifier
 from torch import nn
 
 __all__ = [
     'feature_take_indices', 'pretrained_cfg_for_features', 'take_indices_fallback', 'features_cfg_fallback',
-    'create_classifier', 'FeatureGetterNet', 'FeatureHookNet', 'FeatureDictNet', 'registry_tables',
+    'FeatureGetterNet', 'FeatureHookNet', 'FeatureDictNet', 'registry_tables',
     'save_config_for_hf',
 ]
+
 
 def take_indices_fallback(num_features: int, indices: int | list[int] | tuple[int, ...] | None = None,
                           ) -> tuple[list[int], int]:
@@ -66,17 +65,6 @@ except ImportError:
 
     class FeatureGetterNet(nn.Module):  # type: ignore[no-redef]
         """Stands in where timm has no FeatureGetterNet: there are then no such wrappers to optimize."""
-
-
-def create_classifier(num_features: int, num_classes: int, pool_type: str,
-                      device: torch.device | str | None = None,
-                      dtype: torch.dtype | None = None) -> tuple[nn.Module, nn.Module]:
-    """timm's pooling + classifier pair, created on `device` in `dtype` (older timm: created, then moved)."""
-    try:
-        return _timm_create_classifier(num_features, num_classes, pool_type=pool_type, device=device, dtype=dtype)
-    except TypeError:  # timm < 1.0.20 has no factory kwargs here
-        pool, fc = _timm_create_classifier(num_features, num_classes, pool_type=pool_type)
-        return pool.to(device=device, dtype=dtype), fc.to(device=device, dtype=dtype)
 
 
 _REGISTRY_TABLES = ('_model_entrypoints', '_model_to_module', '_module_to_models', '_model_with_tags',

@@ -12,9 +12,8 @@ import json
 import sys
 from collections.abc import Sequence
 
-from timm_hrnet import benchmark
 from timm_hrnet.inference import UnreadableImageError, build_eval_transform, inference_model, load_rgb_image
-from timm_hrnet.tools import model_table, task_cli, validate
+from timm_hrnet.tools import benchmark, model_table, task_cli, validate
 from timm_hrnet.tools.cli_common import (
     CliError,
     HelpFormatter,
