@@ -1,6 +1,7 @@
 """Small utilities shared by the test modules."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import timm
@@ -34,3 +35,21 @@ def features_model(weights_file: Path, name: str = 'hrnet_w18_small', **kwargs) 
     """A features model loaded with a classifier's saved weights (the pruned head's weights are dropped)."""
     overlay = dict(file=str(weights_file))
     return timm.create_model(name, pretrained=True, features_only=True, pretrained_cfg_overlay=overlay, **kwargs).eval()
+
+
+def assert_checkpointing_exact(plain: nn.Module, x: torch.Tensor, selective: bool) -> None:
+    """A training step under gradient checkpointing gives the same output, gradients and BatchNorm statistics."""
+    checkpointed = copy.deepcopy(plain).train()
+    checkpointed.set_grad_checkpointing(True, selective=selective)
+    outputs = []
+    for model in (plain.train(), checkpointed):
+        out = model(x)
+        out.square().mean().backward()
+        outputs.append(out)
+    assert torch.equal(outputs[0], outputs[1])
+    grads = {name: param.grad for name, param in checkpointed.named_parameters()}
+    for name, param in plain.named_parameters():
+        assert torch.equal(param.grad, grads[name]), name
+    buffers = dict(checkpointed.named_buffers())
+    for name, buffer in plain.named_buffers():
+        assert torch.equal(buffer, buffers[name]), name

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
-from helpers import relative_diff
+from helpers import assert_checkpointing_exact, relative_diff
 from PIL import Image
 from task_reference import official_extra, official_forward, official_shapes, random_checkpoint, tiny_extra
 
@@ -250,6 +250,12 @@ def test_optimize_for_inference() -> None:
     assert type(fused).__name__ == 'InferenceOnlyHRNetPose'
     with pytest.raises(RuntimeError, match='inference-only'):
         fused.train()
+
+
+@pytest.mark.parametrize('selective', [False, True], ids=['full', 'selective'])
+def test_gradient_checkpointing_is_exact(tiny_checkpoint: dict, selective: bool) -> None:
+    """The pose trunk ends in a single-output module; checkpointing it changes nothing but memory."""
+    assert_checkpointing_exact(create_pose_model(tiny_checkpoint), torch.randn(2, 3, 64, 48), selective)
 
 
 def test_training_step_and_task_config(tiny_checkpoint: dict) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import relative_diff
+from helpers import assert_checkpointing_exact, relative_diff
 from PIL import Image
 from task_reference import official_extra, official_forward, official_shapes, random_checkpoint, tiny_extra
 
@@ -141,6 +141,11 @@ def test_wrong_checkpoints_are_named(tiny_checkpoint: dict) -> None:
         unlike[key.replace('branches.3.0.', 'branches.3.1.')] = unlike[key]
     with pytest.raises(ValueError, match='modules of one stage must be alike'):
         create_seg_model(unlike)
+
+
+@pytest.mark.parametrize('selective', [False, True], ids=['full', 'selective'])
+def test_gradient_checkpointing_is_exact(tiny_checkpoint: dict, selective: bool) -> None:
+    assert_checkpointing_exact(create_seg_model(tiny_checkpoint), torch.randn(2, 3, 64, 80), selective)
 
 
 def test_fine_tuning_classes(tiny_checkpoint: dict) -> None:
