@@ -35,6 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import timm_hrnet  # noqa: F401  (registers our hrnet_* entrypoints in timm)
 from timm_hrnet.fuse import optimize_for_inference
+from timm_hrnet.tools.benchmark import DTYPES
 
 VARIANTS = (
     'timm_eager', 'timm_channels_last', 'timm_compile', 'timm_compile_cudagraphs',
@@ -47,7 +48,6 @@ BASELINES = ('timm_compile', 'timm_compile_cudagraphs')  # the built-in's compil
 # zero-padded branches (branch_widths) feed GPU tensor cores better; on CPU they only add work, so not by default
 CPU_DEFAULT = tuple(v for v in VARIANTS if v not in CUDA_ONLY and 'padded' not in v)
 QUICK_VARIANTS = tuple(v for v in CPU_DEFAULT if 'compile' not in v)
-DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
 
 @dataclass

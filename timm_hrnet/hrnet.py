@@ -235,13 +235,14 @@ class HRModule(nn.Module):
 
 
 @contextlib.contextmanager
-def frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
-    """Keep BatchNorm running stats unchanged while a checkpointed segment is recomputed.
+def frozen_batchnorm_stats(modules: tuple[nn.Module, ...]) -> Iterator[None]:
+    """Keep the running stats of the BatchNorms in `modules` unchanged while a checkpointed segment is recomputed.
 
     Momentum 0 makes the running-average update a no-op without changing what is saved for backward (which
     checkpointing verifies); the step counter is put back afterwards.
     """
-    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    norms = [m for module in modules for m in module.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
     for m in norms:
         m.momentum = 0.0
@@ -276,22 +277,25 @@ def entered(*managers: contextlib.AbstractContextManager[Any]) -> Iterator[None]
         yield
 
 
-def checkpoint_contexts(module: nn.Module, selective: bool) -> tuple[Any, Any]:
+def checkpoint_contexts(modules: tuple[nn.Module, ...], selective: bool) -> tuple[Any, Any]:
     """The (forward, recompute) contexts: BatchNorm statistics frozen while recomputing; with `selective` the
     convolution outputs the policy keeps come from the forward pass instead of being recomputed."""
     if not selective:
-        return contextlib.nullcontext(), frozen_batchnorm_stats(module)
+        return contextlib.nullcontext(), frozen_batchnorm_stats(modules)
     forward, recompute = create_selective_checkpoint_contexts(keep_costly_convolution_outputs)
-    return forward, entered(frozen_batchnorm_stats(module), recompute)  # the stats are saved outside the cache
+    return forward, entered(frozen_batchnorm_stats(modules), recompute)  # the stats are saved outside the cache
 
 
-def checkpointed(module: nn.Module, *args: Any, fn: Callable[..., Any] | None = None, selective: bool = False) -> Any:
-    """Run `module` (or `fn`, a method of it) without keeping its activations: they are recomputed in backward.
+def checkpointed(
+        fn: Callable[..., Any], *args: Any, selective: bool = False, modules: tuple[nn.Module, ...] | None = None,
+) -> Any:
+    """Run `fn` without keeping its activations: they are recomputed in backward.
 
-    With `selective` most convolution outputs are kept and only what follows them is recomputed.
+    `modules` are those `fn` runs (default: `fn` itself, a module); their BatchNorm statistics stay put while
+    recomputing. With `selective` most convolution outputs are kept and only what follows them is recomputed.
     """
-    return checkpoint(
-        fn or module, *args, use_reentrant=False, context_fn=lambda: checkpoint_contexts(module, selective))
+    owners = modules if modules is not None else (fn,)
+    return checkpoint(fn, *args, use_reentrant=False, context_fn=lambda: checkpoint_contexts(owners, selective))
 
 
 class Stage(nn.Sequential):
@@ -461,7 +465,7 @@ class HRNetTrunk(nn.Module):
         """The stride-2 stem output (feature index 0)."""
         check_input(x, self.in_chans, self.min_input_size)
         if self.grad_checkpointing and not self.selective_recompute and not torch.jit.is_scripting():
-            return checkpointed(self.bn1, x, fn=self._stem1)  # selective: nothing to gain on one conv + BN + ReLU
+            return checkpointed(self._stem1, x, modules=(self.bn1,))  # selective: nothing to gain on conv+BN+ReLU
         return self._stem1(x)
 
     def _stem2_and_layer1(self, x: Tensor) -> Tensor:
@@ -470,9 +474,9 @@ class HRNetTrunk(nn.Module):
     def forward_branches(self, x: Tensor) -> list[Tensor]:
         """From the stride-2 stem output to the branch outputs of the last stage."""
         if self.selective_recompute and not torch.jit.is_scripting():
-            x = checkpointed(self, x, fn=self._stem2_and_layer1, selective=True)
+            x = checkpointed(self._stem2_and_layer1, x, selective=True, modules=(self.bn2, self.layer1))
         elif self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpointed(self.bn2, x, fn=self._stem2)
+            x = checkpointed(self._stem2, x, modules=(self.bn2,))
             for block in self.layer1:
                 x = checkpointed(block, x)
         else:
