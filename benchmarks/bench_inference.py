@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import timm_hrnet  # noqa: F401  (registers our hrnet_* entrypoints in timm)
-from timm_hrnet.fuse import optimize_for_inference
+from timm_hrnet.fused import optimize_for_inference
 from timm_hrnet.tools.benchmark import DTYPES
 
 VARIANTS = (

@@ -9,15 +9,18 @@ from __future__ import annotations
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id as _hf_validate_repo_id
 
-__all__ = ['CLASSIFICATION', 'INTERPOLATIONS', 'SOURCES', 'TASKS', 'TASK_ARCHITECTURES', 'TASK_METRICS',
-           'TASK_SOURCES', 'validate_repo_id', 'validate_repo_name']
+__all__ = ['CLASSIFICATION', 'INTERPOLATIONS', 'SOURCES', 'TASKS', 'TASK_ARCHITECTURES', 'TASK_LAYOUTS',
+           'TASK_METRICS', 'TASK_SOURCES', 'validate_repo_id', 'validate_repo_name']
 
-SOURCES = ('auto', 'canonical', 'official', 'timm', 'mmpretrain')  # 'auto' + timm_hrnet.convert.LAYOUT_NAMES
+# 'auto' + timm_hrnet.checkpoints.LAYOUT_NAMES
+SOURCES = ('auto', 'canonical', 'official', 'timm', 'mmpretrain', 'mmpose', 'mmseg')
 INTERPOLATIONS = ('bilinear', 'bicubic', 'nearest', 'box', 'hamming', 'lanczos')  # timm.data.transforms' names
-CLASSIFICATION = 'classification'  # timm_hrnet.task_checkpoints' names of what a checkpoint is
+CLASSIFICATION = 'classification'  # timm_hrnet.checkpoints' names of what a checkpoint is
 TASK_ARCHITECTURES = {'pose': 'hrnet_pose', 'segmentation': 'hrnet_seg'}  # config.json 'architecture' of task repos
 TASKS = (CLASSIFICATION, *TASK_ARCHITECTURES)
-TASK_SOURCES = ('auto', 'official')  # task checkpoints come in the official layout only (mmpose / mmseg are refused)
+# the layouts a task checkpoint comes in, as repos record them: 'official' is the canonical layout of the releases
+TASK_LAYOUTS = {'pose': ('official', 'mmpose'), 'segmentation': ('official', 'mmseg')}
+TASK_SOURCES = ('auto', 'official', 'mmpose', 'mmseg')
 # the results a task repo's card may state (percentages): COCO keypoint AP / AR, MPII PCKh@0.5; mean IoU
 TASK_METRICS = {'pose': ('AP', 'AP50', 'AP75', 'APm', 'APl', 'AR', 'PCKh'), 'segmentation': ('mIoU',)}
 

@@ -312,7 +312,7 @@ def test_predict_runs_on_the_resolved_device(
     checkpoint: str, image_paths: list[Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     """Without --device the model goes to the default device (CUDA when available), not wherever it was built."""
-    from timm_hrnet.inference import resolve_device
+    from timm_hrnet.classification import resolve_device
     from timm_hrnet.tools import cli
 
     devices = []

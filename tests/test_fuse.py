@@ -12,8 +12,7 @@ from helpers import randomize_batchnorm
 from torch import nn
 
 import timm_hrnet  # noqa: F401  (registers our hrnet_* entrypoints)
-from timm_hrnet import fuse
-from timm_hrnet.fuse import ConvAct, is_inference_optimized, optimize_for_inference
+from timm_hrnet.fused import ConvAct, is_inference_optimized, optimize_for_inference
 from timm_hrnet.variants import VARIANTS
 
 SMALL = 'hrnet_w18_small'
@@ -245,7 +244,7 @@ def test_fast_path_is_decided_per_model_call(small_pair: tuple[nn.Module, nn.Mod
     model, fused = small_pair
     with pytest.raises(ValueError, match='expects 3 input channels'):
         fused(torch.randn(1, 1, 64, 64))
-    assert getattr(fuse._CALL, 'fusable', None) is None  # a failed call leaves no decision behind
+    assert fused.call_state.fusable is None  # a failed call leaves no decision behind
     x = torch.randn(1, 3, 64, 64)
     with torch.autocast('cpu', dtype=torch.bfloat16):  # the call after it still sees its own context
         assert fused(x).dtype == torch.bfloat16

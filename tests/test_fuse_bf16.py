@@ -15,7 +15,7 @@ from helpers import randomize_batchnorm
 from torch import Tensor, nn
 
 import timm_hrnet  # noqa: F401  (registers our hrnet_* entrypoints)
-from timm_hrnet.fuse import ConvAct, optimize_for_inference
+from timm_hrnet.fused import ConvAct, optimize_for_inference
 
 SMALL = 'hrnet_w18_small'
 BF16 = torch.bfloat16

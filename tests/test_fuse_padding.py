@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 import timm_hrnet  # noqa: F401  (registers our hrnet_* entrypoints)
 from timm_hrnet import create_pose_model, create_seg_model
-from timm_hrnet.fuse import ConvAct, optimize_for_inference
+from timm_hrnet.fused import ConvAct, optimize_for_inference
 
 WIDTHS = (24, 48, 96, 192)  # hrnet_w18_small's branches are 16, 32, 64, 128 wide
 

@@ -12,7 +12,7 @@ from PIL import Image
 from timm.data import ImageNetInfo, create_transform, resolve_data_config
 
 import timm_hrnet  # noqa: F401  (registers our hrnet_* entrypoints with timm)
-from timm_hrnet.inference import (
+from timm_hrnet.classification import (
     MMPRETRAIN_NAMES,
     UnknownModelError,
     UnreadableImageError,

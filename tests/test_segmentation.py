@@ -15,9 +15,9 @@ from PIL import Image
 from task_reference import official_extra, official_forward, official_shapes, random_checkpoint, tiny_extra
 
 from timm_hrnet import VARIANTS, HRNetSeg, create_seg_model, optimize_for_inference
+from timm_hrnet.checkpoints import SEGMENTATION, read_architecture, read_checkpoint
 from timm_hrnet.hrnet import HRNetTrunk
-from timm_hrnet.task_checkpoints import SEGMENTATION, read_architecture, read_task_checkpoint
-from timm_hrnet.task_data import SEG_DATASETS
+from timm_hrnet.tasks.datasets import SEG_DATASETS
 
 pytestmark = pytest.mark.usefixtures('single_torch_thread')
 
@@ -91,9 +91,10 @@ def test_released_configurations(num_classes: int) -> None:
     shapes = official_shapes(official_extra(48, seg=True), 'seg', num_classes)
     meta_checkpoint = {f'model.{k}': torch.empty(s, device='meta') for k, s in shapes.items()}
     meta_checkpoint['loss.criterion.weight'] = torch.empty(num_classes, device='meta')  # as the official files
-    loaded = read_task_checkpoint(meta_checkpoint)
-    assert loaded.dropped == ['loss.criterion.weight'] and 'conv1.weight' in loaded.state_dict
-    arch = read_architecture(loaded.state_dict, SEGMENTATION)
+    loaded = read_checkpoint(meta_checkpoint)
+    assert loaded.dropped == ('loss.criterion.weight',) and 'conv1.weight' in loaded.state_dict
+    assert loaded.task == SEGMENTATION and loaded.architecture == read_architecture(loaded.state_dict, SEGMENTATION)
+    arch = loaded.architecture
     assert arch.spec == dataclasses.replace(VARIANTS['hrnet_w48'], upsample='bilinear')
     assert (arch.in_chans, arch.num_outputs, arch.final_conv_kernel) == (3, num_classes, 1)
     model = HRNetSeg(arch.spec, num_classes, device='meta')
@@ -134,8 +135,10 @@ def test_wrong_checkpoints_are_named(tiny_checkpoint: dict) -> None:
     with pytest.raises(ValueError, match='classification checkpoint'):
         create_seg_model(classifier)
     mmseg = {'backbone.conv1.weight': torch.zeros(1), 'decode_head.conv_seg.weight': torch.zeros(1)}
-    with pytest.raises(ValueError, match='OpenMMLab'):
+    with pytest.raises(ValueError, match='conv1.weight has shape'):  # mmseg's layout, read as such, named
         create_seg_model(mmseg)
+    with pytest.raises(ValueError, match='OCRNet'):
+        create_seg_model({'backbone.conv1.weight': torch.zeros(1), 'decode_head.0.conv_seg.weight': torch.zeros(1)})
     unlike = dict(tiny_checkpoint)
     for key in [k for k in unlike if k.startswith('stage4.1.branches.3.0.')]:
         unlike[key.replace('branches.3.0.', 'branches.3.1.')] = unlike[key]

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 from task_reference import official_shapes, random_checkpoint, tiny_extra
 
-from timm_hrnet.task_images import colorize_labels, draw_pose, overlay_labels, to_pil
+from timm_hrnet.images import to_pil
+from timm_hrnet.tasks.drawing import colorize_labels, draw_pose, overlay_labels
 from timm_hrnet.tools.cli_common import CliError
 from timm_hrnet.tools.task_cli import add_pose_parser, add_segment_parser
 

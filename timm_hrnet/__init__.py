@@ -1,11 +1,10 @@
 """HRNet as first-class timm models: `import timm_hrnet` registers hrnet_* with timm, replacing the built-in ones."""
-from .fuse import is_inference_optimized, optimize_for_inference
+from .classification import get_model, inference_model, load_model
+from .fused import is_inference_optimized, optimize_for_inference
 from .hrnet import HRNet, HRNetFeatures
-from .inference import get_model, inference_model, load_model
 from .necks import HRNetDetectionBackbone, HRNetV2, HRNetV2p, hrnet_detection_backbone
-from .pose import HRNetPose, create_pose_model
 from .pretrained_cfgs import published_results
-from .segmentation import HRNetSeg, create_seg_model
+from .tasks import HRNetPose, HRNetSeg, create_pose_model, create_seg_model
 from .variants import VARIANTS, HRNetSpec, StageSpec
 
 __all__ = [

@@ -1,6 +1,6 @@
-"""Convert released HRNet checkpoints into the canonical (official / timm) state dict layout.
+"""Convert released HRNet classification checkpoints into the canonical (official / timm) state dict of a variant.
 
-Two layouts exist in the wild:
+Two classification layouts exist in the wild (`timm_hrnet.checkpoints.layouts` has them all, task ones included):
 
 * ``canonical``: the official HRNet-Image-Classification release and timm's hub weights (``conv1.*``,
   ``stage4.*``, ``incre_modules.*``, ``downsamp_modules.*``, ``final_layer.*``, ``classifier.*``).
@@ -8,27 +8,36 @@ Two layouts exist in the wild:
   ``neck.0.*`` and ``head.fc.*``). Its neck convs carry no bias (it is folded into the following BatchNorm), so zero
   biases are filled in when the target variant has them.
 
-The expected keys and shapes always come from the model itself, built on the meta device, so the converter follows the
-architecture instead of duplicating it.
+Files are read by `timm_hrnet.checkpoints.read_checkpoint`; the expected keys and shapes always come from the model
+itself, built on the meta device, so the converter follows the architecture instead of duplicating it.
 """
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import logging
 import os
-import pickle
 import re
 from collections.abc import Callable, Mapping
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import timm
 import torch
-from timm.models import clean_state_dict
+
+from .checkpoints import (
+    CANONICAL,
+    LAYOUT_NAMES,
+    MMPRETRAIN,
+    Checkpoint,
+    CheckpointMismatchError,
+    load_checkpoint_file,
+    read_checkpoint,
+    to_canonical_keys,
+    unwrap_state_dict,
+)
+from .checkpoints import detect_layout as _detect
+from .variants import VARIANTS
 
 __all__ = [
     'CANONICAL',
@@ -41,143 +50,29 @@ __all__ = [
     'convert_state_dict',
     'checkpoint_filter_fn',
     'canonicalize_on_load',
+    'fitting_variant',
+    'mismatch_summary',
 ]
 
 _logger = logging.getLogger(__name__)
 
-CANONICAL = 'canonical'
-MMPRETRAIN = 'mmpretrain'
-# user facing source names -> layout; the official release and timm's hub weights share the canonical layout
-LAYOUT_NAMES = {'canonical': CANONICAL, 'official': CANONICAL, 'timm': CANONICAL, 'mmpretrain': MMPRETRAIN}
-
-PICKLE_SUFFIXES = ('.pth', '.pt', '.bin', '.ckpt', '.tar')
-# wrapper keys of training checkpoints, most preferred first (EMA weights first, as timm's load_checkpoint does)
-_WRAPPER_KEYS = ('state_dict_ema', 'model_ema', 'state_dict', 'model')
-
-_CANONICAL_ROOTS = frozenset({
-    'conv1', 'bn1', 'conv2', 'bn2', 'layer1', 'transition1', 'transition2', 'transition3', 'stage2', 'stage3',
-    'stage4', 'incre_modules', 'downsamp_modules', 'final_layer', 'classifier',
-})
-_MMPRETRAIN_ROOTS = frozenset({'backbone', 'neck', 'head'})
-
-_MMPRETRAIN_RENAMES = (
-    (re.compile(r'^backbone\.'), ''),
-    (re.compile(r'^neck\.0\.increase_layers\.'), 'incre_modules.'),
-    (re.compile(r'^neck\.0\.downsample_layers\.(\d+)\.conv\.'), r'downsamp_modules.\1.0.'),
-    (re.compile(r'^neck\.0\.downsample_layers\.(\d+)\.bn\.'), r'downsamp_modules.\1.1.'),
-    (re.compile(r'^neck\.0\.final_layer\.conv\.'), 'final_layer.0.'),
-    (re.compile(r'^neck\.0\.final_layer\.bn\.'), 'final_layer.1.'),
-    (re.compile(r'^head\.fc\.'), 'classifier.'),
-)
+_CLASSIFICATION_LAYOUTS = (CANONICAL, MMPRETRAIN)
 # convs followed by BatchNorm in the classification neck: mmpretrain stores them without bias
 _FOLDED_BIAS = re.compile(r'^(downsamp_modules\.\d+\.0|final_layer\.0)\.bias$')
 _BN_COUNTER = '.num_batches_tracked'
 
 
-class CheckpointMismatchError(ValueError):
-    """A checkpoint does not fit the target model; every offending key is listed by name."""
-
-    def __init__(
-            self,
-            model_name: str,
-            source: str,
-            missing: list[str],
-            unexpected: list[str],
-            mismatched: dict[str, tuple[tuple[int, ...], tuple[int, ...]]],
-            hint: str = '(pass allow_partial=True to keep only the matching tensors)',
-    ) -> None:
-        self.model_name = model_name
-        self.source = source
-        self.missing = missing
-        self.unexpected = unexpected
-        self.mismatched = mismatched
-        lines = [f'{source} does not fit {model_name}:']
-        if missing:
-            lines.append(f'  missing keys ({len(missing)}): ' + ', '.join(missing))
-        if unexpected:
-            lines.append(f'  unexpected (unmapped) keys ({len(unexpected)}): ' + ', '.join(unexpected))
-        for key, (got, want) in mismatched.items():
-            lines.append(f'  shape mismatch for {key}: checkpoint {list(got)} vs model {list(want)}')
-        lines.append(f'  {hint}')
-        super().__init__('\n'.join(lines))
-
-
-def _describe(source: Any) -> str:
-    return f"'{source}'" if isinstance(source, (str, os.PathLike)) else 'state dict'
-
-
-def _unwrap(checkpoint: Any, source: str) -> dict[str, torch.Tensor]:
-    """Find the tensor mapping inside a training checkpoint and strip DDP / torch.compile prefixes."""
-    if not isinstance(checkpoint, Mapping):
-        raise ValueError(f'{source} holds a {type(checkpoint).__name__}, not a state dict')
-    for key in _WRAPPER_KEYS:
-        if isinstance(checkpoint.get(key), Mapping):
-            checkpoint = checkpoint[key]
-            break
-    not_tensors = [k for k, v in checkpoint.items() if not isinstance(v, torch.Tensor)]
-    if not_tensors or not checkpoint:
-        raise ValueError(
-            f'{source} is not a state dict of tensors (no {"/".join(_WRAPPER_KEYS)} entry found); '
-            f'non-tensor entries: {", ".join(map(str, not_tensors[:10])) or "none, it is empty"}'
-        )
-    return clean_state_dict(dict(checkpoint))
-
-
-def load_checkpoint_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a checkpoint without executing pickled code: safetensors, or torch.load(weights_only=True)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: '{path}'")
-    if path.suffix == '.safetensors':
-        try:
-            checkpoint = safetensors.torch.load_file(path, device='cpu')
-        except Exception as e:  # safetensors raises its own SafetensorError for corrupt headers
-            raise ValueError(f"'{path}' is not a readable safetensors file: {e}") from e
-    elif path.suffix in PICKLE_SUFFIXES:
-        try:
-            # timm training checkpoints keep their argparse.Namespace 'args'; allowing it executes no code
-            with torch.serialization.safe_globals([argparse.Namespace]):
-                checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-        except pickle.UnpicklingError as e:
-            try:
-                unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-            except (ValueError, RuntimeError) as not_torch:
-                raise ValueError(f"'{path}' is not a readable PyTorch checkpoint: {not_torch}") from e
-            raise ValueError(
-                f"refusing to load '{path}': the pickle needs more than torch.load(weights_only=True) allows "
-                f"(it references {', '.join(unsafe) or 'arbitrary Python objects'}); only load trusted files "
-                f"with weights_only=False yourself, then save their state dict as .safetensors"
-            ) from e
-        except (RuntimeError, EOFError, OSError) as e:
-            raise ValueError(f"'{path}' is not a readable PyTorch checkpoint: {e}") from e
-    else:
-        raise ValueError(
-            f"unsupported checkpoint extension '{path.suffix}' for '{path}'; expected .safetensors or one of "
-            f"{', '.join(PICKLE_SUFFIXES)}"
-        )
-    return _unwrap(checkpoint, f"'{path}'")
-
-
-def _guess_layout(state_dict: Mapping[str, Any]) -> str | None:
-    roots = [key.split('.', 1)[0] for key in clean_state_dict(dict(state_dict))]
-    canonical = sum(root in _CANONICAL_ROOTS for root in roots)
-    mmpretrain = sum(root in _MMPRETRAIN_ROOTS for root in roots)
-    if not canonical and not mmpretrain:
+def _layout_name(state_dict: Mapping[str, Any]) -> str | None:
+    try:
+        return _detect(state_dict).name
+    except ValueError:
         return None
-    return MMPRETRAIN if mmpretrain > canonical else CANONICAL
 
 
 def detect_layout(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """Tell which release layout a state dict uses: 'canonical' (official / timm) or 'mmpretrain'."""
-    layout = _guess_layout(state_dict)
-    if layout is None:
-        sample = ', '.join(list(state_dict)[:5]) or 'none, the state dict is empty'
-        raise ValueError(
-            'unknown checkpoint layout: no key starts with a canonical HRNet module '
-            f'({", ".join(sorted(_CANONICAL_ROOTS))}) or an mmpretrain one (backbone., neck., head.); '
-            f'first keys: {sample}'
-        )
-    return layout
+    """Tell which release layout a state dict uses: 'canonical' (official / timm) or 'mmpretrain' (also 'mmpose' and
+    'mmseg' for those task checkpoints)."""
+    return _detect(unwrap_state_dict(state_dict, 'state dict')).name
 
 
 def resolve_layout(name: str) -> str:
@@ -187,29 +82,6 @@ def resolve_layout(name: str) -> str:
         hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ''
         raise ValueError(f"unknown checkpoint layout '{name}', expected auto or one of {', '.join(LAYOUT_NAMES)}{hint}")
     return LAYOUT_NAMES[name]
-
-
-def _rename_mmpretrain(key: str) -> str | None:
-    for pattern, replacement in _MMPRETRAIN_RENAMES:
-        renamed, count = pattern.subn(replacement, key)
-        if count:
-            return renamed
-    return None
-
-
-def _to_canonical_keys(
-        state_dict: Mapping[str, torch.Tensor], layout: str) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Rename keys to the canonical layout; returns the renamed dict and the source keys that map nowhere."""
-    if layout == CANONICAL:
-        return dict(state_dict), []
-    renamed, unmapped = {}, []
-    for key, value in state_dict.items():
-        new_key = _rename_mmpretrain(key)
-        if new_key is None:
-            unmapped.append(key)
-        else:
-            renamed[new_key] = value
-    return renamed, unmapped
 
 
 def _shapes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Size, torch.dtype]]:
@@ -257,35 +129,36 @@ def _shape_mismatches(
 
 
 def convert_state_dict(
-        source: Mapping[str, torch.Tensor] | str | os.PathLike,
+        source: Checkpoint | Mapping[str, torch.Tensor] | str | os.PathLike,
         model_name: str,
         layout: str = 'auto',
         allow_partial: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Turn a checkpoint (path or state dict) of any known layout into a float32 canonical state dict for a variant.
+    """Turn a classification checkpoint (`Checkpoint`, path, URL or state dict) of either layout into a float32
+    canonical state dict for a variant.
 
     Raises CheckpointMismatchError naming every missing, unmapped or mis-shaped key unless ``allow_partial``, in which
-    case only the matching tensors are returned. A classifier with another class count is kept as is.
+    case only the matching tensors are returned. A classifier with another class count is kept as is. ``layout``
+    other than 'auto' asserts the layout the file must be in.
     """
-    description = _describe(source)
-    if isinstance(source, (str, os.PathLike)):
-        state_dict = load_checkpoint_file(source)
-    else:
-        state_dict = _unwrap(source, description)
-    layout = detect_layout(state_dict) if layout == 'auto' else resolve_layout(layout)
+    checkpoint = read_checkpoint(source)
+    if layout != 'auto' and resolve_layout(layout) != checkpoint.layout.name:
+        raise ValueError(f'{checkpoint.source} is in the {checkpoint.layout.name} layout, not {layout}')
+    if checkpoint.layout.name not in _CLASSIFICATION_LAYOUTS:
+        raise ValueError(f'{checkpoint.source} is an {checkpoint.layout.name} {checkpoint.task} checkpoint, not a '
+                         'classifier: load it with timm_hrnet.create_pose_model / create_seg_model')
     expected, classifier = _model_layout(model_name)
-
-    converted, unmapped = _to_canonical_keys(state_dict, layout)
-    if layout == MMPRETRAIN:
+    converted = dict(checkpoint.state_dict)
+    if checkpoint.layout.name == MMPRETRAIN:
         _fill_zeros(converted, expected, _FOLDED_BIAS.match)
     # older checkpoints predate BatchNorm's counter, which never affects outputs
     _fill_zeros(converted, expected, lambda key: key.endswith(_BN_COUNTER))
 
     missing = [k for k in expected if k not in converted]
-    unexpected = unmapped + [k for k in converted if k not in expected]
+    unexpected = [k for k in converted if k not in expected]
     mismatched = _shape_mismatches(converted, expected, classifier)
     if missing or unexpected or mismatched:
-        error = CheckpointMismatchError(model_name, description, missing, unexpected, mismatched)
+        error = CheckpointMismatchError(model_name, checkpoint.source, missing, unexpected, mismatched)
         if not allow_partial:
             raise error
         _logger.warning('Partial conversion, these tensors are left out or absent. %s', error)
@@ -299,9 +172,9 @@ def convert_state_dict(
 
 def _rename_foreign(state_dict: dict, model: torch.nn.Module) -> dict:
     """Rename an mmpretrain dict to canonical keys (bias-free neck convs get zero biases); others pass through."""
-    if _guess_layout(state_dict) != MMPRETRAIN:
+    if _layout_name(state_dict) != MMPRETRAIN:
         return state_dict
-    converted, unmapped = _to_canonical_keys(state_dict, MMPRETRAIN)
+    converted, unmapped = to_canonical_keys(state_dict, MMPRETRAIN)
     expected = _shapes(model.state_dict())
     _fill_zeros(converted, expected, _FOLDED_BIAS.match)
     converted.update({key: state_dict[key] for key in unmapped})  # left for load_state_dict to report by name
@@ -317,7 +190,7 @@ def checkpoint_filter_fn(state_dict: dict, model: torch.nn.Module) -> dict:
     model) are dropped; the classifier is left to timm, which re-initialises it for another class count and adapts
     the first conv for other input channels.
     """
-    state_dict = _rename_foreign(_unwrap(state_dict, 'pretrained state dict'), model)
+    state_dict = _rename_foreign(unwrap_state_dict(state_dict, 'pretrained state dict'), model)
     own = model.state_dict()
     expected = _shapes(own)
     _fill_zeros(state_dict, expected, lambda key: key.endswith(_BN_COUNTER))
@@ -341,8 +214,46 @@ def canonicalize_on_load(module: torch.nn.Module, state_dict: dict, prefix: str,
     Only acts on the top-level call so that ``model.load_state_dict(mmpretrain_sd)`` and
     ``timm.create_model(..., checkpoint_path=mmpretrain.pth)`` work; canonical dicts pass through untouched.
     """
-    if prefix or _guess_layout(state_dict) != MMPRETRAIN:
+    if prefix or _layout_name(state_dict) != MMPRETRAIN:
         return
     converted = _rename_foreign(dict(state_dict), module)
     state_dict.clear()
     state_dict.update(converted)
+
+
+def _examples(keys: list[str], count: int = 2) -> str:
+    return ', '.join(keys[:count]) + (', ...' if len(keys) > count else '')
+
+
+def fitting_variant(state_dict: Mapping[str, torch.Tensor], layout: str = 'auto', exclude: str = '') -> str | None:
+    """The first HRNet variant a checkpoint converts to without a mismatch (the likely cause of one), or None."""
+    for variant in VARIANTS:
+        if variant == exclude:
+            continue
+        try:
+            convert_state_dict(state_dict, variant, layout=layout)
+        except ValueError:
+            continue
+        return variant
+    return None
+
+
+def mismatch_summary(error: CheckpointMismatchError, state_dict: Mapping[str, torch.Tensor] | None = None,
+                     layout: str = 'auto', source: str | None = None) -> str:
+    """One line instead of every key name: counts, a couple of names per kind, and the variant it does fit.
+
+    ``state_dict`` (the checkpoint's own) lets it name the variant that fits; ``source`` names the file.
+    """
+    parts = []
+    if error.missing:
+        parts.append(f'{len(error.missing)} missing ({_examples(error.missing)})')
+    if error.unexpected:
+        parts.append(f'{len(error.unexpected)} unexpected ({_examples(error.unexpected)})')
+    if error.mismatched:
+        key, (got, want) = next(iter(error.mismatched.items()))
+        parts.append(f'{len(error.mismatched)} mis-shaped (e.g. {key}: checkpoint {list(got)}, model {list(want)})')
+    summary = f"{source or error.source} does not fit {error.model_name}: {', '.join(parts)} keys"
+    variant = fitting_variant(state_dict, layout, exclude=error.model_name) if state_dict is not None else None
+    if variant is not None:
+        summary += f'; it is a {variant} checkpoint: pass --model {variant}'
+    return summary

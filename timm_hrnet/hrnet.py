@@ -170,6 +170,7 @@ class HRModule(nn.Module):
             align_corners: bool = False,
             multi_scale_output: bool = True,
             drop_path: list[float] | None = None,
+            upsample_by_stride: bool = False,
             **dd: Any,
     ) -> None:
         super().__init__()
@@ -193,6 +194,11 @@ class HRModule(nn.Module):
         # upsampled paths are resized to the target branch's size, unless output_stride made them equal
         self.resize_paths: list[list[bool]] = [
             [j > i and res.strides[j] != res.strides[i] for j in range(n)] for i in range(num_outputs)
+        ]
+        # with `upsample_by_stride` (mmseg), the integer factor a path is upsampled by before its resize; else 0
+        self.stride_factors: list[list[int]] = [
+            [res.strides[j] // res.strides[i] if upsample_by_stride and resize else 0 for j, resize in enumerate(row)]
+            for i, row in enumerate(self.resize_paths)
         ]
 
     @staticmethod
@@ -222,7 +228,7 @@ class HRModule(nn.Module):
             for j, path in enumerate(paths):
                 y = path(ys[j])
                 if resize[j]:
-                    y = F.interpolate(y, size=ys[i].shape[-2:], mode=self.upsample, align_corners=self.align_corners)
+                    y = resize_to(y, ys[i], self.stride_factors[i][j], self.upsample, self.align_corners)
                 if fused is None:
                     fused, owned = y, j != i
                 elif owned:
@@ -232,6 +238,15 @@ class HRModule(nn.Module):
             assert fused is not None
             out.append(act(fused))
         return out
+
+
+def resize_to(y: Tensor, target: Tensor, stride_factor: int, mode: str, align_corners: bool | None) -> Tensor:
+    """An exchange unit's upsampled path `y` at `target`'s size; a non-zero `stride_factor` first scales it by that
+    factor (mmseg's two-step resize)."""
+    if stride_factor:
+        y = F.interpolate(y, size=[y.shape[-2] * stride_factor, y.shape[-1] * stride_factor], mode=mode,
+                          align_corners=align_corners)
+    return F.interpolate(y, size=target.shape[-2:], mode=mode, align_corners=align_corners)
 
 
 @contextlib.contextmanager
@@ -425,8 +440,8 @@ class HRNetTrunk(nn.Module):
             modules = []
             for m in range(stage.num_modules):
                 multi_scale = spec.multi_scale_output or idx < last or m < stage.num_modules - 1
-                modules.append(HRModule(
-                    chs, stage, res, spec.upsample, spec.align_corners, multi_scale, next(rates), **dd))
+                modules.append(HRModule(chs, stage, res, spec.upsample, spec.align_corners, multi_scale, next(rates),
+                                        spec.upsample_by_stride, **dd))
                 chs = [c * BLOCKS[stage.block].expansion for c in stage.channels]
             setattr(self, f'stage{idx + 1}', Stage(modules))
         self.branch_channels = chs if spec.multi_scale_output else chs[:1]

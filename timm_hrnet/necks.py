@@ -37,24 +37,28 @@ def _check_branches(features: Sequence[Tensor], in_channels: Sequence[int], neck
 
 
 class HRNetV2(nn.Module):
-    """Concatenate all branches at the highest resolution (bilinear upsampling, align_corners=False).
+    """Concatenate all branches at the highest resolution (bilinear upsampling).
 
     Parameter free: the following head decides how to mix the `out_channels = sum(in_channels)` channels.
+    `align_corners` is False for the detection and new models; the segmentation models take their training
+    config's.
     """
 
-    def __init__(self, in_channels: Sequence[int]) -> None:
+    def __init__(self, in_channels: Sequence[int], align_corners: bool = False) -> None:
         super().__init__()
         if len(in_channels) < 1:
             raise ValueError('HRNetV2 needs at least one branch')
         self.in_channels = list(in_channels)
         self.out_channels = sum(self.in_channels)
+        self.align_corners = align_corners
 
     def forward(self, features: list[Tensor]) -> Tensor:
-        _check_branches(features, self.in_channels, 'HRNetV2')
+        if not torch.jit.is_scripting():
+            _check_branches(features, self.in_channels, 'HRNetV2')
         size = features[0].shape[-2:]
-        upsampled = [features[0]] + [
-            F.interpolate(f, size=size, mode='bilinear', align_corners=False) for f in features[1:]
-        ]
+        upsampled = [features[0]]
+        for feature in features[1:]:
+            upsampled.append(F.interpolate(feature, size=size, mode='bilinear', align_corners=self.align_corners))
         return torch.cat(upsampled, dim=1)
 
 

@@ -46,6 +46,9 @@ class HRNetSpec:
     upsample: str = 'nearest'  # how the exchange units resize lower-resolution paths: 'nearest' or 'bilinear'
     align_corners: bool = False  # for bilinear upsampling
     multi_scale_output: bool = True  # False: the last module outputs only the highest-resolution branch
+    # mmseg's exchange units upsample by the stride ratio, then resize to the target branch's size: the same as one
+    # resize at input sizes that are multiples of 32, other numbers elsewhere
+    upsample_by_stride: bool = False
 
     def __post_init__(self) -> None:
         branches = [s.num_branches for s in self.stages]

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from timm.data import resolve_data_config
 
-from timm_hrnet.fuse import optimize_for_inference
-from timm_hrnet.inference import UnknownModelError, get_model
+from timm_hrnet.classification import UnknownModelError, get_model
+from timm_hrnet.fused import optimize_for_inference
 from timm_hrnet.tools.cli_common import CliError, amp_autocast, device_or_fail, image_size, positive_int
 
 __all__ = ['add_arguments', 'benchmark', 'run']

@@ -12,8 +12,8 @@ import json
 import sys
 from collections.abc import Sequence
 
-from timm_hrnet.inference import UnreadableImageError, build_eval_transform, inference_model, load_rgb_image
-from timm_hrnet.tools import benchmark, model_table, task_cli, validate
+from timm_hrnet.classification import UnreadableImageError, build_eval_transform, inference_model, load_rgb_image
+from timm_hrnet.tools import benchmark, evaluate, model_table, task_cli, validate
 from timm_hrnet.tools.cli_common import (
     CliError,
     HelpFormatter,
@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
         subparser.set_defaults(handler=module.run)
     task_cli.add_pose_parser(subparsers)
     task_cli.add_segment_parser(subparsers)
+    evaluate.add_pose_parser(subparsers)
+    evaluate.add_seg_parser(subparsers)
     return parser
 
 

@@ -5,20 +5,22 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Mapping
+import os
+from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
-from timm_hrnet.convert import CheckpointMismatchError, convert_state_dict, load_checkpoint_file
+from timm_hrnet.classification import UnknownModelError, load_model, resolve_device
+from timm_hrnet.convert import CheckpointMismatchError, fitting_variant, load_checkpoint_file, mismatch_summary
 from timm_hrnet.download import FetchedFile, resolve_checkpoint
 from timm_hrnet.hrnet import MIN_INPUT_SIZE
-from timm_hrnet.inference import UnknownModelError, load_model, resolve_device
-from timm_hrnet.variants import VARIANTS
 
 __all__ = [
-    'CliError', 'HelpFormatter', 'amp_autocast', 'checkpoint_file', 'crop_fraction', 'device_or_fail',
-    'fitting_variant', 'image_size', 'load_model_or_fail', 'mismatch_summary', 'non_negative_int', 'positive_int',
+    'CliError', 'DistributedContext', 'HelpFormatter', 'amp_autocast', 'checkpoint_file', 'crop_fraction',
+    'device_or_fail', 'fitting_variant', 'image_size', 'init_distributed', 'load_model_or_fail', 'mismatch_summary',
+    'non_negative_int', 'positive_int',
 ]
 
 
@@ -82,6 +84,32 @@ def device_or_fail(device: str | None) -> torch.device:
     return resolved
 
 
+@dataclass
+class DistributedContext:
+    """Where this process runs: its rank, the world size and its device."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_arg: str | None) -> DistributedContext:
+    """Join the `torchrun` process group when launched by it (nccl on GPU, gloo on CPU); otherwise a single rank."""
+    world_size = int(os.environ.get('WORLD_SIZE', '1'))
+    rank = int(os.environ.get('RANK', '0'))
+    device = device_or_fail(device_arg)
+    if world_size > 1:
+        if device.type == 'cuda':
+            device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', '0')))
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend='nccl' if device.type == 'cuda' else 'gloo')
+    return DistributedContext(rank, world_size, device)
+
+
 def amp_autocast(device: torch.device, enabled: bool) -> torch.autocast:
     """Mixed precision for `--amp`: float16 on CUDA, bfloat16 on CPU (where float16 kernels are slow or missing)."""
     return torch.autocast(device.type, dtype=torch.float16 if device.type == 'cuda' else torch.bfloat16,
@@ -92,44 +120,6 @@ def _first_line(error: BaseException) -> str:
     """Loaders (torch, safetensors) sometimes explain over many lines; the first says what is wrong."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
-
-
-def _examples(keys: list[str], count: int = 2) -> str:
-    return ', '.join(keys[:count]) + (', ...' if len(keys) > count else '')
-
-
-def fitting_variant(state_dict: Mapping[str, torch.Tensor], layout: str = 'auto', exclude: str = '') -> str | None:
-    """The first HRNet variant a checkpoint converts to without a mismatch (the likely cause of one), or None."""
-    for variant in VARIANTS:
-        if variant == exclude:
-            continue
-        try:
-            convert_state_dict(state_dict, variant, layout=layout)
-        except ValueError:
-            continue
-        return variant
-    return None
-
-
-def mismatch_summary(error: CheckpointMismatchError, state_dict: Mapping[str, torch.Tensor] | None = None,
-                     layout: str = 'auto', source: str | None = None) -> str:
-    """One line instead of every key name: counts, a couple of names per kind, and the variant it does fit.
-
-    ``state_dict`` (the checkpoint's own) lets it name the variant that fits; ``source`` names the file.
-    """
-    parts = []
-    if error.missing:
-        parts.append(f'{len(error.missing)} missing ({_examples(error.missing)})')
-    if error.unexpected:
-        parts.append(f'{len(error.unexpected)} unexpected ({_examples(error.unexpected)})')
-    if error.mismatched:
-        key, (got, want) = next(iter(error.mismatched.items()))
-        parts.append(f'{len(error.mismatched)} mis-shaped (e.g. {key}: checkpoint {list(got)}, model {list(want)})')
-    summary = f"{source or error.source} does not fit {error.model_name}: {', '.join(parts)} keys"
-    variant = fitting_variant(state_dict, layout, exclude=error.model_name) if state_dict is not None else None
-    if variant is not None:
-        summary += f'; it is a {variant} checkpoint: pass --model {variant}'
-    return summary
 
 
 def checkpoint_file(checkpoint: str, allow_http: bool = False) -> FetchedFile:

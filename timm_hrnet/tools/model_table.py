@@ -5,13 +5,10 @@ from __future__ import annotations
 import argparse
 import fnmatch
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Any
 
 import timm
-import torch
-from torch.utils.flop_counter import FlopCounterMode
 
+from timm_hrnet.complexity import count_params_and_macs
 from timm_hrnet.pretrained_cfgs import published_results
 from timm_hrnet.tools.cli_common import CliError
 from timm_hrnet.variants import VARIANTS
@@ -29,20 +26,6 @@ class ModelRow:
     input_size: str  # the training/default size, and the test size when the published accuracy used another
     top1: float | None
     top5: float | None
-
-
-@lru_cache(maxsize=64)
-def count_params_and_macs(architecture: str, input_size: tuple[int, int, int], **model_kwargs: Any) -> tuple[int, int]:
-    """Parameters and multiply-accumulates of one forward pass, measured on the meta device (no memory, no compute).
-
-    MACs are FlopCounterMode's FLOPs / 2, i.e. convolutions and matmuls; BatchNorm, activations and pooling are not
-    counted, as in the usual published GMAC figures. Cached: counting w64 takes seconds and never changes.
-    """
-    with torch.device('meta'):
-        model = timm.create_model(architecture, **model_kwargs).eval()
-        with FlopCounterMode(display=False) as counter:
-            model(torch.empty(1, *input_size))
-    return sum(p.numel() for p in model.parameters()), counter.get_total_flops() // 2
 
 
 def model_rows(pattern: str = '*', pretrained_only: bool = False) -> list[ModelRow]:

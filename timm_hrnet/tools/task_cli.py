@@ -1,5 +1,9 @@
-"""The `timm-hrnet pose` and `timm-hrnet segment` subcommands: run an official pose / segmentation checkpoint on
-one image, print the result (or JSON with `--json`) and draw it with `--out`.
+"""The `timm-hrnet pose` and `timm-hrnet segment` subcommands: run a pose / segmentation checkpoint on an image, a
+folder of images or a video, print the result (or JSON with `--json`) and draw it with `--out`.
+
+One image: `--out` names the picture to write. A folder or a video: `--out` names a directory that receives the
+annotated images (one per input image, `<name>.png`) or the annotated video (`<stem>.mp4`), plus the results as JSON
+per frame (`<name>.json` per image; `<stem>.jsonl` for a video, one line per frame).
 
 `add_pose_parser(subparsers)` / `add_segment_parser(subparsers)` add the subcommands to an argparse subparsers
 object and store `run_pose` / `run_segment` as `handler`; user errors raise `CliError` (one line, exit code 2).
@@ -13,12 +17,16 @@ from typing import Any
 
 import torch
 
-from timm_hrnet.inference import UnreadableImageError
-from timm_hrnet.pose import create_pose_model
-from timm_hrnet.segmentation import create_seg_model
-from timm_hrnet.task_data import SEG_DATASETS
-from timm_hrnet.task_images import draw_pose, overlay_labels, to_pil
-from timm_hrnet.tools.cli_common import CliError, HelpFormatter, checkpoint_file, device_or_fail
+from timm_hrnet.checkpoints import load_checkpoint_file
+from timm_hrnet.images import UnreadableImageError, to_pil
+from timm_hrnet.tasks.datasets import SEG_DATASETS
+from timm_hrnet.tasks.detection import PersonDetector, person_detector
+from timm_hrnet.tasks.drawing import draw_legend, draw_pose, overlay_labels
+from timm_hrnet.tasks.media import Frame, UnreadableVideoError, is_video, read_frames, video_fps, write_video
+from timm_hrnet.tasks.pipeline import pose_frames, segment_frames
+from timm_hrnet.tasks.pose import HRNetPose, create_pose_model
+from timm_hrnet.tasks.segmentation import HRNetSeg, create_seg_model
+from timm_hrnet.tools.cli_common import CliError, HelpFormatter, checkpoint_file, device_or_fail, positive_int
 
 __all__ = ['add_pose_parser', 'add_segment_parser', 'run_pose', 'run_segment']
 
@@ -43,11 +51,13 @@ def _boolean(text: str) -> bool:
 
 
 def _common_arguments(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument('image', metavar='IMAGE', help='image file')
+    parser.add_argument('image', metavar='SOURCE', help='an image file, a folder of images or a video file')
     parser.add_argument('--checkpoint', required=True,
-                        help=f'official {what} checkpoint (.pth or .safetensors), a path or an https URL')
+                        help=f'{what} checkpoint (official or OpenMMLab; .pth or .safetensors), a path or an https URL')
     parser.add_argument('--allow-http', action='store_true', help='accept a plain http:// checkpoint URL')
-    parser.add_argument('--out', help=f'write the image with the {what} result drawn on it (format from the suffix)')
+    parser.add_argument('--out', help=f'one image: write it with the {what} result drawn on it (format from the '
+                                      'suffix); a folder or video: a directory for the drawn images or video and the '
+                                      'JSON per frame')
     parser.add_argument('--json', action='store_true', help='print JSON instead of text')
     parser.add_argument('--device', help='default: cuda when available, else cpu')
 
@@ -64,6 +74,14 @@ def add_pose_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help='crop size of the model; default: from the checkpoint file name, else 256x192')
     parser.add_argument('--no-flip', action='store_true', help='skip the flip test (twice as fast)')
     parser.add_argument('--threshold', type=float, default=0.3, help='keypoints scoring lower are not drawn')
+    parser.add_argument('--detector', metavar='NAME',
+                        help='find the people with this torchvision detection model first, e.g. '
+                             'fasterrcnn_resnet50_fpn_v2 (its COCO weights, downloaded once by torchvision)')
+    parser.add_argument('--detector-weights', metavar='DEFAULT|none|FILE', default='DEFAULT',
+                        help="the detector's weights: torchvision's default, none (random: for tests), or a state "
+                             'dict file')
+    parser.add_argument('--detector-threshold', type=float, default=0.5, help='person boxes scoring lower are dropped')
+    parser.add_argument('--batch-size', type=positive_int, default=64, help='person crops per forward pass')
     parser.set_defaults(handler=run_pose)
     return parser
 
@@ -110,23 +128,53 @@ def _save(image: Any, path: str) -> None:
         raise CliError(f'cannot write {path}: {error}') from error
 
 
-def run_pose(args: argparse.Namespace) -> int:
-    """Print (and draw) the keypoints of each person box."""
-    if not Path(args.image).is_file():
-        raise CliError(f'image not found: {args.image}')
-    model = _load(create_pose_model, args, input_size=args.input_size)
-    result = _predict(model, args, boxes=args.box, flip_test=False if args.no_flip else None)
+def _person_detector(args: argparse.Namespace, device: torch.device) -> PersonDetector | None:
+    if args.detector is None:
+        return None
+    if args.box:
+        raise CliError('give --box or --detector, not both')
+    weights = args.detector_weights
+    from_file = weights not in ('DEFAULT', 'none')
+    try:
+        detector = person_detector(args.detector, None if from_file or weights == 'none' else weights,
+                                   args.detector_threshold, device)
+        if from_file:
+            detector.model.load_state_dict(load_checkpoint_file(weights))
+    except (OSError, RuntimeError, ValueError) as error:
+        raise CliError(f'cannot build the detector {args.detector}: {str(error).splitlines()[0]}') from error
+    return detector
+
+
+def _people(result: dict[str, Any]) -> list[dict[str, Any]]:
     names = result['keypoint_names']
-    people = [
-        dict(box=[round(v, 2) for v in box],
+    return [
+        dict(box=[round(v, 2) for v in box], box_score=round(box_score, 4),
              keypoints=[dict(name=name, x=round(x, 2), y=round(y, 2), score=round(score, 4))
                         for name, (x, y), score in zip(names, points, scores)])
-        for box, points, scores in zip(result['boxes'].tolist(), result['keypoints'].tolist(),
-                                       result['scores'].tolist())
+        for box, box_score, points, scores in zip(result['boxes'].tolist(), result['box_scores'].tolist(),
+                                                  result['keypoints'].tolist(), result['scores'].tolist())
     ]
+
+
+def _check_source(source: str) -> None:
+    if not Path(source).exists():
+        raise CliError(f'{"video" if is_video(source) else "image"} not found: {source}')
+
+
+def run_pose(args: argparse.Namespace) -> int:
+    """Print (and draw) the keypoints of each person."""
+    _check_source(args.image)
+    model = _load(create_pose_model, args, input_size=args.input_size)
+    detector = _person_detector(args, next(model.parameters()).device)
+    flip = False if args.no_flip else None
+    if Path(args.image).is_dir() or is_video(args.image):
+        frames = pose_frames(model, read_frames(args.image), detector, args.box, flip, crops_per_batch=args.batch_size)
+        return _run_frames(args, model, frames, lambda frame, result: dict(people=_people(result)),
+                           lambda frame, result: _draw_people(model, frame.image, result, args.threshold))
+    result = _predict(model, args, boxes=args.box, flip_test=flip, detector=detector)
+    people = _people(result)
     if args.out:
-        skeleton = model.keypoint_info.skeleton if model.keypoint_info else ()
-        _save(draw_pose(to_pil(args.image), result['keypoints'], result['scores'], skeleton, args.threshold), args.out)
+        _save(_draw_people(model, to_pil(args.image), result, args.threshold), args.out)
     if args.json:
         print(json.dumps(dict(image=args.image, checkpoint=args.checkpoint, input_size=list(model.input_size),
                               people=people, out=args.out), indent=2))
@@ -143,24 +191,41 @@ def run_pose(args: argparse.Namespace) -> int:
     return 0
 
 
+def _draw_people(model: HRNetPose, image: Any, result: dict[str, Any], threshold: float) -> Any:
+    skeleton = model.keypoint_info.skeleton if model.keypoint_info else ()
+    return draw_pose(image, result['keypoints'], result['scores'], skeleton, threshold)
+
+
+def _class_shares(model: HRNetSeg, labels: torch.Tensor) -> list[dict[str, Any]]:
+    counts = torch.bincount(labels.flatten(), minlength=model.num_classes)
+    return [
+        dict(label=label, name=model.class_names[label], fraction=round(count / labels.numel(), 6))
+        for label, count in sorted(enumerate(counts.tolist()), key=lambda item: -item[1]) if count
+    ]
+
+
+def _draw_mask(model: HRNetSeg, image: Any, labels: torch.Tensor, alpha: float) -> Any:
+    return draw_legend(overlay_labels(image, labels, model.palette, alpha), labels, model.class_names, model.palette)
+
+
 def run_segment(args: argparse.Namespace) -> int:
-    """Print the share of each predicted class (and draw the colour mask)."""
-    if not Path(args.image).is_file():
-        raise CliError(f'image not found: {args.image}')
+    """Print the share of each predicted class (and draw the colour mask with a legend)."""
+    _check_source(args.image)
     if not 0.0 <= args.alpha <= 1.0:
         raise CliError(f'--alpha must be in [0, 1], got {args.alpha}')
     if min(args.scales) <= 0:
         raise CliError(f'--scales must be positive, got {args.scales}')
     model = _load(create_seg_model, args, align_corners=args.align_corners, dataset=args.dataset)
+    if Path(args.image).is_dir() or is_video(args.image):
+        frames = segment_frames(model, read_frames(args.image), args.scales, args.flip, args.window)
+        return _run_frames(args, model, frames,
+                           lambda frame, result: dict(classes=_class_shares(model, result['labels'])),
+                           lambda frame, result: _draw_mask(model, frame.image, result['labels'], args.alpha))
     result = _predict(model, args, scales=args.scales, flip=args.flip, window=args.window)
     labels = result['labels']
-    counts = torch.bincount(labels.flatten(), minlength=model.num_classes)
-    classes = [
-        dict(label=label, name=model.class_names[label], fraction=round(count / labels.numel(), 6))
-        for label, count in sorted(enumerate(counts.tolist()), key=lambda item: -item[1]) if count
-    ]
+    classes = _class_shares(model, labels)
     if args.out:
-        _save(overlay_labels(to_pil(args.image), labels, model.palette, args.alpha), args.out)
+        _save(_draw_mask(model, to_pil(args.image), labels, args.alpha), args.out)
     if args.json:
         print(json.dumps(dict(image=args.image, checkpoint=args.checkpoint, size=list(labels.shape),
                               num_classes=model.num_classes, dataset=model.dataset.name if model.dataset else None,
@@ -174,3 +239,56 @@ def run_segment(args: argparse.Namespace) -> int:
     if args.out:
         print(f'wrote {args.out}')
     return 0
+
+
+def _run_frames(args: argparse.Namespace, model: Any, results: Any, describe: Any, draw: Any) -> int:
+    """Every frame of a folder or video: a line (or JSON line) each, and with --out the drawn pictures and JSON."""
+    source = Path(args.image)
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        if out.exists() and not out.is_dir():
+            raise CliError(f'--out must be a directory for a folder or video source, {out} is a file')
+        out.mkdir(parents=True, exist_ok=True)
+    count = 0
+    try:
+        if out is not None and is_video(source):
+            partial = out / f'.{source.stem}.partial.jsonl'
+            with write_video(out / f'{source.stem}.mp4', video_fps(source)) as video, partial.open('w') as lines:
+                for frame, result in results:
+                    record = _record(frame, describe(frame, result))
+                    video.write(draw(frame, result))
+                    lines.write(json.dumps(record) + '\n')
+                    count += _report(args, record)
+            partial.replace(out / f'{source.stem}.jsonl')
+        else:
+            for frame, result in results:
+                record = _record(frame, describe(frame, result))
+                if out is not None:
+                    _save(draw(frame, result), str(out / f'{frame.name}.png'))
+                    (out / f'{frame.name}.json').write_text(json.dumps(record, indent=2))
+                count += _report(args, record)
+    except (UnreadableImageError, UnreadableVideoError) as error:
+        raise CliError(str(error)) from error
+    except ImportError as error:
+        raise CliError(str(error)) from error
+    finally:
+        if out is not None:
+            (out / f'.{source.stem}.partial.jsonl').unlink(missing_ok=True)
+    if not args.json:
+        print(f'{source}: {count} frame(s)' + (f', wrote {out}' if out is not None else ''))
+    return 0
+
+
+def _record(frame: Frame, described: dict[str, Any]) -> dict[str, Any]:
+    return dict(frame=frame.name, index=frame.index, size=[frame.image.height, frame.image.width], **described)
+
+
+def _report(args: argparse.Namespace, record: dict[str, Any]) -> int:
+    if args.json:
+        print(json.dumps(record))
+    elif 'people' in record:
+        print(f'{record["frame"]}: {len(record["people"])} person box(es)')
+    else:
+        top = ', '.join(f'{c["name"]} {100 * c["fraction"]:.1f} %' for c in record['classes'][:3])
+        print(f'{record["frame"]}: {top}')
+    return 1

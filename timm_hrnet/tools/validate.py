@@ -13,7 +13,6 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +26,14 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from tqdm import tqdm
 
-from timm_hrnet.inference import UnreadableImageError, load_rgb_image
+from timm_hrnet.classification import UnreadableImageError, load_rgb_image
 from timm_hrnet.tools.cli_common import (
     CliError,
+    DistributedContext,
     amp_autocast,
     crop_fraction,
-    device_or_fail,
     image_size,
+    init_distributed,
     load_model_or_fail,
     non_negative_int,
     positive_int,
@@ -95,30 +95,6 @@ class EvalImageDataset(Dataset):
             return torch.zeros(self.input_size), label, index, error.reason
 
 
-@dataclass
-class _DistributedContext:
-    rank: int
-    world_size: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def _init_distributed(device_arg: str | None) -> _DistributedContext:
-    """Join the `torchrun` process group when launched by it (nccl on GPU, gloo on CPU); otherwise a single rank."""
-    world_size = int(os.environ.get('WORLD_SIZE', '1'))
-    rank = int(os.environ.get('RANK', '0'))
-    device = device_or_fail(device_arg)
-    if world_size > 1:
-        if device.type == 'cuda':
-            device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', '0')))
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend='nccl' if device.type == 'cuda' else 'gloo')
-    return _DistributedContext(rank, world_size, device)
-
-
 @torch.inference_mode()
 def evaluate(
     model: nn.Module,
@@ -138,7 +114,7 @@ def evaluate(
 
     Shards over the `torchrun` process group when there is one; every rank returns the same global numbers.
     """
-    context = _init_distributed(device)
+    context = init_distributed(device)
     try:
         return _evaluate(model, samples, context, img_size, crop_pct, batch_size, workers, channels_last, amp)
     finally:
@@ -149,7 +125,7 @@ def evaluate(
 def _evaluate(
     model: nn.Module,
     samples: list[tuple[str, int]],
-    context: _DistributedContext,
+    context: DistributedContext,
     img_size: int | None,
     crop_pct: float | None,
     batch_size: int,

@@ -1,0 +1,145 @@
+"""Read a pose or segmentation network's architecture from its checkpoint's own tensors.
+
+The released task checkpoints carry no usable config, but every architectural choice is visible in the tensors:
+the stem width and input channels (`conv1.weight`), the blocks of each branch (`stageN.M.branches.B.K.*`), whether
+the last module fuses into every branch (`stage4.<last>.fuse_layers.1.*`), and the head (`final_layer.weight`:
+joints and kernel size; `last_layer.*`: classes, kernel size, whether the first head conv has a bias). So a user
+passes only the file. What the tensors cannot show, the layout tells: mmseg's exchange units and head resize with
+align_corners=False whatever the dataset, while the official seg_hrnet's setting depends on its training config.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from ..variants import HRNetSpec, StageSpec
+from .layouts import CANONICAL, CLASSIFICATION, MMSEG, POSE, SEGMENTATION
+
+__all__ = ['TaskArchitecture', 'read_architecture', 'check_task']
+
+
+@dataclass(frozen=True)
+class TaskArchitecture:
+    """What a task checkpoint says about the network.
+
+    `num_outputs` is the joint (pose) or class (segmentation) count. `head_bias`: whether the segmentation head's
+    first conv has a bias (the official head does, mmseg's FCNHead conv, followed by BatchNorm, does not).
+    `align_corners` is known for layouts that fix it (mmseg: False) and None where the training config decides.
+    """
+
+    task: str
+    spec: HRNetSpec
+    in_chans: int
+    num_outputs: int
+    final_conv_kernel: int
+    head_bias: bool = True
+    align_corners: bool | None = None
+
+
+_HEAD_KEYS = {POSE: 'final_layer.weight (a conv to the joint heatmaps)',
+              SEGMENTATION: 'last_layer.0/1/3.* (conv, BatchNorm, conv to the classes)'}
+_CREATE = {POSE: 'timm_hrnet.create_pose_model', SEGMENTATION: 'timm_hrnet.create_seg_model',
+           CLASSIFICATION: "timm.create_model('hrnet_wNN', checkpoint_path=...)"}
+
+
+def check_task(found: str | None, task: str, source: str) -> None:
+    """A ValueError saying what the checkpoint is, and what loads it, unless it is a `task` checkpoint."""
+    if found == task:
+        return
+    what = f'an HRNet {found} checkpoint' if found else 'not an HRNet pose or segmentation checkpoint'
+    hint = f'; load it with {_CREATE[found]}' if found else ''
+    raise ValueError(f'{source} is {what}: a {task} model needs {_HEAD_KEYS[task]}{hint}')
+
+
+def _require(state_dict: Mapping[str, Tensor], key: str, ndim: int, source: str) -> Tensor:
+    tensor = state_dict.get(key)
+    if tensor is None:
+        raise ValueError(f'{source} does not fit an HRNet: missing {key}')
+    if tensor.ndim != ndim:
+        raise ValueError(f'{source}: {key} has shape {list(tensor.shape)}, expected a {ndim}-D tensor')
+    return tensor
+
+
+def _indices(state_dict: Mapping[str, Tensor], prefix: str) -> list[int]:
+    """The integers N of keys `prefix.N.*`, in order."""
+    pattern = re.compile(re.escape(prefix) + r'\.(\d+)\.')
+    return sorted({int(m.group(1)) for k in state_dict if (m := pattern.match(k))})
+
+
+def _residual_layer(state_dict: Mapping[str, Tensor], prefix: str, source: str) -> tuple[str, int, int]:
+    """(block type, number of blocks, block width) of a residual layer stored under `prefix`."""
+    blocks = _indices(state_dict, prefix)
+    if not blocks or blocks != list(range(len(blocks))):
+        raise ValueError(f'{source} does not fit an HRNet: no residual blocks {prefix}.0, {prefix}.1, ... found')
+    block = 'bottleneck' if f'{prefix}.0.conv3.weight' in state_dict else 'basic'
+    width = _require(state_dict, f'{prefix}.0.conv1.weight', 4, source).shape[0]
+    return block, len(blocks), width
+
+
+def _stage(state_dict: Mapping[str, Tensor], index: int, source: str) -> StageSpec:
+    prefix = f'stage{index}'
+    modules = _indices(state_dict, prefix)
+    if not modules:
+        raise ValueError(f'{source} does not fit an HRNet: no {prefix}.* keys')
+    layouts = []
+    for m in modules:
+        branches = _indices(state_dict, f'{prefix}.{m}.branches')
+        layouts.append([_residual_layer(state_dict, f'{prefix}.{m}.branches.{b}', source) for b in branches])
+    first = layouts[0]
+    for m, layout in zip(modules[1:], layouts[1:]):
+        if layout != first:
+            raise ValueError(
+                f'{source}: {prefix}.{m} has branches {layout} (block, blocks, width) but {prefix}.0 has {first}; '
+                'the modules of one stage must be alike'
+            )
+    if len(first) != index:
+        raise ValueError(f'{source}: {prefix} has {len(first)} branches, HRNet stage {index} has {index}')
+    blocks = {b for b, _, _ in first}
+    if len(blocks) != 1:
+        raise ValueError(f'{source}: {prefix} mixes block types {sorted(blocks)} across branches')
+    return StageSpec(len(modules), blocks.pop(), tuple(n for _, n, _ in first), tuple(w for _, _, w in first))
+
+
+def read_architecture(
+        state_dict: Mapping[str, Tensor],
+        task: str,
+        source: str = 'state dict',
+        layout: str = CANONICAL,
+) -> TaskArchitecture:
+    """The architecture a pose or segmentation checkpoint was trained with, read from its tensor shapes.
+
+    `state_dict` has canonical keys (see `layouts.to_canonical_keys`) and is a `task` checkpoint (`check_task`).
+    Raises ValueError naming what did not fit (a missing stage, unlike modules ...). Everything not read here
+    (transitions, exchange units) is checked when the weights are loaded. Segmentation specs upsample bilinearly;
+    their align_corners is the layout's (`TaskArchitecture.align_corners`) or the caller's (`create_seg_model`).
+    """
+    conv1 = _require(state_dict, 'conv1.weight', 4, source)
+    stem_width, in_chans = conv1.shape[0], conv1.shape[1]
+    block, num_blocks, width = _residual_layer(state_dict, 'layer1', source)
+    stages = (StageSpec(1, block, (num_blocks,), (width,)), *(_stage(state_dict, i, source) for i in (2, 3, 4)))
+    last = _indices(state_dict, 'stage4')[-1]
+    multi_scale = any(k.startswith(f'stage4.{last}.fuse_layers.1.') for k in state_dict)
+    if task == POSE:
+        head = _require(state_dict, 'final_layer.weight', 4, source)
+        spec = HRNetSpec(stages=stages, stem_width=stem_width, multi_scale_output=multi_scale)
+    else:
+        if not multi_scale:
+            raise ValueError(f'{source}: the last module of stage 4 outputs one branch; segmentation needs all four')
+        head = _require(state_dict, 'last_layer.3.weight', 4, source)
+        spec = HRNetSpec(stages=stages, stem_width=stem_width, upsample='bilinear', upsample_by_stride=layout == MMSEG)
+    kernel = head.shape[-1]
+    if head.shape[-2] != kernel or kernel not in (1, 3):
+        raise ValueError(f'{source}: head kernel {list(head.shape[-2:])}, the official heads use 1x1 or 3x3')
+    if task == POSE:
+        return TaskArchitecture(task, spec, in_chans, head.shape[0], kernel)
+    mixer = _require(state_dict, 'last_layer.0.weight', 4, source)
+    if mixer.shape[-2:] != (1, 1):
+        raise ValueError(f'{source}: the first head conv is {list(mixer.shape[-2:])}, the supported heads use 1x1')
+    align_corners = False if layout == MMSEG else None
+    return TaskArchitecture(task, spec, in_chans, head.shape[0], kernel, 'last_layer.0.bias' in state_dict,
+                            align_corners)
+
+

@@ -1,0 +1,75 @@
+"""Read a checkpoint file without executing pickled code, and find the tensors inside training wrappers."""
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from timm.models import clean_state_dict
+
+__all__ = ['PICKLE_SUFFIXES', 'read_checkpoint_object', 'unwrap_state_dict', 'load_checkpoint_file']
+
+PICKLE_SUFFIXES = ('.pth', '.pt', '.bin', '.ckpt', '.tar')
+# wrapper keys of training checkpoints, most preferred first (EMA weights first, as timm's load_checkpoint does)
+_WRAPPER_KEYS = ('state_dict_ema', 'model_ema', 'state_dict', 'model')
+
+
+def read_checkpoint_object(path: str | os.PathLike) -> Any:
+    """What the file holds (a state dict, or a training wrapper around one): safetensors, or
+    torch.load(weights_only=True); anything else is a ValueError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: '{path}'")
+    if path.suffix == '.safetensors':
+        try:
+            return safetensors.torch.load_file(path, device='cpu')
+        except Exception as e:  # safetensors raises its own SafetensorError for corrupt headers
+            raise ValueError(f"'{path}' is not a readable safetensors file: {e}") from e
+    if path.suffix not in PICKLE_SUFFIXES:
+        raise ValueError(
+            f"unsupported checkpoint extension '{path.suffix}' for '{path}'; expected .safetensors or one of "
+            f"{', '.join(PICKLE_SUFFIXES)}"
+        )
+    try:
+        # timm training checkpoints keep their argparse.Namespace 'args'; allowing it executes no code
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        except (ValueError, RuntimeError) as not_torch:
+            raise ValueError(f"'{path}' is not a readable PyTorch checkpoint: {not_torch}") from e
+        raise ValueError(
+            f"refusing to load '{path}': the pickle needs more than torch.load(weights_only=True) allows "
+            f"(it references {', '.join(unsafe) or 'arbitrary Python objects'}); only load trusted files "
+            f"with weights_only=False yourself, then save their state dict as .safetensors"
+        ) from e
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ValueError(f"'{path}' is not a readable PyTorch checkpoint: {e}") from e
+
+
+def unwrap_state_dict(checkpoint: Any, source: str) -> dict[str, torch.Tensor]:
+    """The tensor mapping inside a training checkpoint, with DDP / torch.compile prefixes stripped."""
+    if not isinstance(checkpoint, Mapping):
+        raise ValueError(f'{source} holds a {type(checkpoint).__name__}, not a state dict')
+    for key in _WRAPPER_KEYS:
+        if isinstance(checkpoint.get(key), Mapping):
+            checkpoint = checkpoint[key]
+            break
+    not_tensors = [k for k, v in checkpoint.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors or not checkpoint:
+        raise ValueError(
+            f'{source} is not a state dict of tensors (no {"/".join(_WRAPPER_KEYS)} entry found); '
+            f'non-tensor entries: {", ".join(map(str, not_tensors[:10])) or "none, it is empty"}'
+        )
+    return clean_state_dict(dict(checkpoint))
+
+
+def load_checkpoint_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The state dict of a checkpoint file, as stored (no layout conversion)."""
+    return unwrap_state_dict(read_checkpoint_object(path), f"'{Path(path)}'")

@@ -1,0 +1,144 @@
+"""The key layouts HRNet checkpoints come in, how to tell them apart, and how each maps to the canonical keys.
+
+* ``canonical``: the official releases (HRNet-Image-Classification, deep-high-resolution-net's pose_hrnet,
+  HRNet-Semantic-Segmentation's seg_hrnet, the latter inside its `model.` training wrapper with `loss.*` buffers)
+  and timm's hub weights: ``conv1.*`` ... ``stage4.*`` plus the head (``incre_modules.*`` ... ``classifier.*``,
+  ``final_layer.weight``, ``last_layer.*``).
+* ``mmpretrain``: ``backbone.*``, the HRFuseScales neck under ``neck.0.*`` and ``head.fc.*``.
+* ``mmpose``: ``backbone.*`` and the heatmap head's ``head.final_layer.*`` (1.x) or ``keypoint_head.final_layer.*``
+  (0.x).
+* ``mmseg``: ``backbone.*`` and an FCNHead, ``decode_head.convs.0.{conv,bn}.*`` and ``decode_head.conv_seg.*``.
+
+OpenMMLab's backbones name BatchNorms ``normN`` where the canonical layout says ``bnN``; that is renamed. Layouts
+differ in what they compute too (see `TaskArchitecture` and the task models); the key names alone never decide it.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+__all__ = [
+    'CANONICAL', 'MMPRETRAIN', 'MMPOSE', 'MMSEG', 'CLASSIFICATION', 'POSE', 'SEGMENTATION', 'LAYOUT_NAMES',
+    'Layout', 'strip_training_wrapper', 'detect_layout', 'to_canonical_keys',
+]
+
+CANONICAL = 'canonical'
+MMPRETRAIN = 'mmpretrain'
+MMPOSE = 'mmpose'
+MMSEG = 'mmseg'
+# user facing source names -> layout; the official release and timm's hub weights share the canonical layout
+LAYOUT_NAMES = {'canonical': CANONICAL, 'official': CANONICAL, 'timm': CANONICAL, 'mmpretrain': MMPRETRAIN,
+                'mmpose': MMPOSE, 'mmseg': MMSEG}
+
+CLASSIFICATION = 'classification'
+POSE = 'pose'
+SEGMENTATION = 'segmentation'
+
+_CANONICAL_ROOTS = frozenset({
+    'conv1', 'bn1', 'conv2', 'bn2', 'layer1', 'transition1', 'transition2', 'transition3', 'stage2', 'stage3',
+    'stage4', 'incre_modules', 'downsamp_modules', 'final_layer', 'classifier', 'last_layer',
+})
+_OFFICIAL_SEG_PREFIX = 'model.'  # HRNet-Semantic-Segmentation saves its FullModel(model, loss) wrapper
+_TRAINING_ONLY = ('loss.', 'auxiliary_head.')  # the criterion's class weights; mmseg's training-time auxiliary head
+
+_NORM = (re.compile(r'(^|\.)norm(\d)\.'), r'\1bn\2.')  # OpenMMLab's norm1/norm2 are the canonical bn1/bn2
+_BACKBONE = (re.compile(r'^backbone\.'), '')
+_RENAMES: dict[str, tuple[tuple[re.Pattern[str], str], ...]] = {
+    MMPRETRAIN: (
+        _BACKBONE,
+        (re.compile(r'^neck\.0\.increase_layers\.'), 'incre_modules.'),
+        (re.compile(r'^neck\.0\.downsample_layers\.(\d+)\.conv\.'), r'downsamp_modules.\1.0.'),
+        (re.compile(r'^neck\.0\.downsample_layers\.(\d+)\.bn\.'), r'downsamp_modules.\1.1.'),
+        (re.compile(r'^neck\.0\.final_layer\.conv\.'), 'final_layer.0.'),
+        (re.compile(r'^neck\.0\.final_layer\.bn\.'), 'final_layer.1.'),
+        (re.compile(r'^head\.fc\.'), 'classifier.'),
+    ),
+    MMPOSE: (
+        _BACKBONE,
+        (re.compile(r'^(?:keypoint_)?head\.final_layer\.'), 'final_layer.'),
+    ),
+    MMSEG: (
+        _BACKBONE,
+        (re.compile(r'^decode_head\.convs\.0\.conv\.'), 'last_layer.0.'),
+        (re.compile(r'^decode_head\.convs\.0\.bn\.'), 'last_layer.1.'),
+        (re.compile(r'^decode_head\.conv_seg\.'), 'last_layer.3.'),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A checkpoint's key layout and the task its head is for (None: a trunk without a recognisable head)."""
+
+    name: str
+    task: str | None
+
+
+def strip_training_wrapper(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Drop training-only tensors and the official segmentation code's `model.` prefix; returns what was dropped."""
+    dropped = sorted(k for k in state_dict if k.startswith(_TRAINING_ONLY))
+    kept = {k: v for k, v in state_dict.items() if not k.startswith(_TRAINING_ONLY)}
+    if kept and all(k.startswith(_OFFICIAL_SEG_PREFIX) for k in kept):
+        kept = {k[len(_OFFICIAL_SEG_PREFIX):]: v for k, v in kept.items()}
+    return kept, dropped
+
+
+def _canonical_task(state_dict: Mapping[str, torch.Tensor]) -> str | None:
+    if any(k.startswith(('incre_modules.', 'classifier.')) for k in state_dict):
+        return CLASSIFICATION
+    if 'last_layer.3.weight' in state_dict:
+        return SEGMENTATION
+    if 'final_layer.weight' in state_dict:
+        return POSE
+    return None
+
+
+def detect_layout(state_dict: Mapping[str, torch.Tensor], source: str = 'state dict') -> Layout:
+    """The layout and task of a (wrapper-stripped) state dict; a ValueError for unknown or unsupported ones."""
+    roots = {key.split('.', 1)[0] for key in state_dict}
+    if 'backbone' in roots:
+        if 'decode_head' in roots:
+            if any(k.startswith('decode_head.0.') for k in state_dict):
+                raise ValueError(
+                    f'{source} is an mmseg checkpoint with a cascade of decode heads (decode_head.0.*, '
+                    'decode_head.1.*: OCRNet); only HRNet + FCNHead models (fcn_hr*) are supported'
+                )
+            return Layout(MMSEG, SEGMENTATION)
+        if any(k.startswith(('head.final_layer.', 'keypoint_head.')) for k in state_dict):
+            return Layout(MMPOSE, POSE)
+        head = CLASSIFICATION if roots & {'neck', 'head'} else None
+        return Layout(MMPRETRAIN, head)
+    if roots & _CANONICAL_ROOTS:
+        return Layout(CANONICAL, _canonical_task(state_dict))
+    sample = ', '.join(list(state_dict)[:5]) or 'none, the state dict is empty'
+    raise ValueError(
+        f'{source} is not an HRNet checkpoint: unknown checkpoint layout, no key starts with a canonical HRNet module '
+        f'({", ".join(sorted(_CANONICAL_ROOTS))}) or an OpenMMLab one (backbone., neck., head., decode_head.); '
+        f'first keys: {sample}'
+    )
+
+
+def _rename(key: str, layout: str) -> str | None:
+    for pattern, replacement in _RENAMES[layout]:
+        renamed, count = pattern.subn(replacement, key)
+        if count:
+            return _NORM[0].sub(_NORM[1], renamed) if layout in (MMPOSE, MMSEG) else renamed
+    return None
+
+
+def to_canonical_keys(
+        state_dict: Mapping[str, torch.Tensor], layout: str) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Keys renamed to the canonical layout, and the source keys that map nowhere (kept out of the dict)."""
+    if layout == CANONICAL:
+        return dict(state_dict), []
+    renamed, unmapped = {}, []
+    for key, value in state_dict.items():
+        new_key = _rename(key, layout)
+        if new_key is None:
+            unmapped.append(key)
+        else:
+            renamed[new_key] = value
+    return renamed, unmapped

@@ -1,0 +1,303 @@
+"""Top-down human pose estimation with HRNet (Sun et al., "Deep High-Resolution Representation Learning for Human
+Pose Estimation", CVPR 2019), computing what the official `pose_hrnet` computes, on the shared `HRNetTrunk`.
+
+The last module of stage 4 fuses into the highest-resolution branch only (`spec.multi_scale_output=False`) and
+`final_layer` maps it to one heatmap per joint at stride 4. Around the network, this module does what the official
+evaluation does: person boxes are widened to the input's aspect ratio and padded by 1.25, cropped with a bilinear
+affine warp, the flip test averages the heatmaps of the mirrored crop (left/right joints swapped, shifted by one
+heatmap column), and heatmaps are decoded by argmax with a quarter-pixel shift toward the larger neighbour and
+mapped back into the image.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..checkpoints import POSE, Checkpoint, CheckpointSource, check_task, read_checkpoint
+from ..fused import InferenceOnlyModel, register_inference_only
+from ..images import ImageInput
+from ..variants import HRNetSpec
+from .base import HRNetTaskModel, load_task_weights
+from .datasets import KeypointInfo, keypoints_for
+from .detection import DetectorLike, detect_people
+
+__all__ = [
+    'HRNetPose', 'create_pose_model', 'box_to_center_size', 'crop_boxes', 'flip_back', 'get_max_preds',
+    'decode_heatmaps', 'DEFAULT_INPUT_SIZE', 'HEATMAP_STRIDE', 'BOX_PADDING',
+]
+
+DEFAULT_INPUT_SIZE = (256, 192)  # (height, width) of the COCO W32 / W48 256x192 models
+HEATMAP_STRIDE = 4
+BOX_PADDING = 1.25  # the official COCO pipeline enlarges every person box by this factor
+
+
+class HRNetPose(HRNetTaskModel):
+    """HRNet keypoint model: `forward` maps (N, C, H, W) crops to (N, J, H/4, W/4) joint heatmaps.
+
+    `spec` normally has `multi_scale_output=False` (the official pose layout); with True the other branches are
+    computed and unused. `input_size` is the (height, width) of the person crops `predict` feeds the network
+    (not stored in checkpoints: 256x192 and 384x288 models have the same tensors). `keypoint_info` names the joints
+    and gives the flip pairs; by default the COCO (17) or MPII (16) set that fits `num_joints`.
+    """
+
+    def __init__(
+            self,
+            spec: HRNetSpec,
+            num_joints: int = 17,
+            final_conv_kernel: int = 1,
+            in_chans: int = 3,
+            input_size: tuple[int, int] = DEFAULT_INPUT_SIZE,
+            keypoint_info: KeypointInfo | None = None,
+            drop_path_rate: float = 0.0,
+            device: torch.device | str | None = None,
+            dtype: torch.dtype | None = None,
+    ) -> None:
+        if final_conv_kernel not in (1, 3):
+            raise ValueError(f'final_conv_kernel must be 1 or 3 (the official heads), got {final_conv_kernel}')
+        if len(input_size) != 2 or min(input_size) < 32:
+            raise ValueError(f'input_size must be (height, width) of at least 32x32, got {tuple(input_size)}')
+        keypoint_info = keypoint_info or keypoints_for(num_joints)
+        if keypoint_info is not None and keypoint_info.num_joints != num_joints:
+            raise ValueError(f'keypoint set {keypoint_info.name!r} has {keypoint_info.num_joints} joints, '
+                             f'the model {num_joints}')
+        super().__init__(spec, in_chans, drop_path_rate=drop_path_rate, device=device, dtype=dtype)
+        self.num_joints = num_joints
+        self.final_conv_kernel = final_conv_kernel
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.keypoint_info = keypoint_info
+        self.final_layer = nn.Conv2d(self.branch_channels[0], num_joints, final_conv_kernel,
+                                     padding=final_conv_kernel // 2, device=device, dtype=dtype)
+        self.init_weights()
+
+    def output_conv(self) -> nn.Conv2d:
+        return self.final_layer
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.final_layer(self.forward_branches(self.forward_stem(x))[0])
+
+    def forward_flip(self, x: Tensor) -> Tensor:
+        """The official flip test: average with the heatmaps of the mirrored input, flipped back and shifted by one
+        column (mirroring misaligns the stride-4 grid by one heatmap pixel)."""
+        if self.keypoint_info is None:
+            raise ValueError(f'no flip pairs known for {self.num_joints} joints: pass keypoint_info to the model')
+        flipped = flip_back(self(x.flip(-1)), self.keypoint_info.flip_pairs)
+        flipped[..., 1:] = flipped[..., :-1].clone()
+        return (self(x) + flipped) * 0.5
+
+    @torch.no_grad()
+    def predict(
+            self,
+            image: ImageInput,
+            boxes: Tensor | Sequence[Sequence[float]] | None = None,
+            flip_test: bool | None = None,
+            post_process: bool = True,
+            detector: DetectorLike | None = None,
+    ) -> dict[str, Any]:
+        """Keypoints of the people in `image`, one per box (x, y, width, height[, score] in pixels).
+
+        The boxes are given, or found by `detector` (a `timm_hrnet.tasks.detection.PersonDetector`, a torchvision
+        detection model, or a callable image -> boxes), or default to the whole image. Returns `keypoints` (P, J, 2)
+        in image pixels, `scores` (P, J) (the heatmap maxima), `boxes` (P, 4), `box_scores` (P,) and
+        `keypoint_names`. The flip test runs by default when the flip pairs are known. Runs in eval mode.
+        """
+        return self.predict_batch([image], None if boxes is None else [boxes], flip_test, post_process, detector)[0]
+
+    @torch.no_grad()
+    def predict_batch(
+            self,
+            images: Sequence[ImageInput],
+            boxes: Sequence[Tensor | Sequence[Sequence[float]] | None] | None = None,
+            flip_test: bool | None = None,
+            post_process: bool = True,
+            detector: DetectorLike | None = None,
+            batch_size: int = 64,
+    ) -> list[dict[str, Any]]:
+        """`predict` for several images (video frames), running the crops of all their people `batch_size` at a
+        time; one result per image, a detector run on all images at once."""
+        if boxes is not None and detector is not None:
+            raise ValueError('give person boxes or a detector, not both')
+        if boxes is not None and len(boxes) != len(images):
+            raise ValueError(f'{len(images)} images but boxes for {len(boxes)}')
+        pixels = [self.load_pixels(image) for image in images]
+        if detector is not None:
+            boxes = detect_people(detector, [p if p.shape[0] == 3 else p[:1].expand(3, -1, -1) for p in pixels])
+        per_image = [
+            _as_boxes(None if boxes is None else boxes[k], p.shape[-1], p.shape[-2], detector is not None)
+            for k, p in enumerate(pixels)
+        ]
+        aspect = self.input_size[1] / self.input_size[0]
+        geometry = [box_to_center_size(b[:, :4].to(p.device), aspect) for b, p in zip(per_image, pixels)]
+        crops = [crop_boxes(p, c, s, self.input_size) for p, (c, s) in zip(pixels, geometry)]
+        flip_test = self.keypoint_info is not None if flip_test is None else flip_test
+        heatmaps = self._heatmaps(torch.cat(crops), flip_test, batch_size)
+        names = self.keypoint_info.keypoint_names if self.keypoint_info else tuple(
+            f'joint_{j}' for j in range(self.num_joints))
+        results, start = [], 0
+        for image_boxes, (centers, sizes) in zip(per_image, geometry):
+            count = len(image_boxes)
+            keypoints, scores = decode_heatmaps(heatmaps[start:start + count], centers, sizes, post_process)
+            start += count
+            results.append(dict(keypoints=keypoints.cpu(), scores=scores.cpu(), boxes=image_boxes[:, :4].clone(),
+                                box_scores=image_boxes[:, 4].clone(), keypoint_names=names))
+        return results
+
+    def _heatmaps(self, crops: Tensor, flip_test: bool, batch_size: int) -> Tensor:
+        """Float heatmaps of (N, C, h, w) crops in [0, 1], normalised and run `batch_size` at a time."""
+        out_size = (self.input_size[0] // HEATMAP_STRIDE, self.input_size[1] // HEATMAP_STRIDE)
+        if len(crops) == 0:
+            return crops.new_zeros(0, self.num_joints, *out_size)
+        with self.evaluating():
+            chunks = [self.normalize(chunk) for chunk in crops.split(batch_size)]
+            return torch.cat([(self.forward_flip(c) if flip_test else self(c)).float() for c in chunks])
+
+    def task_config(self) -> dict[str, Any]:
+        """What a published repo's config.json needs to rebuild and run this model (JSON-serialisable)."""
+        return dict(
+            task=POSE,
+            num_joints=self.num_joints,
+            input_size=[self.in_chans, *self.input_size],
+            heatmap_stride=HEATMAP_STRIDE,
+            final_conv_kernel=self.final_conv_kernel,
+            keypoints=self.keypoint_info.name if self.keypoint_info else None,
+            flip_pairs=[list(p) for p in self.keypoint_info.flip_pairs] if self.keypoint_info else [],
+            **self.base_config(),
+        )
+
+
+def _as_boxes(boxes: Tensor | Sequence[Sequence[float]] | None, width: int, height: int,
+              detected: bool = False) -> Tensor:
+    """(P, 5) rows of x, y, width, height, score (1 where not given); the whole image for None."""
+    if boxes is None:
+        return torch.tensor([[0.0, 0.0, float(width), float(height), 1.0]])
+    boxes = torch.as_tensor(boxes, dtype=torch.float32).cpu()
+    if boxes.ndim == 1:
+        boxes = boxes.unsqueeze(0)
+    if detected and boxes.numel() == 0:
+        return boxes.reshape(0, 5)
+    if boxes.ndim != 2 or boxes.shape[1] not in (4, 5) or len(boxes) == 0:
+        raise ValueError(f'boxes must be (P, 4) rows of x, y, width, height (and a score); got shape '
+                         f'{list(boxes.shape)}')
+    if not (boxes[:, 2:4] > 0).all():
+        raise ValueError(f'boxes need a positive width and height, got {boxes.tolist()}')
+    return boxes if boxes.shape[1] == 5 else torch.cat([boxes, torch.ones(len(boxes), 1)], dim=1)
+
+
+def box_to_center_size(boxes: Tensor, aspect_ratio: float, padding: float = BOX_PADDING) -> tuple[Tensor, Tensor]:
+    """Box centres and crop sizes in pixels: (x, y, w, h) boxes widened or heightened to `aspect_ratio` (w / h)
+    and enlarged by `padding`, as the official COCO pipeline does."""
+    x, y, w, h = boxes.unbind(-1)
+    centers = torch.stack([x + w * 0.5, y + h * 0.5], dim=-1)
+    wider = w > aspect_ratio * h
+    taller = w < aspect_ratio * h
+    h = torch.where(wider, w / aspect_ratio, h)
+    w = torch.where(taller, h * aspect_ratio, w)
+    return centers, torch.stack([w, h], dim=-1) * padding
+
+
+def crop_boxes(image: Tensor, centers: Tensor, sizes: Tensor, output_size: tuple[int, int]) -> Tensor:
+    """(P, C, h, w) crops of a (C, H, W) image: output pixel (u, v) samples the image bilinearly at
+    centre + ((u, v) - (w, h) / 2) * box_width / w, zero outside, the official affine warp."""
+    out_h, out_w = output_size
+    height, width = image.shape[-2:]
+    step = (sizes[:, 0] / out_w)[:, None]
+    u = torch.arange(out_w, device=image.device, dtype=torch.float32) - out_w / 2
+    v = torch.arange(out_h, device=image.device, dtype=torch.float32) - out_h / 2
+    xs = centers[:, 0:1] + u * step
+    ys = centers[:, 1:2] + v * step
+    # pixel centres in grid_sample's align_corners=False coordinates: pixel i is at (2i + 1) / size - 1
+    gx = (2 * xs + 1) / width - 1
+    gy = (2 * ys + 1) / height - 1
+    count = len(centers)
+    grid = torch.stack([gx[:, None, :].expand(count, out_h, out_w), gy[:, :, None].expand(count, out_h, out_w)], -1)
+    batch = image.unsqueeze(0).expand(count, -1, -1, -1)
+    return F.grid_sample(batch, grid.to(image.dtype), mode='bilinear', padding_mode='zeros', align_corners=False)
+
+
+def flip_back(heatmaps: Tensor, flip_pairs: Sequence[tuple[int, int]]) -> Tensor:
+    """Heatmaps of a mirrored input, mirrored back, with left and right joints swapped."""
+    order = list(range(heatmaps.shape[1]))
+    for a, b in flip_pairs:
+        order[a], order[b] = b, a
+    return heatmaps.flip(-1)[:, order]
+
+
+def get_max_preds(heatmaps: Tensor) -> tuple[Tensor, Tensor]:
+    """Integer (x, y) of each heatmap's maximum (the first one on ties) and the maximum; (0, 0) where it is <= 0."""
+    width = heatmaps.shape[-1]
+    maxvals, index = heatmaps.flatten(2).max(dim=-1)
+    coords = torch.stack([index % width, torch.div(index, width, rounding_mode='floor')], dim=-1).float()
+    return coords * (maxvals > 0).unsqueeze(-1), maxvals
+
+
+def decode_heatmaps(
+        heatmaps: Tensor, centers: Tensor, sizes: Tensor, post_process: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Keypoints in image pixels and their scores from (N, J, h, w) heatmaps of crops given by `centers`/`sizes`.
+
+    With `post_process` a peak away from the border moves a quarter pixel toward its larger neighbour on each axis
+    (the official rule: only where 1 < x < w - 1 and 1 < y < h - 1). The crop scale is taken from the box width,
+    as in the official inverse transform.
+    """
+    coords, maxvals = get_max_preds(heatmaps)
+    height, width = heatmaps.shape[-2:]
+    if post_process:
+        px = torch.floor(coords[..., 0] + 0.5).long()
+        py = torch.floor(coords[..., 1] + 0.5).long()
+        inside = (px > 1) & (px < width - 1) & (py > 1) & (py < height - 1)
+        flat = heatmaps.flatten(2)
+
+        def at(x: Tensor, y: Tensor) -> Tensor:
+            index = y.clamp(0, height - 1) * width + x.clamp(0, width - 1)
+            return flat.gather(2, index.unsqueeze(-1)).squeeze(-1)
+
+        diff = torch.stack([at(px + 1, py) - at(px - 1, py), at(px, py + 1) - at(px, py - 1)], dim=-1)
+        coords = coords + torch.sign(diff) * 0.25 * inside.unsqueeze(-1)
+    scale = (sizes[:, 0] / width)[:, None, None]
+    offset = torch.tensor([width / 2, height / 2], device=coords.device)
+    keypoints = centers[:, None, :] + (coords - offset) * scale
+    return keypoints, maxvals
+
+
+_SIZE_IN_NAME = re.compile(r'(?<!\d)(\d{2,4})x(\d{2,4})(?!\d)')
+
+
+def input_size_from_name(path: Path | None) -> tuple[int, int] | None:
+    """(height, width) from a released file name such as pose_hrnet_w48_384x288.pth or mmpose's
+    td-hm_hrnet-w32_8xb64-210e_coco-256x192-81c58e40_20220909.pth."""
+    match = _SIZE_IN_NAME.search(path.stem) if path is not None else None
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def create_pose_model(
+        checkpoint: CheckpointSource | Checkpoint,
+        num_joints: int | None = None,
+        input_size: tuple[int, int] | None = None,
+        keypoint_info: KeypointInfo | None = None,
+        device: torch.device | str | None = None,
+) -> HRNetPose:
+    """An `HRNetPose` with the architecture and weights of a pose checkpoint: official pose_hrnet or mmpose's
+    top-down heatmap HRNet (1.x and 0.x); a path, an https URL, a state dict or a `Checkpoint`.
+
+    `num_joints` different from the checkpoint's gives a freshly initialised head (the rest is loaded) for
+    fine-tuning. `input_size` (height, width) defaults to the size in a released file name (``..._384x288.pth``),
+    else 256x192. The model is returned in eval mode.
+    """
+    loaded = read_checkpoint(checkpoint)
+    check_task(loaded.task, POSE, loaded.source)
+    arch = loaded.architecture
+    joints = arch.num_outputs if num_joints is None else num_joints
+    size = input_size or input_size_from_name(loaded.path) or DEFAULT_INPUT_SIZE
+    model = HRNetPose(arch.spec, joints, arch.final_conv_kernel, arch.in_chans, size, keypoint_info)
+    load_task_weights(model, loaded, reinit_prefixes=('final_layer.',) if joints != arch.num_outputs else ())
+    return model.to(device).eval()
+
+
+@register_inference_only(HRNetPose)
+class InferenceOnlyHRNetPose(InferenceOnlyModel, HRNetPose):
+    """A fused pose model (module level, so fused pose models pickle and `torch.save` whole)."""
