@@ -13,16 +13,19 @@ holds everywhere:
 from __future__ import annotations
 
 from os import PathLike
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-__all__ = ['ImageInput', 'UnreadableImageError', 'open_image', 'to_pil', 'image_to_tensor']
+__all__ = ['ImageInput', 'IMAGE_SUFFIXES', 'UnreadableImageError', 'open_image', 'list_images', 'to_pil',
+           'image_to_tensor']
 
 ImageInput = Image.Image | np.ndarray | Tensor | str | PathLike
 
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
 _MODES = {3: 'RGB', 1: 'L'}
 _WIDE_GREY = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')
 
@@ -45,6 +48,14 @@ def open_image(path: str | PathLike) -> Image.Image:
             return image.copy() if upright is None or upright is image else upright
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise UnreadableImageError(path, str(error) or type(error).__name__) from error
+
+
+def list_images(folder: str | PathLike) -> list[Path]:
+    """The image files directly in `folder`, sorted by name (an error when there are none)."""
+    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise ValueError(f'no images ({", ".join(IMAGE_SUFFIXES)}) in {folder}')
+    return paths
 
 
 def _eight_bit(image: Image.Image) -> Image.Image:

@@ -18,13 +18,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..images import open_image
+from ..images import IMAGE_SUFFIXES, list_images, open_image
 
 __all__ = ['VIDEO_SUFFIXES', 'IMAGE_SUFFIXES', 'UnreadableVideoError', 'Frame', 'is_video', 'list_images',
            'read_frames', 'video_fps', 'VideoWriter', 'write_video']
 
 VIDEO_SUFFIXES = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v', '.mpg', '.mpeg', '.wmv')
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
 
 
 class UnreadableVideoError(ValueError):
@@ -55,14 +54,6 @@ def _av() -> Any:
 
 def is_video(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in VIDEO_SUFFIXES
-
-
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    """The image files directly in `folder`, sorted by name."""
-    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not paths:
-        raise ValueError(f'no images ({", ".join(IMAGE_SUFFIXES)}) in {folder}')
-    return paths
 
 
 def video_fps(path: str | os.PathLike) -> Fraction:

@@ -20,13 +20,12 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ..images import image_to_tensor
+from ..images import IMAGE_SUFFIXES, image_to_tensor
 from .eval_common import gather_or_raise, max_over_ranks, rank_and_world_size, read_ahead
 from .label_maps import LABEL_FORMATS, LabelMapError, check_label_values, read_labels
 
-__all__ = ['SegSample', 'find_seg_samples', 'confusion_matrix', 'seg_metrics', 'evaluate_seg', 'IMAGE_SUFFIXES']
+__all__ = ['SegSample', 'find_seg_samples', 'confusion_matrix', 'seg_metrics', 'evaluate_seg']
 
-IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 _CITYSCAPES_IMAGE = '_leftImg8bit'
 _CITYSCAPES_LABEL_IDS = '_gtFine_labelIds.png'
 _CITYSCAPES_TRAIN_IDS = '_gtFine_labelTrainIds.png'  # written by cityscapesscripts' createTrainIdLabelImgs

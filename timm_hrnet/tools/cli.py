@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from timm_hrnet.classification import UnreadableImageError, build_eval_transform, inference_model, load_rgb_image
 from timm_hrnet.tools import benchmark, evaluate, model_table, task_cli, validate
+from timm_hrnet.tools import export as export_command
 from timm_hrnet.tools.cli_common import (
     CliError,
     HelpFormatter,
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         'validate': (validate, 'ImageNet-style top-1/top-5 evaluation (works under torchrun)'),
         'models': (model_table, 'table of variants, sizes, GMACs and published accuracies'),
         'benchmark': (benchmark, 'inference throughput and peak memory'),
+        'export': (export_command, 'ONNX / OpenVINO export (fused, dynamic size, float or int8), checked'),
     }
     for command, (module, description) in subcommands.items():
         subparser = subparsers.add_parser(command, help=description, description=description,

@@ -1,0 +1,82 @@
+"""`timm-hrnet export`: a classifier, features_only backbone, pose or segmentation model to ONNX or OpenVINO IR,
+checked in its runtime (see `timm_hrnet.export`)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from torch import nn
+
+from timm_hrnet.classification import UnknownModelError, get_model
+from timm_hrnet.export import DTYPES, FORMATS, ExportError, ExportReport, export
+from timm_hrnet.tasks.pose import create_pose_model
+from timm_hrnet.tasks.segmentation import create_seg_model
+from timm_hrnet.tools.cli_common import CliError, checkpoint_file, image_size, load_model_or_fail
+
+__all__ = ['add_arguments', 'run']
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `timm-hrnet export`."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument('--model', help='classifier or backbone: timm name (tag optional), hf-hub:, local-dir:')
+    source.add_argument('--pose', metavar='CHECKPOINT', help='a pose checkpoint (path or URL), any layout')
+    source.add_argument('--seg', metavar='CHECKPOINT', help='a segmentation checkpoint (path or URL), any layout')
+    parser.add_argument('--checkpoint', help='with --model: weights to load (default: the published ones)')
+    parser.add_argument('--features-only', action='store_true', help='with --model: the multi-scale backbone')
+    parser.add_argument('--out', required=True, help='output file (.onnx, or .xml + .bin for openvino)')
+    parser.add_argument('--format', choices=FORMATS, default='onnx')
+    parser.add_argument('--dtype', choices=DTYPES, default='float32')
+    parser.add_argument('--calibration', help='int8: a folder of images like the ones the model will see')
+    parser.add_argument('--img-size', type=image_size, nargs='+', metavar='SIZE',
+                        help='export size: one value (square) or height width; default: the model\'s')
+    parser.add_argument('--static', action='store_true', help='fixed batch and size instead of dynamic ones')
+    parser.add_argument('--no-check', action='store_true', help='skip running the file against the model')
+    parser.add_argument('--json', action='store_true', help='print the report as JSON')
+
+
+def _model(args: argparse.Namespace) -> nn.Module:
+    try:
+        if args.pose:
+            return create_pose_model(checkpoint_file(args.pose, allow_http=True).path)
+        if args.seg:
+            return create_seg_model(checkpoint_file(args.seg, allow_http=True).path)
+        if args.features_only:
+            if args.checkpoint:
+                raise CliError('--features-only takes the published weights; export the classifier for a checkpoint')
+            return get_model(args.model, pretrained=True, features_only=True)
+        return load_model_or_fail(args.model, args.checkpoint, allow_http=True)
+    except UnknownModelError as error:
+        raise CliError(str(error)) from error
+    except (OSError, ValueError) as error:
+        raise CliError(str(error).splitlines()[0]) from error
+
+
+def _print(report: ExportReport) -> None:
+    print(f'wrote {report.path} ({report.format}, {report.dtype}, export size {report.input_size[0]}x'
+          f'{report.input_size[1]}, {"dynamic" if report.dynamic else "static"} batch and size, '
+          f'outputs {", ".join(report.outputs)})')
+    for check in report.checks:
+        agreement = '' if check.agreement is None else f', argmax agreement {100 * check.agreement:.2f} %'
+        print(f'  {check.size[0]}x{check.size[1]}: max relative difference {check.max_rel_diff:.2e}{agreement}')
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `timm-hrnet export`."""
+    model = _model(args)
+    size = None if args.img_size is None else (args.img_size * 2)[:2]
+    try:
+        report = export(model, args.out, args.format, dtype=args.dtype, input_size=size, dynamic=not args.static,
+                        calibration=args.calibration, check=not args.no_check)
+    except ExportError as error:
+        raise CliError(str(error)) from error
+    if args.json:
+        print(json.dumps(dict(
+            path=str(report.path), format=report.format, dtype=report.dtype, input_size=list(report.input_size),
+            dynamic=report.dynamic, outputs=list(report.outputs),
+            checks=[dict(size=list(c.size), max_rel_diff=c.max_rel_diff, agreement=c.agreement)
+                    for c in report.checks],
+        ), indent=2))
+    else:
+        _print(report)
+    return 0
