@@ -19,12 +19,16 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import json
 import math
 import statistics
+import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import timm
 import timm.models.hrnet as timm_builtin_hrnet
@@ -34,6 +38,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import timm_hrnet  # noqa: F401  (registers our hrnet_* entrypoints in timm)
+from timm_hrnet.export import export
 from timm_hrnet.fused import optimize_for_inference
 from timm_hrnet.tools.benchmark import DTYPES
 
@@ -42,7 +47,14 @@ VARIANTS = (
     'ours_eager', 'ours_fused', 'ours_fused_channels_last', 'ours_fused_compile',
     'ours_fused_cudagraph', 'ours_fused_compile_cudagraphs',
     'ours_padded_channels_last', 'ours_padded_compile', 'ours_padded_cudagraph',
+    'ort_timm_export', 'ort_ours', 'ort_ours_int8', 'openvino_timm_export', 'openvino_ours', 'openvino_ours_int8',
 )
+# deployment runtimes on CPU, run on exported files (skipped with a note when the runtime is not installed):
+# onnxruntime in float32 only (it has no bf16 convolutions on CPU), OpenVINO in the case's dtype (bf16 as its
+# precision hint), int8 from random calibration inputs (speed only; accuracy: benchmarks/bench_int8_accuracy.py)
+RUNTIME_VARIANTS = tuple(v for v in VARIANTS if v.startswith(('ort_', 'openvino_')))
+RUNTIME_MODULE = {'ort': 'onnxruntime', 'openvino': 'openvino'}
+DEPLOY_BASELINE = 'openvino_timm_export'  # what a deployer would pick: OpenVINO on the built-in's ONNX export
 CUDA_ONLY = tuple(v for v in VARIANTS if v.endswith(('cudagraph', 'cudagraphs')))
 BASELINES = ('timm_compile', 'timm_compile_cudagraphs')  # the built-in's compiled modes; the fastest is the baseline
 # zero-padded branches (branch_widths) feed GPU tensor cores better; on CPU they only add work, so not by default
@@ -63,6 +75,7 @@ class Result:
     speedup_vs_baseline: float | None
     speedup_vs_timm_eager: float | None
     speedup_vs_timm_channels_last: float | None
+    speedup_vs_openvino: float | None
     gflops_per_second: float
     fraction_of_matmul_peak: float
     max_rel_diff_vs_fp32: float
@@ -101,11 +114,58 @@ def parse_args() -> argparse.Namespace:
     args.batch_sizes = args.batch_sizes or ([1, 256] if on_cuda else [1, 8])
     args.dtypes = args.dtypes or (['bfloat16'] if on_cuda else ['bfloat16', 'float32'])
     args.variants = args.variants or list(VARIANTS if on_cuda else CPU_DEFAULT)
+    missing = {v for v in args.variants if v in RUNTIME_VARIANTS and not _installed(RUNTIME_MODULE[v.split('_')[0]])}
+    if missing:
+        print(f'skipped (runtime not installed): {", ".join(sorted(missing))}')
+    args.variants = [v for v in args.variants if v not in missing and not (on_cuda and v in RUNTIME_VARIANTS)]
     if not on_cuda and set(args.variants) & set(CUDA_ONLY):
         parser.error(f'{", ".join(sorted(set(args.variants) & set(CUDA_ONLY)))}: CUDA graphs need --device cuda')
     if min(args.rounds, args.iters, args.warmup, *args.batch_sizes) < 1:
         parser.error('--rounds, --iters, --warmup and --batch-sizes must be positive')
     return args
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def runtime_variant(variant: str, builtin: nn.Module, ours: nn.Module, dtype_name: str, work: Path,
+                    batch_size: int, img_size: int) -> Callable[[Tensor], Tensor] | None:
+    """An exported file of the built-in model (plain ONNX export, as a deployer would make it) or of ours
+    (`timm_hrnet.export`: fused) running in onnxruntime / OpenVINO on float32 NCHW input; None where the variant
+    does not apply to this dtype (onnxruntime has no CPU bf16)."""
+    runtime, source = variant.split('_', 1)
+    if runtime == 'ort' and dtype_name != 'float32' and not source.endswith('int8'):
+        return None
+    int8 = source.endswith('int8')
+    path = work / f'{variant}.{"onnx" if runtime == "ort" else "xml"}'
+    fmt = 'onnx' if runtime == 'ort' else 'openvino'
+    if source == 'timm_export':
+        onnx_path = work / f'{variant}.onnx'
+        example = torch.randn(1, 3, img_size, img_size)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            torch.onnx.export(copy.deepcopy(builtin).float().cpu(), (example,), str(onnx_path), dynamo=False,
+                              input_names=['image'], dynamic_axes={'image': {0: 'batch'}})
+        if fmt == 'openvino':
+            import openvino
+            openvino.save_model(openvino.convert_model(str(onnx_path)), str(path))
+    else:
+        calibration = [torch.randn(1, 3, img_size, img_size) for _ in range(8)] if int8 else None
+        export(ours, path, fmt, dtype='int8' if int8 else 'float32', input_size=(img_size, img_size),
+               calibration=calibration, check=False)
+    threads = torch.get_num_threads()
+    if fmt == 'onnx':
+        import onnxruntime
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = onnxruntime.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
+        return lambda x: torch.from_numpy(session.run(None, {'image': x.numpy()})[0])
+    import openvino
+    precision = 'bf16' if dtype_name == 'bfloat16' else 'f32'
+    compiled = openvino.Core().compile_model(str(path), 'CPU', {
+        'INFERENCE_PRECISION_HINT': precision, 'INFERENCE_NUM_THREADS': threads})
+    return lambda x: torch.from_numpy(compiled(x.numpy())[0])
 
 
 def synchronize(device: torch.device) -> None:
@@ -142,10 +202,11 @@ def tensor_core_widths(model: nn.Module) -> list[int]:
 
 def build_variants(
         name: str, variants: list[str], device: torch.device, dtype: torch.dtype, example: Tensor,
-        branch_widths: list[int] | None,
-) -> tuple[dict[str, tuple[Callable[[Tensor], Tensor], bool]], nn.Module]:
-    """Each variant as (callable, wants a channels_last input), all with the same weights, and the built-in model
-    in float32 (the reference). `example` is a channels_last input, for the CUDA graph capture."""
+        branch_widths: list[int] | None, work: Path,
+) -> tuple[dict[str, tuple[Callable[[Tensor], Tensor], str]], nn.Module]:
+    """Each variant as (callable, its input: 'nchw', 'channels_last' or 'float32' for the runtimes), all with the
+    same weights, and the built-in model in float32 (the reference). `example` is a channels_last input, for the
+    CUDA graph capture."""
     ours = timm.create_model(name).eval()
     builtin = getattr(timm_builtin_hrnet, name)().eval()
     builtin.load_state_dict(ours.state_dict())
@@ -178,7 +239,17 @@ def build_variants(
         'ours_padded_compile': lambda: (compiled(fused(True, padded=True)), True),
         'ours_padded_cudagraph': lambda: (cuda_graphed(fused(True, padded=True), example), True),
     }
-    return {variant: builders[variant]() for variant in variants}, builtin.to(device)
+    built: dict[str, tuple[Callable[[Tensor], Tensor], str]] = {}
+    dtype_name = next(key for key, value in DTYPES.items() if value == dtype)
+    for variant in variants:
+        if variant in RUNTIME_VARIANTS:
+            run = runtime_variant(variant, builtin, ours, dtype_name, work, example.shape[0], example.shape[-1])
+            if run is not None:
+                built[variant] = (run, 'float32')
+        else:
+            model, channels_last = builders[variant]()
+            built[variant] = (model, 'channels_last' if channels_last else 'nchw')
+    return built, builtin.to(device)
 
 
 def count_flops_per_image(model: Callable[[Tensor], Tensor], x: Tensor) -> float:
@@ -218,8 +289,11 @@ def bench_case(name: str, batch_size: int, dtype_name: str, args: argparse.Names
     """All variants of one model at one batch size and dtype, interleaved."""
     device, dtype = torch.device(args.device), DTYPES[dtype_name]
     x = torch.randn(batch_size, 3, args.img_size, args.img_size, device=device)
-    inputs = {False: x.to(dtype), True: x.to(dtype).contiguous(memory_format=torch.channels_last)}
-    variants, reference_model = build_variants(name, args.variants, device, dtype, inputs[True], args.branch_widths)
+    inputs = {'nchw': x.to(dtype), 'channels_last': x.to(dtype).contiguous(memory_format=torch.channels_last),
+              'float32': x.float().contiguous()}
+    with tempfile.TemporaryDirectory() as work:
+        variants, reference_model = build_variants(name, args.variants, device, dtype, inputs['channels_last'],
+                                                   args.branch_widths, Path(work))
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # cuDNN would round float32 convs to TF32
         reference = reference_model(x)  # the built-in model, eager float32
     flops_per_image = count_flops_per_image(reference_model, x)
@@ -229,8 +303,8 @@ def bench_case(name: str, batch_size: int, dtype_name: str, args: argparse.Names
     calls: dict[str, Callable[[], object]] = {'matmul': matmul}
     warmup_seconds: dict[str, float] = {}
     diffs: dict[str, float] = {}
-    for variant, (model, channels_last) in variants.items():
-        calls[variant] = lambda model=model, channels_last=channels_last: model(inputs[channels_last])
+    for variant, (model, kind) in variants.items():
+        calls[variant] = lambda model=model, kind=kind: model(inputs[kind])
         warmup_seconds[variant] = time_calls(calls[variant], args.warmup, device) * args.warmup
         diffs[variant] = max_rel_diff(calls[variant](), reference)
     time_calls(matmul, args.warmup, device)
@@ -257,6 +331,7 @@ def bench_case(name: str, batch_size: int, dtype_name: str, args: argparse.Names
             speedup_vs_baseline=ratio(median, baseline, variant),
             speedup_vs_timm_eager=ratio(median, 'timm_eager', variant),
             speedup_vs_timm_channels_last=ratio(median, 'timm_channels_last', variant),
+            speedup_vs_openvino=ratio(median, DEPLOY_BASELINE, variant),
             gflops_per_second=flops_per_second / 1e9,
             fraction_of_matmul_peak=flops_per_second / matmul_flops_per_second,
             max_rel_diff_vs_fp32=diffs[variant],
@@ -265,15 +340,15 @@ def bench_case(name: str, batch_size: int, dtype_name: str, args: argparse.Names
     print(f'\n{name}, batch {batch_size}, {dtype_name} on {device}: {flops_per_image / 1e9:.2f} GFLOP/image, '
           f'matmul peak {matmul_flops_per_second / 1e9:.0f} GFLOP/s, {args.rounds} rounds x {args.iters} calls; '
           f'x base: vs {baseline or "nothing (no compiled built-in variant in this run)"}')
-    print(f'{"variant":<30}{"ms/batch":>10}{"img/s":>10}{"x base":>8}{"x eager":>9}{"x cl":>7}{"GFLOP/s":>9}'
-          f'{"peak":>7}{"diff fp32":>11}{"warmup s":>10}')
+    print(f'{"variant":<30}{"ms/batch":>10}{"img/s":>10}{"x base":>8}{"x eager":>9}{"x cl":>7}{"x OV":>7}'
+          f'{"GFLOP/s":>9}{"peak":>7}{"diff fp32":>11}{"warmup s":>10}')
 
     def fmt(value: float | None) -> str:
         return '' if value is None else f'{value:.2f}'
 
     for r in results:
         print(f'{r.variant:<30}{r.ms_per_batch:>10.2f}{r.images_per_second:>10.1f}{fmt(r.speedup_vs_baseline):>8}'
-              f'{fmt(r.speedup_vs_timm_eager):>9}{fmt(r.speedup_vs_timm_channels_last):>7}'
+              f'{fmt(r.speedup_vs_timm_eager):>9}{fmt(r.speedup_vs_timm_channels_last):>7}{fmt(r.speedup_vs_openvino):>7}'
               f'{r.gflops_per_second:>9.1f}{r.fraction_of_matmul_peak:>7.0%}{r.max_rel_diff_vs_fp32:>11.1e}'
               f'{r.warmup_seconds:>10.1f}')
     return results
