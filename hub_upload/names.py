@@ -6,14 +6,22 @@ own lists for that reason (a test checks they match).
 
 from __future__ import annotations
 
+from huggingface_hub import constants
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id as _hf_validate_repo_id
 
-__all__ = ['CLASSIFICATION', 'INTERPOLATIONS', 'SOURCES', 'TASKS', 'TASK_ARCHITECTURES', 'TASK_LAYOUTS',
-           'TASK_METRICS', 'TASK_SOURCES', 'validate_repo_id', 'validate_repo_name']
+__all__ = ['CARD_NAME', 'CLASSIFICATION', 'CLASSIFIER_SOURCES', 'CONFIG_NAME', 'INTERPOLATIONS', 'SOURCES', 'TASKS',
+           'TASK_ARCHITECTURES', 'TASK_LAYOUTS', 'TASK_METRICS', 'TASK_SOURCES', 'WEIGHTS_NAME', 'validate_repo_id',
+           'validate_repo_name']
+
+# the files of a staged repo, as the Hub and timm name them
+WEIGHTS_NAME = constants.SAFETENSORS_SINGLE_FILE
+CONFIG_NAME = constants.CONFIG_NAME
+CARD_NAME = constants.REPOCARD_NAME
 
 # 'auto' + timm_hrnet.checkpoints.LAYOUT_NAMES
 SOURCES = ('auto', 'canonical', 'official', 'timm', 'mmpretrain', 'mmpose', 'mmseg')
+CLASSIFIER_SOURCES = ('auto', 'canonical', 'official', 'timm', 'mmpretrain')  # the classification layouts' names
 INTERPOLATIONS = ('bilinear', 'bicubic', 'nearest', 'box', 'hamming', 'lanczos')  # timm.data.transforms' names
 CLASSIFICATION = 'classification'  # timm_hrnet.checkpoints' names of what a checkpoint is
 TASK_ARCHITECTURES = {'pose': 'hrnet_pose', 'segmentation': 'hrnet_seg'}  # config.json 'architecture' of task repos

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from timm_hrnet.classification import UnreadableImageError, build_eval_transform, inference_model, load_rgb_image
-from timm_hrnet.tools import benchmark, evaluate, model_table, task_cli, validate
+from timm_hrnet.tools import benchmark, evaluate, model_table, task_cli, train, validate
 from timm_hrnet.tools import export as export_command
 from timm_hrnet.tools.cli_common import (
     CliError,
@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     task_cli.add_segment_parser(subparsers)
     evaluate.add_pose_parser(subparsers)
     evaluate.add_seg_parser(subparsers)
+    train.add_pose_parser(subparsers)
+    train.add_seg_parser(subparsers)
     return parser
 
 

@@ -20,7 +20,7 @@ from ..datasets import COCO_KEYPOINTS, MPII_KEYPOINTS, KeypointInfo
 from ..pose_evaluation import COCO_KEYPOINT_SIGMAS
 
 __all__ = ['TrainKeypoints', 'COCO_TRAIN_KEYPOINTS', 'MPII_TRAIN_KEYPOINTS', 'read_keypoint_file',
-           'keypoints_from_category', 'resolve_keypoints']
+           'keypoints_from_json', 'keypoints_from_category', 'resolve_keypoints']
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,8 @@ def _flip_pairs_from_names(names: Sequence[str]) -> tuple[tuple[int, int], ...]:
     return tuple(pairs)
 
 
-def _from_mapping(data: Mapping[str, Any], source: str) -> TrainKeypoints:
+def keypoints_from_json(data: Mapping[str, Any], source: str = 'keypoint set') -> TrainKeypoints:
+    """A keypoint set from its mapping (`read_keypoint_file`'s format, `TrainKeypoints.to_json`'s output)."""
     names = data.get('keypoints')
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise ValueError(f'{source}: "keypoints" must be a list of joint names')
@@ -129,7 +130,7 @@ def read_keypoint_file(path: str | PathLike) -> TrainKeypoints:
     if not isinstance(data, Mapping):
         raise ValueError(f'keypoint file {path} must hold a mapping with "keypoints" and optional "flip_pairs", '
                          '"skeleton", "sigmas", "upper_body"')
-    return _from_mapping(data, str(path))
+    return keypoints_from_json(data, str(path))
 
 
 def keypoints_from_category(category: Mapping[str, Any]) -> TrainKeypoints:
@@ -139,7 +140,7 @@ def keypoints_from_category(category: Mapping[str, Any]) -> TrainKeypoints:
     if names == COCO_KEYPOINTS.keypoint_names:
         return COCO_TRAIN_KEYPOINTS
     skeleton = [[a - 1, b - 1] for a, b in category.get('skeleton') or []]
-    return _from_mapping(dict(name=category.get('name', 'custom'), keypoints=list(names), skeleton=skeleton),
+    return keypoints_from_json(dict(name=category.get('name', 'custom'), keypoints=list(names), skeleton=skeleton),
                          f'category {category.get("name")!r}')
 
 

@@ -7,11 +7,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ['JointsMSELoss', 'SegCrossEntropy', 'OFFICIAL_OHEM_MIN_KEPT', 'OFFICIAL_OHEM_PIXELS']
+__all__ = ['JointsMSELoss', 'SegCrossEntropy', 'OFFICIAL_OHEM_MIN_KEPT', 'OFFICIAL_OHEM_PIXELS',
+           'CITYSCAPES_CLASS_WEIGHTS']
 
 # the official Cityscapes configs keep at least 100000 pixels of a per-GPU batch of 3 crops of 512x1024
 OFFICIAL_OHEM_MIN_KEPT = 100_000
 OFFICIAL_OHEM_PIXELS = 3 * 512 * 1024
+# the per-class loss weights of the official Cityscapes dataset class (lib/datasets/cityscapes.py), train-id order
+CITYSCAPES_CLASS_WEIGHTS = (0.8373, 0.918, 0.866, 1.0345, 1.0166, 0.9969, 0.9754, 1.0489, 0.8786, 1.0023, 0.9539,
+                            0.9843, 1.1116, 0.9037, 1.0865, 1.0955, 1.0865, 1.1529, 1.0507)
 
 
 class JointsMSELoss(nn.Module):

@@ -145,7 +145,8 @@ def read_pose_annotations(ann_file: str | PathLike, image_dir: str | PathLike,
         outside = labelled & ((points[:, 0] < 0) | (points[:, 0] > width) | (points[:, 1] < 0)
                               | (points[:, 1] > height))
         if outside.any():
-            joints = ', '.join(f'{category["keypoints"][j]} at {points[j, :2].tolist()}' for j in np.flatnonzero(outside))
+            names = category['keypoints']
+            joints = ', '.join(f'{names[j]} at {points[j, :2].tolist()}' for j in np.flatnonzero(outside))
             problems.add('joints outside their image', f'{where}: {joints} outside the {width}x{height} image')
             if on_bad_sample == 'error':
                 continue
@@ -272,9 +273,8 @@ class PoseTrainDataset(Dataset):
         labelled = sample.labelled.copy()
         if flip:
             joints, labelled = joints[self.flip_order], labelled[self.flip_order]
-        height, width = self.input_size
-        inside = (joints[:, 0] >= 0) & (joints[:, 0] < width) & (joints[:, 1] >= 0) & (joints[:, 1] < height)
-        target, weight = gaussian_heatmaps(joints, (labelled & inside).astype(np.float32), self.heatmap_size,
-                                           HEATMAP_STRIDE, self.sigma)
+        # as the official JointsDataset: a labelled joint keeps weight 1 unless its cut Gaussian misses the heatmap
+        target, weight = gaussian_heatmaps(joints, labelled.astype(np.float32), self.heatmap_size, HEATMAP_STRIDE,
+                                           self.sigma)
         return dict(image=(crop - self.mean) / self.std, target=torch.from_numpy(target),
                     target_weight=torch.from_numpy(weight), valid=torch.tensor(1.0), index=torch.tensor(index))

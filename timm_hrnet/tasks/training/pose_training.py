@@ -16,29 +16,30 @@ import torch
 from torch import Tensor, nn
 
 from ...variants import resolve_variant
-from ..datasets import KeypointInfo
 from ..pose import DEFAULT_INPUT_SIZE, HRNetPose, create_pose_model
-from ..pose_evaluation import evaluate_pose
+from ..pose_evaluation import evaluate_pose, load_keypoint_annotations
 from .checkpointing import SIDECAR_FILE, WEIGHTS_FILE, save_sidecar, save_weights
+from .config import Recipe, TrainConfig, resolve_config
 from .distributed import close_distributed, init_distributed
-from .keypoint_sets import TrainKeypoints, read_keypoint_file, resolve_keypoints
+from .keypoint_sets import TrainKeypoints, keypoints_from_json, resolve_keypoints
 from .losses import JointsMSELoss
 from .model_init import ModelInit, classifier_state_dict, is_checkpoint, load_trunk
 from .pose_data import PoseAugmentation, PoseTrainDataset, read_pose_annotations
 from .samples import BadSampleError
-from .trainer import Recipe, TrainConfig, TrainResult, TrainTask, resolve_config, run_training
+from .trainer import TrainResult, TrainTask, resume_path, run_training
 
 __all__ = ['POSE_RECIPE', 'PoseTrainConfig', 'train_pose', 'build_pose_model', 'load_pose_model']
 
-# experiments/coco/hrnet/w32_256x192_adam_lr1e-3.yaml: 32 per GPU on 4 GPUs (global 128), 210 epochs
+# experiments/coco/hrnet/w32_256x192_adam_lr1e-3.yaml: 32 per GPU on 4 GPUs (global 128), 210 epochs; the official
+# get_optimizer builds Adam without the config's WD, so no weight decay
 POSE_RECIPE = Recipe(epochs=210, batch_size=32, optimizer='adam', lr=1e-3, weight_decay=0.0, schedule='step',
-                     lr_steps=(170 / 210, 200 / 210), epochs_reference=210)
+                     lr_steps=(170 / 210, 200 / 210))
 
 
 @dataclass(frozen=True)
 class PoseTrainConfig(TrainConfig):
-    """`TrainConfig` plus the pose data: input (height, width), target sigma, augmentation, and the evaluation's
-    flip test and batch size."""
+    """`TrainConfig` plus the pose data: input (height, width), target sigma (heatmap pixels), augmentation, and
+    the evaluation's flip test and batch size."""
 
     input_size: tuple[int, int] = DEFAULT_INPUT_SIZE
     sigma: float = 2.0
@@ -78,10 +79,11 @@ def _check_evaluation(val_ann_file: str | PathLike, val_image_dir: str | PathLik
     if keypoints.sigmas is None:
         raise ValueError(f'the keypoint set {keypoints.info.name!r} has no OKS sigmas, which the COCO evaluation '
                          'needs: give them in the keypoint file ("sigmas")')
+    _, category = load_keypoint_annotations(val_ann_file)
+    if len(category['keypoints']) != keypoints.num_joints:
+        raise BadSampleError(f'{val_ann_file} annotates {len(category["keypoints"])} keypoints, the training set '
+                             f'{keypoints.num_joints}')
     annotations = read_pose_annotations(val_ann_file, val_image_dir, on_bad_sample='skip')
-    if len(annotations.category['keypoints']) != keypoints.num_joints:
-        raise BadSampleError(f'{val_ann_file} annotates {len(annotations.category["keypoints"])} keypoints, the '
-                             f'training set {keypoints.num_joints}')
     missing = annotations.skipped.get('missing images', 0)
     if missing:
         raise BadSampleError(f'{val_ann_file}: {missing} images missing under {val_image_dir}')
@@ -106,7 +108,8 @@ def train_pose(
     checkpoint to fine-tune, or an `HRNetPose`. `keypoints` (a `TrainKeypoints` or a JSON / YAML file) defaults to
     the annotation's category. `options` override fields of `config` (a `PoseTrainConfig`). With a validation
     split, COCO AP on its ground-truth boxes is measured every `eval_every` epochs. The trained model is written
-    to `<output_dir>/model.safetensors` with `config.json` (`load_pose_model` reads them back).
+    to `<output_dir>/model.safetensors` with `config.json` (`load_pose_model` reads them back; `create_pose_model`
+    reads the weights file).
     """
     config = resolve_config(dataclasses.replace(config or PoseTrainConfig(), **options), POSE_RECIPE)
     if (val_ann_file is None) != (val_image_dir is None):
@@ -118,7 +121,8 @@ def train_pose(
         if val_ann_file is not None:
             _check_evaluation(val_ann_file, val_image_dir, keypoints)
         torch.manual_seed(config.seed)  # the same initial weights on every rank and in every run
-        model = build_pose_model(init, keypoints, config.input_size, pretrained, pretrained_file)
+        resuming = resume_path(config) is not None  # the trunk's weights would be overwritten: not fetched
+        model = build_pose_model(init, keypoints, config.input_size, pretrained and not resuming, pretrained_file)
         dataset = PoseTrainDataset(annotations.samples, keypoints, config.input_size, model.mean, model.std,
                                    config.augmentation, config.sigma, config.seed, config.on_bad_sample)
         criterion = JointsMSELoss()
@@ -143,33 +147,18 @@ def train_pose(
                          evaluate if val_ann_file is not None else None,
                          scan=dict(samples=len(annotations.samples), ignored=annotations.ignored,
                                    skipped=annotations.skipped, keypoints=keypoints.info.name,
-                                   joints=keypoints.num_joints))
+                                   joints=keypoints.num_joints,
+                                   init=os.fspath(init) if isinstance(init, (str, PathLike)) else type(init).__name__))
         return run_training(task, config, context)
     finally:
         close_distributed(context)
 
 
 def load_pose_model(output_dir: str | PathLike, device: torch.device | str | None = None) -> HRNetPose:
-    """The model a `train_pose` run exported, with its input size and keypoint set (names, flip pairs)."""
+    """The model a `train_pose` run exported (`model.safetensors` + `config.json`), with its input size and
+    keypoint set (names, flip pairs), in eval mode."""
     output_dir = Path(output_dir)
     sidecar = json.loads((output_dir / SIDECAR_FILE).read_text())
-    keypoint_file = sidecar['keypoint_set']
-    keypoints = read_keypoint_file_from_dict(keypoint_file, output_dir / SIDECAR_FILE)
-    return create_pose_model(output_dir / sidecar.get('weights', WEIGHTS_FILE), input_size=tuple(
-        sidecar['input_size_hw']), keypoint_info=keypoints.info, device=device)
-
-
-def read_keypoint_file_from_dict(data: dict[str, Any], source: Path) -> TrainKeypoints:
-    """A keypoint set stored in a sidecar (the `TrainKeypoints.to_json` format)."""
-    from tempfile import TemporaryDirectory
-
-    with TemporaryDirectory() as folder:
-        path = Path(folder) / 'keypoints.json'
-        path.write_text(json.dumps(data))
-        try:
-            return read_keypoint_file(path)
-        except ValueError as error:
-            raise ValueError(f'{source}: {error}') from error
-
-
-_ = KeypointInfo  # re-exported type of `build_pose_model`'s keypoint_info
+    keypoints = keypoints_from_json(sidecar['keypoint_set'], str(output_dir / SIDECAR_FILE))
+    return create_pose_model(output_dir / sidecar.get('weights', WEIGHTS_FILE),
+                             input_size=tuple(sidecar['input_size_hw']), keypoint_info=keypoints.info, device=device)

@@ -34,6 +34,8 @@ class RunLog:
         self.path = output_dir / 'log.jsonl'
         self.enabled = enabled
         self.writer = None
+        if enabled:
+            output_dir.mkdir(parents=True, exist_ok=True)
         if enabled and tensorboard is not False:
             try:
                 from torch.utils.tensorboard import SummaryWriter

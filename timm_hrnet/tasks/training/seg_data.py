@@ -1,7 +1,8 @@
 """Segmentation training data: image / label-map folders (Cityscapes layout, class-index or palette PNGs; paired
 and read by `tasks.seg_evaluation.find_seg_samples` and `tasks.label_maps`) to random crops with the official
-augmentation (HRNet-Semantic-Segmentation's BaseDataset.gen_sample): a random scale of 0.5-2.0 in steps of 0.1,
-padding to the crop (image black, labels `ignore_index`), a random crop and a horizontal flip.
+augmentation (HRNet-Semantic-Segmentation's BaseDataset.gen_sample): a random scale 0.5 + randint(0, 16) / 10
+(0.5-2.1 in steps of 0.1), padding to the crop (image black, labels `ignore_index`), a random crop and a horizontal
+flip.
 
 The folders are scanned when the dataset is built, reading file headers only: an unreadable header, a label map of
 another size than its image or of a mode that cannot hold class indices is an error listing them (default) or, with
@@ -37,17 +38,24 @@ _INDEX_MODES = ('L', 'P', 'I;16', 'I;16L', 'I;16B', 'I')
 
 @dataclass(frozen=True)
 class SegAugmentation:
-    """Scale factors from `scale_range` in steps of `scale_step` (None: any value), relative to the image's long
+    """Scale factors from `scale_range` in steps of `scale_step` (None: uniform), relative to the image's long
     side or to `base_size` when given (the official configs: 2048 for Cityscapes, i.e. its own size); a flip with
-    probability `flip_prob` (classes in `flip_pairs`, e.g. LIP's left / right arm, swap)."""
+    probability `flip_prob` (classes in the dataset's flip pairs, e.g. LIP's left / right arm, swap)."""
 
-    scale_range: tuple[float, float] = (0.5, 2.0)
+    scale_range: tuple[float, float] = (0.5, 2.1)
     scale_step: float | None = 0.1
     flip_prob: float = 0.5
     base_size: int | None = None
 
+    def __post_init__(self) -> None:
+        low, high = self.scale_range
+        if not 0 < low <= high or (self.scale_step is not None and self.scale_step <= 0):
+            raise ValueError(f'scale_range must be 0 < low <= high and scale_step positive, got {self.scale_range}, '
+                             f'{self.scale_step}')
+
     @classmethod
     def none(cls) -> SegAugmentation:
+        """The image at its own size (or `base_size`), cropped at random, not flipped."""
         return cls(scale_range=(1.0, 1.0), scale_step=None, flip_prob=0.0)
 
 

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,107 +29,21 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .checkpointing import STATE_FILE, load_state, save_state
+from .config import Recipe, TrainConfig, resume_differences
 from .distributed import DistContext, all_reduce_sum, barrier, gather_objects
 from .run_log import RunLog, json_safe
-from .samples import EpochSampler, check_policy
+from .samples import EpochSampler
 
-__all__ = ['TrainConfig', 'Recipe', 'TrainTask', 'TrainResult', 'run_training', 'AMP_MODES', 'CHECKPOINTING_MODES',
-           'SCHEDULES', 'resolve_config']
+__all__ = ['TrainTask', 'TrainResult', 'run_training', 'resume_path']
 
 _logger = logging.getLogger(__name__)
-
-AMP_MODES = ('none', 'bf16', 'fp16')
-CHECKPOINTING_MODES = ('none', 'full', 'selective')
-SCHEDULES = ('step', 'poly', 'cosine', 'constant')
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How to train; None means the task's official recipe (`Recipe`). `batch_size` is per process (global batch =
-    batch_size x world size); `lr_steps` are epochs (default: the official 170 and 200 of 210, scaled to `epochs`);
-    `optimizer` is a timm name ('adam', 'adamw', 'momentum' = SGD with momentum as the official code, 'sgd' =
-    Nesterov in timm). `checkpoint_every` steps (0: at the end of each epoch), `eval_every` epochs (0: never),
-    `max_steps` stops after that many steps in total with a checkpoint (resume later with `resume`; 'auto' resumes
-    from `<output_dir>/last.pth` if there is one)."""
-
-    output_dir: str = 'train-output'
-    epochs: int | None = None
-    batch_size: int | None = None
-    workers: int = 4
-    optimizer: str | None = None
-    lr: float | None = None
-    weight_decay: float | None = None
-    momentum: float = 0.9
-    schedule: str | None = None
-    lr_steps: tuple[int, ...] | None = None
-    lr_factor: float = 0.1
-    poly_power: float = 0.9
-    warmup_steps: int = 0
-    amp: str = 'none'
-    compile: bool = False
-    grad_checkpointing: str = 'none'
-    channels_last: bool = False
-    ema_decay: float | None = None
-    sync_bn: bool = False
-    freeze_bn: bool = False
-    seed: int = 0
-    checkpoint_every: int = 0
-    eval_every: int = 1
-    max_steps: int | None = None
-    resume: str | None = None
-    log_every: int = 20
-    device: str | None = None
-    progress: bool = True
-    tensorboard: bool | None = None
-    on_bad_sample: str = 'error'
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """A task's official defaults (see docs/training.md for where each comes from)."""
-
-    epochs: int
-    batch_size: int
-    optimizer: str
-    lr: float
-    weight_decay: float
-    schedule: str
-    lr_steps: tuple[float, ...] = ()  # fractions of the epochs
-    epochs_reference: int = 0
-
-
-def resolve_config(config: TrainConfig, recipe: Recipe) -> TrainConfig:
-    """`config` with every None taken from the recipe, and checked."""
-    epochs = config.epochs if config.epochs is not None else recipe.epochs
-    lr_steps = config.lr_steps
-    if lr_steps is None:
-        lr_steps = tuple(max(1, round(f * epochs)) for f in recipe.lr_steps)
-    resolved = dataclasses.replace(
-        config, epochs=epochs, lr_steps=tuple(int(s) for s in lr_steps),
-        batch_size=config.batch_size if config.batch_size is not None else recipe.batch_size,
-        optimizer=config.optimizer or recipe.optimizer, lr=config.lr if config.lr is not None else recipe.lr,
-        weight_decay=config.weight_decay if config.weight_decay is not None else recipe.weight_decay,
-        schedule=config.schedule or recipe.schedule,
-    )
-    if resolved.epochs < 1 or resolved.batch_size < 1:
-        raise ValueError(f'epochs and batch_size must be positive, got {resolved.epochs} and {resolved.batch_size}')
-    for name, value, allowed in (('amp', resolved.amp, AMP_MODES), ('schedule', resolved.schedule, SCHEDULES),
-                                 ('grad_checkpointing', resolved.grad_checkpointing, CHECKPOINTING_MODES)):
-        if value not in allowed:
-            raise ValueError(f'{name} must be one of {", ".join(allowed)}, got {value!r}')
-    check_policy(resolved.on_bad_sample)
-    if resolved.sync_bn and resolved.freeze_bn:
-        raise ValueError('sync_bn and freeze_bn exclude each other (frozen BatchNorm computes no batch statistics)')
-    if resolved.ema_decay is not None and not 0 < resolved.ema_decay < 1:
-        raise ValueError(f'ema_decay must be in (0, 1), got {resolved.ema_decay}')
-    return resolved
 
 
 @dataclass
 class TrainTask:
     """What the loop needs from a task: the model (an `HRNetTaskModel`), the training data (`samples.EpochSampler`
     keys), the loss of a batch, the evaluation (every rank calls it; None: no validation data), and the export of
-    the trained model's state dict (rank 0). `scan` is what the dataset scan left out, for the log."""
+    the trained model's state dict (rank 0). `scan` is what the dataset scan found, for the log."""
 
     name: str
     model: nn.Module
@@ -144,8 +58,8 @@ class TrainTask:
 @dataclass
 class TrainResult:
     """Where a run ended: `finished` False when it stopped at `max_steps` (resume it); `files` the exported model
-    (weights, config) when finished; `losses` the logged interval means; `metrics` the last evaluation; `model`
-    the trained model (the EMA's when EMA is on), in eval mode."""
+    (weights, config) when finished; `losses` the logged interval means; `metrics` the last evaluation; `skipped`
+    the samples left out at load time; `model` the trained model (the EMA's when EMA is on), in eval mode."""
 
     output_dir: Path
     step: int
@@ -169,17 +83,20 @@ def _set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int) -> Any:
+    """timm's scheduler for the config, stepped per optimizer step (`step_update`)."""
     total = config.epochs * steps_per_epoch
     warmup = dict(warmup_t=config.warmup_steps, warmup_lr_init=config.lr * 1e-3 if config.warmup_steps else 0.0,
                   t_in_epochs=False)
     if config.schedule == 'step':
-        return MultiStepLRScheduler(optimizer, decay_t=[e * steps_per_epoch for e in config.lr_steps],
-                                    decay_rate=config.lr_factor, **warmup)
+        # timm applies a milestone m from step m - 1 on; the official MultiStepLR decays from epoch e's first step
+        return MultiStepLRScheduler(optimizer, decay_t=[e * steps_per_epoch + 1 for e in config.lr_steps],
+                                    decay_rate=config.lr_factor, warmup_prefix=False, **warmup)
     if config.schedule == 'poly':
         return PolyLRScheduler(optimizer, t_initial=total, power=config.poly_power, **warmup)
     if config.schedule == 'cosine':
         return CosineLRScheduler(optimizer, t_initial=total, **warmup)
-    return MultiStepLRScheduler(optimizer, decay_t=[total + 1], decay_rate=1.0, **warmup)  # constant
+    return MultiStepLRScheduler(optimizer, decay_t=[total + 1], decay_rate=1.0, warmup_prefix=False,
+                                **warmup)  # constant
 
 
 def _rng_state(device: torch.device) -> dict[str, Tensor]:
@@ -195,7 +112,8 @@ def _set_rng_state(state: dict[str, Tensor], device: torch.device) -> None:
         torch.cuda.set_rng_state(state['cuda'], device)
 
 
-def _resume_path(config: TrainConfig) -> Path | None:
+def resume_path(config: TrainConfig) -> Path | None:
+    """The training state a run resumes from: None without `resume` (or with 'auto' and no state yet)."""
     if config.resume is None:
         return None
     path = Path(config.output_dir) / STATE_FILE if config.resume == 'auto' else Path(config.resume)
@@ -251,6 +169,13 @@ class _Loop:
                                              else None)
         self.module = torch.compile(module) if config.compile else module
         self.autocast_dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(config.amp)
+        self.sampler = EpochSampler(task.dataset, context.world_size, context.rank, config.seed)
+        # one loader for the run (workers kept between epochs); its own generator, so that making an iterator
+        # draws nothing from the global RNG (a resumed run would be shifted)
+        self.loader = DataLoader(task.dataset, batch_size=config.batch_size, sampler=self.sampler, drop_last=True,
+                                 num_workers=config.workers, persistent_workers=config.workers > 0,
+                                 pin_memory=self.device.type == 'cuda',
+                                 generator=torch.Generator().manual_seed(config.seed))
         self.step = 0
         self.skipped = 0
         self.losses: list[float] = []
@@ -265,7 +190,7 @@ class _Loop:
                 task=self.task.name, step=self.step, model=self.model.state_dict(),
                 optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                 scaler=self.scaler.state_dict(), rng=rng, world_size=self.context.world_size,
-                global_batch=self.global_batch, skipped=self.skipped, metrics=json_safe(_metrics_record(self.metrics)),
+                global_batch=self.global_batch, skipped=self.skipped, metrics=json_safe(self.metrics),
                 config=json_safe(dataclasses.asdict(self.config)),
             )
             if self.ema is not None:
@@ -280,40 +205,35 @@ class _Loop:
         if state['global_batch'] != self.global_batch:
             raise ValueError(f'{path} was trained with a global batch of {state["global_batch"]}; resuming with '
                              f'{self.global_batch} would change the batches and the schedule')
+        changed = resume_differences(state['config'], json_safe(dataclasses.asdict(self.config)))
+        if changed:
+            raise ValueError(f'{path} was written by a run with other settings; resuming needs the same ones '
+                             f'(start a new output_dir to fine-tune from it instead): {"; ".join(changed)}')
         self.model.load_state_dict(state['model'])
         self.optimizer.load_state_dict(state['optimizer'])
         self.scheduler.load_state_dict(state['scheduler'])
         self.scaler.load_state_dict(state['scaler'])
         if self.ema is not None:
-            if 'model_ema' not in state:
-                raise ValueError(f'{path} has no EMA weights; resume with the same ema_decay as the run that wrote it')
             self.ema.module.load_state_dict(state['model_ema'])
         if state['world_size'] == self.context.world_size:
             _set_rng_state(state['rng'][self.context.rank], self.device)
         else:
-            _logger.warning('%s was written by %d processes, resumed by %d: the data is the same, RNG states '
+            _logger.warning('%s was written by %d processes, resumed by %d: the data is the same, the RNG states '
                             '(used by nothing in the HRNet recipes) are reseeded', path, state['world_size'],
                             self.context.world_size)
         self.step = int(state['step'])
-        self.skipped = int(state.get('skipped', 0))
-        self.metrics = dict(state.get('metrics') or {})
+        self.skipped = int(state['skipped'])
+        self.metrics = dict(state['metrics'])
         self.log.write(dict(event='resume', step=self.step, epoch=self.step // self.steps_per_epoch, path=str(path)))
 
     # -- training ---------------------------------------------------------------------------------------------------
-    def loader(self, epoch: int, skip: int) -> DataLoader:
-        sampler = EpochSampler(self.task.dataset, self.context.world_size, self.context.rank, self.config.seed)
-        sampler.start(epoch, skip)
-        # an own generator: creating a loader iterator must not draw from the global RNG (resumption would shift it)
-        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
-        return DataLoader(self.task.dataset, batch_size=self.config.batch_size, sampler=sampler, drop_last=True,
-                          num_workers=self.config.workers, pin_memory=self.device.type == 'cuda', generator=generator)
-
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def train_step(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """One optimizer step; the loss and the number of skipped (empty) samples of this rank's batch."""
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         if self.config.channels_last:
             batch['image'] = batch['image'].contiguous(memory_format=torch.channels_last)
@@ -330,25 +250,15 @@ class _Loop:
         return loss.detach().float(), (1 - batch['valid']).sum()
 
     def evaluate(self, epoch: int) -> None:
-        if self.task.evaluate is None:
-            return
         model = self.ema.module if self.ema is not None else self.model
         start = time.perf_counter()
         metrics = self.task.evaluate(model)
         _set_train_mode(self.model, self.config.freeze_bn)
         if self.ema is not None:
             self.ema.module.eval()
-        self.metrics = _metrics_record(metrics)
+        self.metrics = json_safe(_metrics_record(metrics))
         self.log.write(dict(event='eval', step=self.step, epoch=epoch + 1, seconds=time.perf_counter() - start,
                             **self.metrics))
-
-    def batches(self, epoch: int) -> Iterator[dict[str, Tensor]]:
-        skip_steps = self.step - epoch * self.steps_per_epoch
-        loader = self.loader(epoch, skip_steps * self.config.batch_size)
-        for index, batch in enumerate(loader):
-            if skip_steps + index >= self.steps_per_epoch:
-                break
-            yield batch
 
     def run(self) -> bool:
         """Train to the end or to max_steps; True when the end was reached."""
@@ -359,38 +269,38 @@ class _Loop:
                             config=dataclasses.asdict(config), data=self.task.scan))
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f'train-{self.task.name}', unit='step',
                    disable=not (config.progress and self.context.is_main), dynamic_ncols=True)
-        interval_loss = torch.zeros((), dtype=torch.float64, device=self.device)
-        interval_skipped = torch.zeros((), dtype=torch.float64, device=self.device)
+        interval = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, skipped samples
         interval_steps, interval_start = 0, time.perf_counter()
         try:
             for epoch in range(self.step // self.steps_per_epoch, config.epochs):
-                for batch in self.batches(epoch):
+                self.sampler.start(epoch, (self.step - epoch * self.steps_per_epoch) * config.batch_size)
+                for batch in self.loader:
                     loss, skipped = self.train_step(batch)
-                    interval_loss += loss
-                    interval_skipped += skipped
+                    interval[0] += loss.double()
+                    interval[1] += skipped.double()
                     interval_steps += 1
                     bar.update(1)
-                    last_of_epoch = self.step % self.steps_per_epoch == 0
+                    end_of_epoch = self.step % self.steps_per_epoch == 0
                     stop = config.max_steps is not None and self.step >= config.max_steps
-                    if interval_steps and (self.step % config.log_every == 0 or last_of_epoch or stop):
-                        self.log_interval(interval_loss, interval_skipped, interval_steps, interval_start, epoch, bar)
-                        interval_loss.zero_()
-                        interval_skipped.zero_()
+                    if self.step % config.log_every == 0 or end_of_epoch or stop:
+                        self.log_interval(interval, interval_steps, interval_start, epoch, bar)
+                        interval.zero_()
                         interval_steps, interval_start = 0, time.perf_counter()
-                    if stop or (config.checkpoint_every and self.step % config.checkpoint_every == 0):
+                    if end_of_epoch and self.task.evaluate is not None and config.eval_every and (
+                            (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
+                        self.evaluate(epoch)
+                    if (stop or self.step == self.total_steps
+                            or (config.checkpoint_every and self.step % config.checkpoint_every == 0)
+                            or (not config.checkpoint_every and end_of_epoch)):
                         self.save()
-                    if stop:
-                        return self.step >= self.total_steps
-                if config.eval_every and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
-                    self.evaluate(epoch)
-                if not config.checkpoint_every or self.step % config.checkpoint_every:
-                    self.save()
+                    if stop and self.step < self.total_steps:
+                        return False
         finally:
             bar.close()
         return True
 
-    def log_interval(self, loss: Tensor, skipped: Tensor, steps: int, start: float, epoch: int, bar: tqdm) -> None:
-        totals = all_reduce_sum(torch.stack([loss.double(), skipped.double()]), self.context)
+    def log_interval(self, interval: Tensor, steps: int, start: float, epoch: int, bar: tqdm) -> None:
+        totals = all_reduce_sum(interval, self.context)
         mean_loss = float(totals[0]) / (steps * self.context.world_size)
         if not math.isfinite(mean_loss):
             raise FloatingPointError(f'the training loss is {mean_loss} at step {self.step} (epoch {epoch + 1}); lower '
@@ -412,12 +322,12 @@ def run_training(task: TrainTask, config: TrainConfig, context: DistContext) -> 
     """Train `task` as `config` says (already resolved against the task's recipe) on this rank."""
     torch.manual_seed(config.seed * 1000 + context.rank)  # dropout-like randomness only; the data has its own
     loop = _Loop(task, config, context)
+    files: dict[str, str] = {}
     try:
-        resume = _resume_path(config)
+        resume = resume_path(config)
         if resume is not None:
             loop.restore(resume)
         finished = loop.run() if loop.step < loop.total_steps else True
-        files: dict[str, str] = {}
         final = loop.ema.module if loop.ema is not None else loop.model
         if finished:
             if context.is_main:
@@ -427,6 +337,8 @@ def run_training(task: TrainTask, config: TrainConfig, context: DistContext) -> 
                             files=files))
     finally:
         loop.log.close()
+    if hasattr(final, 'set_grad_checkpointing'):
+        final.set_grad_checkpointing(False)
     return TrainResult(
         output_dir=loop.output_dir, step=loop.step, epoch=loop.step // loop.steps_per_epoch, finished=finished,
         state_file=loop.state_file, files=files, losses=loop.losses, metrics=loop.metrics, skipped=loop.skipped,
