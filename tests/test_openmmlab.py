@@ -1,0 +1,102 @@
+"""OpenMMLab checkpoints compute what OpenMMLab computes: mmpose 1.3.2 top-down heatmap HRNet (1.x and 0.x key
+layouts) and mmsegmentation 1.2.2 HRNet + FCNHead, against outputs of that code (tests/fixtures/openmmlab, made by
+make_openmmlab_ref.py there: full depth, reduced widths, float16 weights, random BatchNorm statistics)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from timm_hrnet.checkpoints import MMPOSE, MMSEG, read_checkpoint
+from timm_hrnet.convert import CheckpointMismatchError
+from timm_hrnet.tasks.pose import create_pose_model
+from timm_hrnet.tasks.segmentation import create_seg_model
+
+FIXTURES = Path(__file__).parent / 'fixtures' / 'openmmlab'
+POSE = FIXTURES / 'mmpose_td-hm_hrnet_reduced.pth'
+SEG = FIXTURES / 'mmseg_fcn_hr_reduced.pth'
+pytestmark = pytest.mark.usefixtures('single_torch_thread')
+
+
+def fixture(path: Path) -> Path:
+    if not path.is_file():
+        if os.environ.get('CI'):
+            pytest.fail(f'reference fixture {path} is missing; in CI it must be there')
+        pytest.skip(f'reference fixture {path} not found (made by {FIXTURES / "make_openmmlab_ref.py"})')
+    return path
+
+
+def reference(path: Path) -> dict:
+    return torch.load(path.with_name(f'{path.stem}_reference.pt'), weights_only=True)
+
+
+def pose_input(seed: int) -> torch.Tensor:
+    return torch.randn(1, 3, 256, 192, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize('as_url', [False, True], ids=['path', 'file_url'])
+def test_mmpose_1x_checkpoint_reproduces_mmpose(as_url: bool) -> None:
+    path = fixture(POSE)
+    model = create_pose_model(path.as_uri() if as_url else path)
+    expected = reference(path)
+    with torch.no_grad():
+        heatmaps = model(pose_input(expected['seed']))
+    assert heatmaps.shape == expected['heatmaps'].shape
+    assert (heatmaps - expected['heatmaps']).abs().max().item() <= 1e-4
+
+
+def test_mmpose_0x_layout_reproduces_mmpose() -> None:
+    """mmpose 0.x names the head `keypoint_head.final_layer`; same network, same numbers."""
+    path = fixture(POSE)
+    state_dict = torch.load(path, weights_only=True)['state_dict']
+    old = {k.replace('head.final_layer.', 'keypoint_head.final_layer.'): v for k, v in state_dict.items()}
+    loaded = read_checkpoint(old)
+    assert loaded.layout.name == MMPOSE
+    model = create_pose_model(loaded)
+    expected = reference(path)
+    with torch.no_grad():
+        heatmaps = model(pose_input(expected['seed']))
+    assert (heatmaps - expected['heatmaps']).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize('size', ['512x1024', '250x330'])
+def test_mmseg_checkpoint_reproduces_mmseg(size: str) -> None:
+    """The two-step resize of mmseg's exchange units and its bias-free head conv, also at a size that is not a
+    multiple of 32 (where one resize would give other numbers)."""
+    path = fixture(SEG)
+    loaded = read_checkpoint(path)
+    assert loaded.layout.name == MMSEG and loaded.class_names[:2] == ('road', 'sidewalk')
+    model = create_seg_model(loaded)
+    assert model.class_names == loaded.class_names and model.align_corners is False
+    expected = reference(path)[size]
+    height, width = (int(v) for v in size.split('x'))
+    x = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(expected['seed']))
+    with torch.no_grad():
+        logits = model(x)
+    assert tuple(logits.shape) == tuple(expected['shape'])
+    step = expected['step']
+    assert (logits[..., ::step, ::step] - expected['sampled']).abs().max().item() <= 1e-4
+    assert logits.double().sum().item() == pytest.approx(expected['sum'], rel=1e-5, abs=1e-2)
+    assert logits.double().abs().sum().item() == pytest.approx(expected['abs_sum'], rel=1e-6)
+
+
+def test_mmseg_align_corners_cannot_be_overridden() -> None:
+    with pytest.raises(ValueError, match='align_corners=False throughout'):
+        create_seg_model(fixture(SEG), align_corners=True)
+
+
+def test_ocrnet_is_refused_by_name() -> None:
+    state_dict = torch.load(fixture(SEG), weights_only=True)['state_dict']
+    ocr = {k.replace('decode_head.', 'decode_head.1.'): v for k, v in state_dict.items()}
+    ocr.update({k.replace('decode_head.', 'decode_head.0.'): v for k, v in state_dict.items() if 'decode' in k})
+    with pytest.raises(ValueError, match='OCR'):
+        create_seg_model(ocr)
+
+
+def test_a_key_from_another_network_is_named() -> None:
+    state_dict = torch.load(fixture(POSE), weights_only=True)['state_dict']
+    state_dict['backbone.stage4.0.extra_conv.weight'] = torch.zeros(1)
+    with pytest.raises((CheckpointMismatchError, ValueError), match='extra_conv'):
+        create_pose_model(state_dict)
