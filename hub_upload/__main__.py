@@ -17,16 +17,20 @@ from .names import (
     INTERPOLATIONS,
     SOURCES,
     TASK_ARCHITECTURES,
+    TASK_LAYOUTS,
     TASK_METRICS,
-    TASK_SOURCES,
     TASKS,
+    WEIGHTS_NAME,
     validate_repo_id,
     validate_repo_name,
 )
 from .push import push_dir, read_weights_metadata
 
 if TYPE_CHECKING:
-    from timm_hrnet.download import FetchedFile
+    from timm_hrnet.checkpoints import Checkpoint
+
+    from .classifier import ClassifierOptions
+    from .task_repos import TaskOptions
 
 MANIFEST_DIR = Path(__file__).resolve().parent / 'manifests'
 MIN_INPUT_SIZE = 32  # timm_hrnet.hrnet.MIN_INPUT_SIZE, spelled out so that --help starts without torch
@@ -154,15 +158,11 @@ def _refuse(args: argparse.Namespace, options: Sequence[str], what: str) -> None
         raise ValueError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to {what}")
 
 
-def _checkpoint_task(args: argparse.Namespace, path: Path) -> str:
+def _checkpoint_task(args: argparse.Namespace, checkpoint: Checkpoint) -> str:
     """--task, or what the checkpoint's keys say it is; a classifier needs --model, a task model must not get one."""
     if args.task != 'auto':
         return args.task
-    from timm_hrnet.convert import load_checkpoint_file
-
-    from .tasks import detect_task
-
-    found = detect_task(load_checkpoint_file(path))
+    found = checkpoint.task
     if found in TASK_ARCHITECTURES:
         if args.model is not None:
             raise ValueError(f"'{args.src}' is an HRNet {found} checkpoint, whose architecture is read from its "
@@ -178,21 +178,41 @@ def _checkpoint_task(args: argparse.Namespace, path: Path) -> str:
 def _convert(args: argparse.Namespace) -> int:
     from timm_hrnet.download import resolve_checkpoint
 
+    from .source import read_source
+    from .stage import convert
+
     fetched = resolve_checkpoint(args.src, args.sha256, args.cache_dir, allow_http=args.allow_http, require_hash=True)
+    source = read_source(fetched)  # read once: the task is told by it, the conversion takes it as read
     source_url = fetched.url if urlparse(fetched.url or '').scheme in ('http', 'https') else None
-    task = _checkpoint_task(args, fetched.path)
+    task = _checkpoint_task(args, source.checkpoint)
     if task == CLASSIFICATION:
         _refuse(args, _TASK_OPTIONS, 'classification checkpoints')
-        return _convert_classifier(args, fetched, source_url)
-    _refuse(args, _CLASSIFIER_OPTIONS, f'{task} checkpoints')
-    if args.source not in TASK_SOURCES:
-        raise ValueError(f"--source {args.source} does not apply to {task} checkpoints (official layout only)")
-    return _convert_task(args, fetched, source_url, task)
+        options, overridden = _classifier_options(args, source_url)
+    else:
+        _refuse(args, _CLASSIFIER_OPTIONS, f'{task} checkpoints')
+        if args.source not in ('auto', *TASK_LAYOUTS[task]):
+            raise ValueError(f"--source {args.source} does not apply to {task} checkpoints (layouts: "
+                             f"{', '.join(TASK_LAYOUTS[task])})")
+        options, overridden = _task_options(args, source_url, task), ''
+    result = convert(source, args.out, options, force=args.force, repo_id=args.repo_id,
+                     verify_image_size=args.image_size)
+    print(result.report.summary())
+    for name, nbytes in result.files.items():
+        print(f'  {result.out_dir / name}  {nbytes} bytes')
+    if task == CLASSIFICATION:
+        print(f'preprocessing in config.json: {result.preprocessing_origin}'
+              + (f'; overridden by {overridden}' if overridden else ''))
+    else:
+        print(f'config.json: {result.preprocessing_origin}')
+    what = {CLASSIFICATION: 'classes', 'pose': 'joints'}.get(task, 'classes')
+    print(f'converted {args.src} -> {result.out_dir} ({result.architecture}, {result.num_classes} {what})')
+    return 0
 
 
-def _convert_classifier(args: argparse.Namespace, fetched: FetchedFile, source_url: str | None) -> int:
+def _classifier_options(args: argparse.Namespace, source_url: str | None) -> tuple[ClassifierOptions, str]:
+    """The classifier's options, and the preprocessing options given (for the report)."""
+    from .classifier import ClassifierOptions
     from .model_card import CardFacts
-    from .stage import convert_to_dir
 
     if args.model is None:
         raise ValueError('--model is needed for a classification checkpoint (the variant, e.g. hrnet_w18)')
@@ -204,48 +224,28 @@ def _convert_classifier(args: argparse.Namespace, fetched: FetchedFile, source_u
         input_size = input_size[0]
     overrides = dict(input_size=input_size, interpolation=args.interpolation, crop_pct=args.crop_pct,
                      test_input_size=args.test_input_size, test_crop_pct=args.test_crop_pct)
-    result = convert_to_dir(
-        fetched, args.model, args.out, source=args.source, force=args.force, repo_id=args.repo_id,
-        facts=CardFacts(source=args.source, license=args.license, dataset=args.dataset, source_url=source_url),
-        preprocessing_overrides=overrides, atol=1e-4 if args.atol is None else args.atol,
-        verify_image_size=args.image_size, num_classes=args.num_classes,
-    )
-    print(result.report.summary())
-    for name, nbytes in result.files.items():
-        print(f'  {result.out_dir / name}  {nbytes} bytes')
-    overridden = ', '.join(f'--{key.replace("_", "-")}' for key, value in overrides.items() if value is not None)
-    print(f'preprocessing in config.json: {result.preprocessing_origin}'
-          + (f'; overridden by {overridden}' if overridden else ''))
-    print(f'converted {args.src} -> {result.out_dir} ({result.architecture}, {result.num_classes} classes)')
-    return 0
+    facts = CardFacts(source=args.source, license=args.license, dataset=args.dataset, source_url=source_url)
+    options = ClassifierOptions(args.model, args.source, facts, overrides, 1e-4 if args.atol is None else args.atol,
+                                args.num_classes)
+    return options, ', '.join(f'--{key.replace("_", "-")}' for key, value in overrides.items() if value is not None)
 
 
-def _convert_task(args: argparse.Namespace, fetched: FetchedFile, source_url: str | None, task: str) -> int:
+def _task_options(args: argparse.Namespace, source_url: str | None, task: str) -> TaskOptions:
     from .model_card import TaskFacts
-    from .tasks import convert_task_to_dir
+    from .task_repos import TaskOptions
 
     input_size = (args.input_size, args.input_size) if isinstance(args.input_size, int) else args.input_size
     facts = TaskFacts(license=args.license, dataset=args.dataset, source_url=source_url,
                       metrics=tuple(dict(args.metric or ()).items()), eval_split=args.eval_split,
                       eval_protocol=args.eval_protocol)
-    result = convert_task_to_dir(
-        fetched, args.out, task=task, force=args.force, repo_id=args.repo_id, facts=facts, input_size=input_size,
-        align_corners=args.align_corners, num_outputs=args.num_classes,
-        rtol=1e-4 if args.rtol is None else args.rtol, verify_image_size=args.image_size,
-    )
-    print(result.report.summary())
-    for name, nbytes in result.files.items():
-        print(f'  {result.out_dir / name}  {nbytes} bytes')
-    print(f'config.json: {result.preprocessing_origin}')
-    what = 'joints' if task == 'pose' else 'classes'
-    print(f'converted {args.src} -> {result.out_dir} ({result.architecture}, {result.num_classes} {what})')
-    return 0
+    return TaskOptions(task, args.source, facts, input_size, args.align_corners, args.num_classes,
+                       1e-4 if args.rtol is None else args.rtol)
 
 
 def _verify(args: argparse.Namespace) -> int:
     from timm_hrnet.download import is_url, resolve_checkpoint
 
-    from .verify import WEIGHTS_NAME, verify_dir
+    from .verify import verify_dir
 
     against = args.against
     if against is not None and is_url(against):  # downloaded against the digest the repo records

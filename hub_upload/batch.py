@@ -7,7 +7,7 @@ hash, a conversion) fails that entry alone; the summary lists it.
 
 Entries are classifiers unless they say ``task = "pose"`` or ``"segmentation"``; those take their architecture from
 the checkpoint (no ``model``) and state the input size / align_corners and the published results instead of the
-classifier's preprocessing and top-1 (``hub_upload.tasks``).
+classifier's preprocessing and top-1 (``hub_upload.task_repos``).
 """
 
 from __future__ import annotations
@@ -29,23 +29,27 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from timm_hrnet.convert import LAYOUT_NAMES
 from timm_hrnet.download import FetchedFile, check_sha256, hash_from_name, is_url, resolve_checkpoint
 
+from .classifier import ClassifierOptions, Preprocessing
+from .kinds import RepoOptions
 from .model_card import CardFacts, TaskFacts
 from .names import (
     CLASSIFICATION,
+    CLASSIFIER_SOURCES,
     INTERPOLATIONS,
     TASK_ARCHITECTURES,
+    TASK_LAYOUTS,
     TASK_METRICS,
-    TASK_SOURCES,
     TASKS,
+    WEIGHTS_NAME,
     validate_repo_id,
 )
 from .push import push_dir, read_weights_metadata
 from .safety import is_staged_repo, recover_interrupted
-from .stage import Preprocessing, convert_to_dir
-from .verify import WEIGHTS_NAME
+from .source import read_source
+from .stage import convert
+from .task_repos import TaskOptions
 
 __all__ = ['BatchOutcome', 'ManifestEntry', 'format_summary', 'load_manifest', 'run_batch']
 
@@ -147,6 +151,15 @@ class ManifestEntry:
         return dict(input_size=self.input_size, interpolation=self.interpolation, crop_pct=self.crop_pct,
                     test_input_size=self.test_input_size, test_crop_pct=self.test_crop_pct)
 
+    def options(self) -> RepoOptions:
+        """What the entry states, for ``stage.convert``: a classifier's or a task model's."""
+        if self.task == CLASSIFICATION:
+            return ClassifierOptions(self.model, self.source, self.card_facts(), self.preprocessing_overrides(),
+                                     num_classes=self.num_classes)
+        return TaskOptions(self.task, self.source, self.task_facts(),
+                           input_size=self.input_size[1:] if self.input_size else None,
+                           align_corners=self.align_corners, num_outputs=self.num_classes)
+
 
 _ENTRY_KEYS = {f.name for f in fields(ManifestEntry)} | {'file', 'repo'}
 _TOP_LEVEL_KEYS = {'url_base', 'repo_owner', 'defaults', 'checkpoints'}
@@ -206,9 +219,9 @@ def _task_values(values: dict[str, Any]) -> None:
         raise ValueError(f"{', '.join(other)} do(es) not apply to a {task} entry (its architecture comes from the "
                          'checkpoint; it states input_size (pose), align_corners (segmentation), metrics)')
     values['model'] = TASK_ARCHITECTURES[task]
-    if values.get('source', 'auto') not in TASK_SOURCES:
-        raise ValueError(f"source must be one of {', '.join(TASK_SOURCES)} for a {task} entry, got "
-                         f"{values['source']!r}")
+    sources = ('auto', *TASK_LAYOUTS[task])
+    if values.get('source', 'auto') not in sources:
+        raise ValueError(f"source must be one of {', '.join(sources)} for a {task} entry, got {values['source']!r}")
     if values.get('align_corners') is not None:
         if task != 'segmentation' or not isinstance(values['align_corners'], bool):
             raise ValueError(f"align_corners must be true or false on a segmentation entry, got "
@@ -241,8 +254,8 @@ def _validated(values: dict[str, Any]) -> ManifestEntry:
     validate_repo_id(values['repo_id'])
     if values['task'] == CLASSIFICATION:
         Preprocessing.for_model(values['model'])  # an unknown variant or tag
-        if values.get('source', 'auto') not in ('auto', *LAYOUT_NAMES):
-            raise ValueError(f"source must be auto or one of {', '.join(LAYOUT_NAMES)}, got {values['source']!r}")
+        if values.get('source', 'auto') not in CLASSIFIER_SOURCES:
+            raise ValueError(f"source must be one of {', '.join(CLASSIFIER_SOURCES)}, got {values['source']!r}")
     for key in _TEXT_KEYS:
         if values.get(key) is not None and not isinstance(values[key], str):
             raise ValueError(f'{key} must be a string, got {values[key]!r}')
@@ -336,25 +349,10 @@ def _require_full_hash(entry: ManifestEntry, fetched: FetchedFile) -> None:
 
 def _convert(entry: ManifestEntry, fetched: FetchedFile, out_dir: Path, options: dict[str, Any],
              log: Callable[[str], None]) -> str:
-    """Stage one entry (classifier or task model); the detail for the summary."""
-    if entry.task == CLASSIFICATION:
-        result = convert_to_dir(
-            fetched, entry.model, out_dir, source=entry.source, force=options['restage'], repo_id=entry.repo_id,
-            facts=entry.card_facts(), preprocessing_overrides=entry.preprocessing_overrides(),
-            verify_image_size=options['verify_image_size'], num_classes=entry.num_classes,
-            log=lambda message: log(f'  {message}'),
-        )
-        return f'max abs diff {result.report.max_abs_diff:.2g}' + (
-            '' if result.report.independent else ' (self-consistency only)')
-    from .tasks import convert_task_to_dir  # imports the task models only for task entries
-
-    result = convert_task_to_dir(
-        fetched, out_dir, task=entry.task, force=options['restage'], repo_id=entry.repo_id, facts=entry.task_facts(),
-        input_size=entry.input_size[1:] if entry.input_size else None, align_corners=entry.align_corners,
-        num_outputs=entry.num_classes, verify_image_size=options['verify_image_size'],
-        log=lambda message: log(f'  {message}'),
-    )
-    return f'relative max diff {result.report.relative_diff:.2g} (self-consistency only)'
+    """Stage one entry (classifier or task model), its file read once; the detail for the summary."""
+    result = convert(read_source(fetched), out_dir, entry.options(), force=options['restage'], repo_id=entry.repo_id,
+                     verify_image_size=options['verify_image_size'], log=lambda message: log(f'  {message}'))
+    return result.report.brief()
 
 
 def _process(entry: ManifestEntry, out_root: Path, cache_dir: Path, options: dict[str, Any],

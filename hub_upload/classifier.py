@@ -18,14 +18,26 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 import timm_hrnet  # noqa: F401  (registers our hrnet_* models and their pretrained cfgs before any lookup)
 from timm_hrnet.checkpoints import Checkpoint
 from timm_hrnet.complexity import count_params_and_macs
-from timm_hrnet.convert import CheckpointMismatchError, convert_state_dict, detect_layout, mismatch_summary, resolve_layout
+from timm_hrnet.convert import (
+    CheckpointMismatchError,
+    convert_state_dict,
+    detect_layout,
+    mismatch_summary,
+    resolve_layout,
+)
 from timm_hrnet.download import FetchedFile
 from timm_hrnet.timm_compat import save_config_for_hf
 
 from .kinds import Comparison, Prepared, RepoKind
 from .model_card import IMAGENET_1K, CardFacts, Complexity, Verification, build_model_card
 from .names import CLASSIFICATION, CLASSIFIER_SOURCES, WEIGHTS_NAME
-from .reference import Reference, ReferenceLoadError, build_reference, builtin_reference_for_weights, read_source_state_dict
+from .reference import (
+    Reference,
+    ReferenceLoadError,
+    build_reference,
+    builtin_reference_for_weights,
+    read_source_state_dict,
+)
 from .report import VerifyReport
 from .source import Source
 

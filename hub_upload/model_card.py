@@ -327,6 +327,14 @@ _TASK_TEXT = {
 }
 
 
+# the model a task repo's weights come from, by the layout config.json records; OpenMMLab's code where it is theirs
+_LAYOUT_MODELS = {
+    'official': (None, None),
+    'mmpose': ("OpenMMLab mmpose's top-down heatmap HRNet", 'https://github.com/open-mmlab/mmpose'),
+    'mmseg': ("OpenMMLab mmseg's HRNet + FCNHead, fcn_hr", 'https://github.com/open-mmlab/mmsegmentation'),
+}
+
+
 def _task_results(task: str, facts: TaskFacts) -> list[EvalResult] | None:
     """model-index entries for the metrics the source states; none without a named dataset."""
     if not facts.metrics or facts.dataset is None:
@@ -392,7 +400,11 @@ def build_task_model_card(
         model_name=model_name,
         eval_results=results,
     )
-    source = facts.source_title or f'a checkpoint in the official {text.code} layout'
+    layout = config.get('source_layout', 'official')
+    model_text, layout_code_url = _LAYOUT_MODELS[layout]
+    model_text = model_text or f'the official {text.code}'
+    source = facts.source_title or (f'a checkpoint in the official {text.code} layout' if layout == 'official'
+                                    else f'a checkpoint in the {layout} layout')
     source_link = f'[{source_file}]({facts.source_url})' if facts.source_url else f'`{source_file}`'
     height, width = complexity.input_size[1:]
     mean, std = tuple(config['mean']), tuple(config['std'])
@@ -407,12 +419,12 @@ def build_task_model_card(
             ('Keypoints', labels),
             ('Preprocessing', f'RGB in [0, 1], normalize mean {mean} std {std}; flip test averages the mirrored crop'),
         ]
-        what = (f'An HRNet top-down human pose estimation model (the official {text.code}) predicting {labels} from '
+        what = (f'An HRNet top-down human pose estimation model ({model_text}) predicting {labels} from '
                 f'{height}x{width} person crops')
     else:
         outputs = config['num_classes']
-        labels = f"{outputs} classes ({dataset_title(config['dataset'])})" if config['dataset'] \
-            else f'{outputs} classes'
+        labels = f"{outputs} classes ({dataset_title(config['dataset'])})" if config['dataset'] in _DATASET_TITLES \
+            else f'{outputs} classes'  # a checkpoint's own label set has no dataset name
         rows = [
             ('Input', 'images of any size of at least 32 x 32'),
             ('Output', f'logits for {outputs} classes at stride {config["output_stride"]} (H/4 x W/4)'),
@@ -420,7 +432,7 @@ def build_task_model_card(
             ('Preprocessing', f'RGB in [0, 1], normalize mean {mean} std {std}'),
             ('align_corners', f'{config["align_corners"]} (bilinear upsampling, as in training)'),
         ]
-        what = f'An HRNetV2 semantic segmentation model (the official {text.code}) predicting {labels}'
+        what = f'An HRNetV2 semantic segmentation model ({model_text}) predicting {labels}'
     rows = [
         ('Model type', text.model_type),
         ('Architecture', f'`{config["architecture"]}`, HRNet-W{_width(config["hrnet_spec"])}'),
@@ -430,6 +442,7 @@ def build_task_model_card(
         ('Dataset', dataset_title(facts.dataset) if facts.dataset else 'not stated'),
         ('Paper', text.paper),
         ('Original code', text.code_url),
+        *([('Source code', layout_code_url)] if layout_code_url else []),
         ('Source', source + (f', `{facts.source_name}`' if facts.source_name else '')),
         ('Source checkpoint', f'{source_link} (sha256 `{source_sha256}`)'),
         *([('Source config', facts.source_config)] if facts.source_config else []),
@@ -443,7 +456,7 @@ def build_task_model_card(
                 _details_table(rows)]
     if results:
         sections += ['## Results', _task_results_table(facts)]
-    usage = _pose_usage(repo_id, config) if task == 'pose' else _seg_usage(repo_id, config)
+    usage = _pose_usage(repo_id, config) if task == 'pose' else _seg_usage(repo_id, config, layout)
     sections += ['## Model Usage', usage, '## Citation', f'```bibtex\n{text.citation}\n```']
     content = f'---\n{card_data.to_yaml()}\n---\n\n' + '\n\n'.join(sections) + '\n'
     return ModelCard(content)
@@ -483,17 +496,37 @@ timm-hrnet pose people.jpg --checkpoint {local} --input-size {height}x{width} --
 The input size is not stored in the weights: pass `input_size=({height}, {width})` (config.json's `input_size`)."""
 
 
-def _seg_usage(repo_id: str, config: Mapping[str, Any]) -> str:
+def _seg_model_lines(align: bool, layout: str) -> tuple[tuple[str, str], str]:
+    """The imports (standard library, timm_hrnet) and the lines that build the model as config.json describes it.
+
+    The weights carry the official keys; an mmseg model's resizes (its exchange units upsample by the stride ratio
+    first) are not visible in them, so its architecture is read with the layout that computes them."""
+    if layout == 'official':
+        return ('', ''), f'model = timm_hrnet.create_seg_model(weights, align_corners={align})   # eval mode'
+    imports = ('from dataclasses import replace\n\n',
+               '\nfrom timm_hrnet.checkpoints import read_architecture, read_checkpoint')
+    return imports, f"""checkpoint = read_checkpoint(weights)   # official keys; {layout}'s resizes: its layout
+architecture = read_architecture(checkpoint.state_dict, 'segmentation', layout='{layout}')
+checkpoint = replace(checkpoint, architecture=architecture)
+model = timm_hrnet.create_seg_model(checkpoint)   # eval mode, align_corners={align} as in {layout}"""
+
+
+def _seg_usage(repo_id: str, config: Mapping[str, Any], layout: str = 'official') -> str:
     python_download, shell_download, local = _download_lines(repo_id)
     align = config['align_corners']
     classes = config['num_classes']
+    (stdlib, ours), build = _seg_model_lines(align, layout)
+    note = '' if layout == 'official' else (
+        f"\n\n`timm-hrnet segment` and `create_seg_model(weights, align_corners={align})` build the official exchange "
+        f"units, which give {layout}'s numbers at input sizes that are multiples of 32 and slightly different ones "
+        'elsewhere.')
     return f"""```python
-from huggingface_hub import hf_hub_download
+{stdlib}from huggingface_hub import hf_hub_download
 
-import timm_hrnet
+import timm_hrnet{ours}
 
 {python_download}
-model = timm_hrnet.create_seg_model(weights, align_corners={align})   # eval mode
+{build}
 result = model.predict('street.png', flip=True)   # also scales=(0.75, 1.0, 1.25), window=(512, 1024)
 result['labels']                           # (H, W) class indices at the image's size; model.class_names
 logits = model(images)                     # (N, {classes}, H/4, W/4) for (N, 3, H, W) normalised images
@@ -507,4 +540,4 @@ timm-hrnet segment street.png --checkpoint {local} --align-corners {str(align).l
 ```
 
 `align_corners` is not stored in the weights but changes every output: pass `align_corners={align}` (config.json's
-`align_corners`, the training config's `MODEL.ALIGN_CORNERS`)."""
+`align_corners`, the training config's `MODEL.ALIGN_CORNERS`).{note}"""

@@ -28,6 +28,7 @@ __all__ = [
     'check_target',
     'is_staged_repo',
     'make_staging_dir',
+    'process_gone',
     'recover_interrupted',
     'replace_dir',
     'write_marker',
@@ -123,7 +124,7 @@ def replace_dir(staging: Path, out_dir: Path) -> None:
     shutil.rmtree(holding, ignore_errors=True)  # what remains is removed by the next run's recover_interrupted
 
 
-def _process_gone(pid: int) -> bool:
+def process_gone(pid: int) -> bool:
     """Whether no process has this id (POSIX); elsewhere nothing is presumed gone, so nothing is cleaned up."""
     if os.name != 'posix' or pid == os.getpid():
         return False
@@ -143,7 +144,7 @@ def recover_interrupted(out_dir: Path, log: Callable[[str], None]) -> None:
         return
     for leftover in sorted(parent.iterdir()):
         match = _LEFTOVER.fullmatch(leftover.name[len(prefix):]) if leftover.name.startswith(prefix) else None
-        if match is None or not leftover.is_dir() or not _process_gone(int(match.group(1))):
+        if match is None or not leftover.is_dir() or not process_gone(int(match.group(1))):
             continue
         displaced = leftover / out_dir.name
         if match.group(2) == 'replaced' and displaced.is_dir() and not out_dir.exists():

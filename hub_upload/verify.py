@@ -1,79 +1,75 @@
-"""Check a staged repo directory: load it the way users will (``local-dir:``) and compare it with its source checkpoint
-run through code that did not produce it (``hub_upload.reference``)."""
+"""Check a staged repo directory: load it the way users will and compare it on fixed random images with its source
+checkpoint, read again here by its own path (never what the conversion read) and run through the most independent
+code available. The kind of repo (config.json's ``task``) decides how the models are built (``hub_upload.kinds``);
+the hash check, the comparison and the report are the same for all."""
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
-import safetensors.torch
-import timm
 import torch
-from huggingface_hub import constants
 
-from timm_hrnet.convert import detect_layout, resolve_layout
 from timm_hrnet.download import FetchedFile, resolve_checkpoint
 
-from .names import TASK_ARCHITECTURES, TASK_SOURCES
+from .classifier import CLASSIFIER
+from .kinds import Comparison, RepoKind
+from .names import CONFIG_NAME, WEIGHTS_NAME
 from .push import read_weights_metadata
-from .reference import (
-    Reference,
-    ReferenceLoadError,
-    build_reference,
-    builtin_reference_for_weights,
-    read_source_state_dict,
-)
+from .report import VerifyReport
+from .task_repos import TASK_KINDS
 
-if TYPE_CHECKING:
-    from .tasks import TaskVerifyReport
+__all__ = ['DEFAULT_TOLERANCE', 'WEIGHTS_NAME', 'VerifyReport', 'kind_of_repo', 'read_weights_metadata', 'verify_dir']
 
-__all__ = ['WEIGHTS_NAME', 'VerifyReport', 'read_weights_metadata', 'verify_dir']
-
-WEIGHTS_NAME = constants.SAFETENSORS_SINGLE_FILE
 DEFAULT_TOLERANCE = 1e-4  # on logits (classifiers: absolute; pose / segmentation repos: relative max difference)
+_APPLIES_TO = {'atol': 'classifier repos', 'rtol': 'pose and segmentation repos'}
+_MEASURE = {'atol': 'max abs difference', 'rtol': 'relative max difference'}
 
 
-@dataclass(frozen=True)
-class VerifyReport:
-    repo_dir: Path
-    architecture: str
-    against: str  # what the repo was compared with: the source checkpoint, or its own weights
-    reference: str  # the code that computed the reference outputs
-    independent: bool  # False: the reference came from the converter that wrote the repo (self-consistency only)
-    max_abs_diff: float
-    atol: float
-    problems: tuple[str, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems and self.max_abs_diff <= self.atol
-
-    def summary(self) -> str:
-        """One line: verdict, what was compared through what, the difference and any problems."""
-        verdict = 'OK' if self.ok else 'FAILED'
-        scope = '' if self.independent else ' (self-consistency only)'
-        line = (f'verify {verdict}{scope}: {self.repo_dir} ({self.architecture}) vs {self.against} through '
-                f'{self.reference}: max abs diff {self.max_abs_diff:.3g} (tolerance {self.atol:g})')
-        return '; '.join([line, *self.problems])
+def kind_of_repo(config: Any, path: Path) -> RepoKind:
+    """A task repo by its config.json's ``task``; anything else is a classifier (timm's config.json)."""
+    if not isinstance(config, dict):
+        raise ValueError(f"'{path}' is not a JSON object; it is not a repo's config.json")
+    return TASK_KINDS.get(config.get('task'), CLASSIFIER)
 
 
-def _require_fields(config: dict, path: Path) -> None:
-    """A config.json that timm could not build from is named with the field it lacks, instead of a bare KeyError."""
-    if not isinstance(config.get('architecture'), str):
-        raise ValueError(f"'{path}' has no 'architecture' field; it is not a timm config.json")
-    if 'input_size' not in (config.get('pretrained_cfg') or {}):
-        raise ValueError(f"'{path}' has no 'pretrained_cfg.input_size' field; it is not a timm config.json")
+def _tolerance(kind: RepoKind, repo_dir: Path, atol: float | None, rtol: float | None) -> dict[str, float]:
+    """The kind's tolerance (default 1e-4); the other kind's, given, is an error rather than ignored."""
+    given = {'atol': atol, 'rtol': rtol}
+    other = 'rtol' if kind.tolerance == 'atol' else 'atol'
+    if given[other] is not None:
+        raise ValueError(f"--{other} applies to {_APPLIES_TO[other]}; '{repo_dir}' is {kind.description} repo, "
+                         f'compared by {_MEASURE[kind.tolerance]}: --{kind.tolerance}')
+    value = given[kind.tolerance]
+    return {kind.tolerance: DEFAULT_TOLERANCE if value is None else value}
 
 
-def _own_weights_reference(repo_dir: Path, architecture: str) -> Reference:
-    weights = safetensors.torch.load_file(repo_dir / WEIGHTS_NAME)
-    reference = builtin_reference_for_weights(weights, architecture)
-    if reference is None:
-        raise ValueError(f'timm has no built-in {architecture} to check {repo_dir} against; pass --against SOURCE')
-    return reference
+def _source_problems(repo_dir: Path, against: FetchedFile | None) -> list[str]:
+    """The source must be the file the repo records, by sha256."""
+    if against is None:
+        return []
+    recorded = read_weights_metadata(repo_dir / WEIGHTS_NAME).get('source_sha256')
+    if recorded and recorded != against.sha256:
+        return [f'{against.path.name} has sha256 {against.sha256}, the repo records {recorded}']
+    return []
+
+
+def _differences(comparison: Comparison, images: torch.Tensor) -> tuple[float, float, list[str]]:
+    """Max absolute and relative max difference of the repo's outputs from the reference's, and what is wrong."""
+    with torch.no_grad():
+        expected, actual = comparison.reference(images).float(), comparison.loaded(images).float()
+    problems = []
+    if expected.shape != actual.shape:
+        problems.append(f'output shape {tuple(actual.shape)} differs from the reference {tuple(expected.shape)}')
+        max_abs_diff = relative_diff = float('inf')
+    else:
+        max_abs_diff = (expected - actual).abs().max().item()
+        relative_diff = max_abs_diff / max(expected.abs().max().item(), torch.finfo(torch.float32).tiny)
+    if not torch.isfinite(actual).all():
+        problems.append("the repo's model produces non-finite outputs")
+    return max_abs_diff, relative_diff, problems
 
 
 def verify_dir(
@@ -85,78 +81,41 @@ def verify_dir(
         image_size: int | None = None,
         seed: int = 0,
         rtol: float | None = None,
-) -> VerifyReport | TaskVerifyReport:
-    """Compare logits of ``timm.create_model('local-dir:DIR')`` with the source run through independent code.
+) -> VerifyReport:
+    """Compare the outputs of the repo as users load it with the source's through independent code.
 
     ``against`` is the source checkpoint (a path, or a `FetchedFile` already fetched and hashed); its sha256 must be the
-    one the repo records. Without it, the repo's own weights go through timm's built-in HRNet, which checks that
-    config.json builds the right architecture and that every tensor loads, but not the conversion. ``image_size``
-    (default: the config's input size) trades coverage for speed on slow machines. ``atol`` (default 1e-4) is the
-    tolerance on classifier logits. Pose and segmentation repos (config.json's ``task``) go to
-    ``tasks.verify_task_dir``, with ``rtol`` (default 1e-4) on the relative max difference.
+    one the repo records. Without it, the repo's own weights are the reference (classifiers: through timm's built-in
+    HRNet, which checks that config.json builds the right architecture and that every tensor loads, but not the
+    conversion). ``source`` is the layout of ``against`` (auto: detected). ``image_size`` (N: N x N; default: the
+    config's input size, 256x200 for segmentation) trades coverage for speed. Classifier repos are held to ``atol`` on
+    logits, pose and segmentation repos to ``rtol`` on the relative max difference (both default 1e-4).
     """
     repo_dir = Path(repo_dir)
-    for required in (WEIGHTS_NAME, 'config.json'):
+    for required in (WEIGHTS_NAME, CONFIG_NAME):
         if not (repo_dir / required).is_file():
             raise FileNotFoundError(f"'{repo_dir}' is not a staged repo: {required} is missing")
-    config = json.loads((repo_dir / 'config.json').read_text(encoding='utf-8'))
-    if isinstance(config, dict) and config.get('task') in TASK_ARCHITECTURES:
-        from .tasks import verify_task_dir  # imports the task models only for task repos
-
-        if atol is not None:
-            raise ValueError(f"--atol applies to classifier repos; '{repo_dir}' is a {config['task']} repo, compared "
-                             'by relative max difference: --rtol')
-        if source not in TASK_SOURCES:
-            raise ValueError(f"--source {source}: '{repo_dir}' is a {config['task']} repo, whose sources come in the "
-                             'official layout only')
-        return verify_task_dir(repo_dir, against, rtol=DEFAULT_TOLERANCE if rtol is None else rtol,
-                               batch_size=batch_size, image_size=image_size, seed=seed)
-    if rtol is not None:
-        raise ValueError(f"--rtol applies to pose and segmentation repos; '{repo_dir}' is a classifier repo: --atol")
-    atol = DEFAULT_TOLERANCE if atol is None else atol
-    _require_fields(config, repo_dir / 'config.json')
-    architecture = config['architecture']
-    recorded = read_weights_metadata(repo_dir / WEIGHTS_NAME).get('source_sha256')
-    problems = []
-
-    if against is None:
-        description = 'its own weights'
-        reference = _own_weights_reference(repo_dir, architecture)
-    else:
-        if not isinstance(against, FetchedFile):
-            against = resolve_checkpoint(against)
-        description = str(against.url or against.path)
-        if recorded and recorded != against.sha256:
-            problems.append(f'{against.path.name} has sha256 {against.sha256}, the repo records {recorded}')
-        state_dict = read_source_state_dict(against.path)
-        layout = detect_layout(state_dict) if source == 'auto' else resolve_layout(source)
-        try:
-            reference = build_reference(state_dict, architecture, layout)
-        except ReferenceLoadError as e:
-            return VerifyReport(repo_dir, architecture, description, 'an independent reference', True, float('inf'),
-                                atol, (*problems, str(e)))
-
-    loaded = timm.create_model(f'local-dir:{repo_dir}', pretrained=True).eval()
-    input_size = tuple(config['pretrained_cfg']['input_size'])
+    config = json.loads((repo_dir / CONFIG_NAME).read_text(encoding='utf-8'))
+    kind = kind_of_repo(config, repo_dir / CONFIG_NAME)
+    tolerance = _tolerance(kind, repo_dir, atol, rtol)
+    if source not in kind.sources:
+        raise ValueError(f"--source {source}: '{repo_dir}' is {kind.description} repo, whose sources come in the "
+                         f"{' or '.join(kind.sources[1:])} layout")
+    if against is not None and not isinstance(against, FetchedFile):
+        against = resolve_checkpoint(against)
+    description = 'its own weights' if against is None else str(against.url or against.path)
+    problems = _source_problems(repo_dir, against)
+    comparison = kind.comparison(repo_dir, config, against, source)
+    architecture = str(config.get('architecture'))
+    problems += comparison.problems
+    if comparison.failure is not None:
+        return VerifyReport(repo_dir, architecture, description, comparison.reference_text, comparison.independent,
+                            float('inf'), relative_diff=float('inf'), problems=(*problems, comparison.failure),
+                            **tolerance)
+    channels, height, width = comparison.input_size
     if image_size is not None:
-        input_size = (input_size[0], image_size, image_size)
-    images = torch.randn(batch_size, *input_size, generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        expected, actual = reference.model(images).float(), loaded(images)
-    if expected.shape != actual.shape:
-        problems.append(f'output shape {tuple(actual.shape)} differs from the reference {tuple(expected.shape)}')
-        max_abs_diff = float('inf')
-    else:
-        max_abs_diff = (expected - actual).abs().max().item()
-    if not torch.isfinite(actual).all():
-        problems.append('the loaded model produces non-finite outputs')
-    return VerifyReport(
-        repo_dir=repo_dir,
-        architecture=architecture,
-        against=description,
-        reference=reference.description,
-        independent=reference.independent,
-        max_abs_diff=max_abs_diff,
-        atol=atol,
-        problems=tuple(problems),
-    )
+        height = width = image_size
+    images = torch.randn(batch_size, channels, height, width, generator=torch.Generator().manual_seed(seed))
+    max_abs_diff, relative_diff, found = _differences(comparison, images)
+    return VerifyReport(repo_dir, architecture, description, comparison.reference_text, comparison.independent,
+                        max_abs_diff, relative_diff=relative_diff, problems=(*problems, *found), **tolerance)

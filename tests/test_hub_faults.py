@@ -13,8 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import safetensors
 import safetensors.torch
+import torch
 from checkpoints import SMALL_MODEL, SmallCheckpoints
+from huggingface_hub import ModelCard
+from task_reference import official_shapes, random_checkpoint, tiny_extra
 from test_hub_common import leftovers, serve, sha256, snapshot, write_manifest
 
 import timm_hrnet.download
@@ -156,6 +160,64 @@ def test_a_full_disk_while_staging_leaves_the_old_repo(
                  '--image-size', '32']) == 2
     error = _error_line(capsys)
     assert "model.safetensors': No space left on device; nothing was written to" in error
+    assert snapshot(out) == before and not leftovers(workspace)
+    _users_files_intact(workspace)
+
+
+def _full_disk_saving_weights(real_save):
+    def save(tensors, filename, metadata=None) -> None:
+        real_save(tensors, filename, metadata=metadata)
+        with open(filename, 'r+b') as f:
+            f.truncate(4096)  # part of the file made it to disk
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return save
+
+
+def _full_disk_in_safetensors(real_save):
+    """safetensors' own writer reports a full disk as SafetensorError, not OSError."""
+    def save(tensors, filename, metadata=None) -> None:
+        Path(filename).write_bytes(b'\0' * 4096)
+        raise safetensors.SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                                          'message: "No space left on device" })')
+    return save
+
+
+def _full_disk_writing_the_card(real_save):
+    def save(card, filepath) -> None:
+        Path(filepath).write_text(str(card)[:100])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return save
+
+
+@pytest.fixture(scope='module')
+def task_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Random official pose (named with its crop size, as released) and segmentation checkpoints."""
+    folder = tmp_path_factory.mktemp('task_sources')
+    sources = dict(pose=folder / 'pose_hrnet_tiny_256x192.pth', seg=folder / 'seg_hrnet_tiny_cityscapes.pth')
+    torch.save(random_checkpoint(official_shapes(tiny_extra(seg=False), 'pose', 17)), sources['pose'])
+    torch.save(random_checkpoint(official_shapes(tiny_extra(seg=True), 'seg', 19)), sources['seg'])
+    return sources
+
+
+@pytest.mark.parametrize('task, fault, target, file_name, reason', [
+    ('pose', _full_disk_saving_weights, safetensors.torch, 'save_file', 'model.safetensors'),
+    ('seg', _full_disk_saving_weights, safetensors.torch, 'save_file', 'model.safetensors'),
+    ('pose', _full_disk_in_safetensors, safetensors.torch, 'save_file', 'model.safetensors'),
+    ('seg', _full_disk_writing_the_card, ModelCard, 'save', 'README.md'),
+], ids=['pose-weights', 'seg-weights', 'pose-safetensors-error', 'seg-card'])
+def test_a_full_disk_while_staging_a_task_repo_leaves_the_old_repo(
+        task_sources: dict[str, Path], workspace: Path, monkeypatch: pytest.MonkeyPatch, capsys, task: str, fault,
+        target, file_name: str, reason: str) -> None:
+    out = workspace / 'repo'
+    convert = ['convert', str(task_sources[task]), '--out', str(out), '--image-size', '64']
+    assert main(convert) == 0
+    before = snapshot(out)
+    capsys.readouterr()
+    monkeypatch.setattr(target, file_name, fault(getattr(target, file_name)))
+    assert main([*convert, '--force', '--license', 'apache-2.0']) == 2
+    error = _error_line(capsys)
+    assert f"cannot write '{workspace}" in error and f"{reason}': " in error and 'No space left on device' in error
+    assert f"nothing was written to '{out}'" in error
     assert snapshot(out) == before and not leftovers(workspace)
     _users_files_intact(workspace)
 

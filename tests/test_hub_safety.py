@@ -1,7 +1,14 @@
-"""hub_upload touches only what it made: --force rules, the source is sacred, atomic replacement, names, flags."""
+"""hub_upload touches only what it made: --force rules, the source is sacred, atomic replacement, names, flags, one
+run at a time per output (the lock, raced by real processes)."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,9 +19,13 @@ import hub_upload.batch
 import hub_upload.safety
 from hub_upload.__main__ import main
 from hub_upload.batch import load_manifest
+from hub_upload.lock import lock_path, target_lock
+from hub_upload.safety import check_target
 from hub_upload.stage import convert_to_dir
 
 pytestmark = pytest.mark.usefixtures('single_torch_thread')
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(REPO_ROOT)}
 
 
 @pytest.fixture
@@ -174,3 +185,97 @@ def test_restaging_and_overwriting_hub_weights_are_separate_flags(
     assert 'already staged, pushed https://hub/commit' in capsys.readouterr().out
     assert main([*batch, '--push', '--overwrite-weights']) == 1
     assert pushed[-1]['overwrite_weights'] is True
+
+
+def test_a_locked_output_is_refused_naming_the_target_and_the_holder(
+        small: SmallCheckpoints, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / 'deep' / 'repo'
+    with target_lock(out) as lock:  # held through another open file: flock refuses it as it would another process
+        assert lock == lock_path(out) and lock.is_file()
+        assert main(_convert(small.canonical_pth, out)) == 2
+        error = _one_line_error(capsys)
+        assert f"'{out}' is being written by another hub_upload run (pid {os.getpid()}" in error and str(lock) in error
+        assert lock.is_file() and not out.exists()
+    assert not (tmp_path / 'deep').exists()  # made for the lock, empty, removed with it
+    assert main(_convert(small.canonical_pth, out)) == 0 and not leftovers(out.parent)
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over(
+        small: SmallCheckpoints, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / 'repo'
+    program = ('import os, signal, sys\n'
+               'from pathlib import Path\n'
+               'from hub_upload.lock import target_lock\n'
+               'held = target_lock(Path(sys.argv[1]))\n'
+               'held.__enter__()\n'
+               'os.kill(os.getpid(), signal.SIGKILL)\n')
+    killed = subprocess.Popen([sys.executable, '-c', program, str(out)], env=ENV, stderr=subprocess.PIPE, text=True)
+    _, err = killed.communicate(timeout=120)
+    assert killed.returncode == -signal.SIGKILL, err[-2000:]
+    dead = _pid_in(lock_path(out))  # the lock file is left behind, naming the killed run
+    assert dead == killed.pid
+    assert main(_convert(small.canonical_pth, out)) == 0
+    assert f"took over the lock '{lock_path(out)}' of pid {dead}, which is no longer running" in capsys.readouterr().err
+    assert not leftovers(tmp_path) and (out / 'model.safetensors').is_file()
+
+
+def _pid_in(lock: Path) -> int:
+    return json.loads(lock.read_text())['pid']
+
+
+# each run, once it holds the lock, says so and waits for the test's go (or two minutes): the other run is then sure
+# to reach the lock while it is held, whatever the two processes' start-up times
+_RACER = """
+import os, sys, time
+from pathlib import Path
+
+import hub_upload.stage as stage
+
+held, go = Path(sys.argv[1]), Path(sys.argv[2])
+real = stage.recover_interrupted
+
+
+def inside_the_lock(out_dir, log):
+    (held / str(os.getpid())).touch()
+    deadline = time.monotonic() + 120
+    while not go.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    real(out_dir, log)
+
+
+stage.recover_interrupted = inside_the_lock
+from hub_upload.__main__ import main
+
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def test_two_converts_racing_for_one_output_one_wins_and_the_repo_is_whole(
+        small: SmallCheckpoints, tmp_path: Path) -> None:
+    out, held, go = tmp_path / 'out' / 'repo', tmp_path / 'held', tmp_path / 'go'
+    held.mkdir()
+    runs = [subprocess.Popen([sys.executable, '-c', _RACER, str(held), str(go), *_convert(small.canonical_pth, out)],
+                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        deadline = time.monotonic() + 240
+        while all(run.poll() is None for run in runs) and time.monotonic() < deadline:
+            time.sleep(0.1)  # until the run that did not get the lock gives up
+        go.touch()
+        results = [(run, *run.communicate(timeout=300)) for run in runs]
+    finally:
+        for run in runs:
+            run.kill()
+    codes = sorted(run.returncode for run, _, _ in results)
+    assert codes == [0, 2], [(run.returncode, err[-2000:]) for run, _, err in results]
+    (winner, _, _), = [r for r in results if r[0].returncode == 0]
+    (loser, _, loser_err), = [r for r in results if r[0].returncode == 2]
+    assert [p.name for p in held.iterdir()] == [str(winner.pid)]  # the lock was held by one run only
+    errors = [line for line in loser_err.strip().splitlines() if not line.startswith('warning: ')]
+    assert len(errors) == 1 and errors[0].startswith(f"error: '{out}' is being written by another hub_upload run "
+                                                     f'(pid {winner.pid}'), errors
+    # the repo is whole: exactly the files hub_upload recorded, unchanged, and it loads and verifies
+    assert sorted(p.name for p in out.iterdir()) == ['.hub_upload.json', 'README.md', 'config.json',
+                                                     'model.safetensors']
+    check_target(out, force=True)
+    assert main(['verify', str(out), '--against', str(small.canonical_pth), '--image-size', '32']) == 0
+    assert not leftovers(out.parent)

@@ -24,9 +24,9 @@ from hub_upload.batch import load_manifest, run_batch
 from hub_upload.model_card import TaskFacts
 from hub_upload.names import CLASSIFICATION, TASK_ARCHITECTURES, TASK_SOURCES
 from hub_upload.tasks import convert_task_to_dir
+from timm_hrnet import checkpoints as tc
 from timm_hrnet import create_pose_model, create_seg_model
-from timm_hrnet import task_checkpoints as tc
-from timm_hrnet.task_data import KEYPOINT_SETS, SEG_DATASETS
+from timm_hrnet.tasks.datasets import KEYPOINT_SETS, SEG_DATASETS
 
 pytestmark = pytest.mark.usefixtures('single_torch_thread')
 

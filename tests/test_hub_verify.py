@@ -21,8 +21,8 @@ import timm.models.hrnet as builtin_hrnet
 import torch
 from checkpoints import SMALL_MODEL, SmallCheckpoints
 
+import hub_upload.classifier
 import hub_upload.reference
-import hub_upload.stage
 import timm_hrnet.convert
 from hub_upload.__main__ import main
 from hub_upload.stage import VerificationError, convert_to_dir
@@ -49,7 +49,7 @@ def _swapping(convert: Callable) -> Callable:
 def wrong_mapping(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every module that converts uses the buggy converter (the self-consistency reference included)."""
     wrong = _swapping(timm_hrnet.convert.convert_state_dict)
-    for module in (timm_hrnet.convert, hub_upload.stage, hub_upload.reference):
+    for module in (timm_hrnet.convert, hub_upload.classifier, hub_upload.reference):
         monkeypatch.setattr(module, 'convert_state_dict', wrong)
 
 

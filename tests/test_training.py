@@ -265,6 +265,26 @@ def test_stopped_seg_run_resumes_bit_identical(tmp_path: Path) -> None:
     resumed = train_seg(images, labels, output_dir=str(tmp_path / 'stopped'), resume='auto', **settings)
     assert full.step == resumed.step == 4
     assert_same_tensors(weights(Path(resumed.files['weights'])), weights(Path(full.files['weights'])))
+    # fine-tuning an exported model: its class count and align_corners come from the files it wrote
+    tuned = train_seg(images, labels, output_dir=str(tmp_path / 'tuned'),
+                      **{**settings, 'num_classes': None, 'init': full.files['weights'], 'max_steps': 1})
+    assert tuned.model.num_classes == 3 and tuned.model.align_corners is False
+
+
+def test_gradient_checkpointing_trains_the_same_weights_and_bf16_runs(tmp_path: Path) -> None:
+    """Recomputation changes memory, not results: full and selective checkpointing give the plain run's weights
+    bit for bit; bf16 autocast with channels_last trains to a finite loss."""
+    ann_file, images, keypoints = make_pose_data(tmp_path / 'data', count=4)
+    settings = dict(keypoints=keypoints, input_size=POSE_INPUT, epochs=1, batch_size=2, **FAST)
+    runs = {mode: train_pose(ann_file, images, output_dir=str(tmp_path / mode), grad_checkpointing=mode, **settings)
+            for mode in ('none', 'full', 'selective')}
+    plain = weights(Path(runs['none'].files['weights']))
+    for mode in ('full', 'selective'):
+        assert_same_tensors(weights(Path(runs[mode].files['weights'])), plain)
+    bf16 = train_pose(ann_file, images, output_dir=str(tmp_path / 'bf16'), amp='bf16', channels_last=True,
+                      **settings)
+    assert bf16.finished and np.isfinite(bf16.losses).all()
+    assert next(p for p in bf16.model.parameters()).dtype == torch.float32
 
 
 # -- torchrun ---------------------------------------------------------------------------------------------------------

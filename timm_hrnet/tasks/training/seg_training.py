@@ -114,6 +114,21 @@ def _uses_cityscapes_ids(image_dir: str | PathLike, label_dir: str | PathLike, l
     return any(s.label_format == 'cityscapes' or s.label.name.endswith('_gtFine_labelTrainIds.png') for s in samples)
 
 
+def _exported_align_corners(checkpoint: Checkpoint) -> bool | None:
+    """The `align_corners` a `train_seg` run recorded next to the weights it exported (None: not such a file)."""
+    sidecar = checkpoint.path.parent / SIDECAR_FILE if checkpoint.path is not None else None
+    if sidecar is None or not sidecar.is_file():
+        return None
+    try:
+        data = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get('weights') != checkpoint.path.name:
+        return None
+    value = data.get('align_corners')
+    return value if isinstance(value, bool) else None
+
+
 def train_seg(
         image_dir: str | PathLike,
         label_dir: str | PathLike,
@@ -155,6 +170,8 @@ def train_seg(
         else:
             raise ValueError('how many classes? give num_classes, class_names or a dataset name')
     align_corners = config.align_corners
+    if align_corners is None and isinstance(init, Checkpoint):
+        align_corners = _exported_align_corners(init)
     if align_corners is None and not isinstance(init, (Checkpoint, HRNetSeg)):
         align_corners = False
     labels = label_set(num_classes, dataset, class_names, bool(align_corners))
