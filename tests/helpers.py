@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
+import pytest
 import timm
 import torch
 from torch import nn
@@ -55,3 +57,17 @@ def assert_checkpointing_exact(plain: nn.Module, x: torch.Tensor, selective: boo
     buffers = dict(checkpointed.named_buffers())
     for name, buffer in plain.named_buffers():
         assert torch.equal(buffer, buffers[name]), name
+
+
+OPENMMLAB_FIXTURES = Path(__file__).parent / 'fixtures' / 'openmmlab'
+
+
+def openmmlab_fixture(name: str) -> Path:
+    """A reference file made by running OpenMMLab code (tests/fixtures/openmmlab; its README says how); missing, the
+    test is skipped, except in CI where it must be there."""
+    path = OPENMMLAB_FIXTURES / name
+    if not path.is_file():
+        if os.environ.get('CI'):
+            pytest.fail(f'reference fixture {path} is missing; in CI it must be there')
+        pytest.skip(f'reference fixture {path} not found (made by {OPENMMLAB_FIXTURES / "make_openmmlab_ref.py"})')
+    return path

@@ -3,29 +3,25 @@ layouts) and mmsegmentation 1.2.2 HRNet + FCNHead, against outputs of that code 
 make_openmmlab_ref.py there: full depth, reduced widths, float16 weights, random BatchNorm statistics)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import OPENMMLAB_FIXTURES, openmmlab_fixture
 
 from timm_hrnet.checkpoints import MMPOSE, MMSEG, read_checkpoint
 from timm_hrnet.convert import CheckpointMismatchError
 from timm_hrnet.tasks.pose import create_pose_model
 from timm_hrnet.tasks.segmentation import create_seg_model
 
-FIXTURES = Path(__file__).parent / 'fixtures' / 'openmmlab'
+FIXTURES = OPENMMLAB_FIXTURES
 POSE = FIXTURES / 'mmpose_td-hm_hrnet_reduced.pth'
 SEG = FIXTURES / 'mmseg_fcn_hr_reduced.pth'
 pytestmark = pytest.mark.usefixtures('single_torch_thread')
 
 
 def fixture(path: Path) -> Path:
-    if not path.is_file():
-        if os.environ.get('CI'):
-            pytest.fail(f'reference fixture {path} is missing; in CI it must be there')
-        pytest.skip(f'reference fixture {path} not found (made by {FIXTURES / "make_openmmlab_ref.py"})')
-    return path
+    return openmmlab_fixture(path.name)
 
 
 def reference(path: Path) -> dict:

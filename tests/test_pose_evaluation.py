@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import openmmlab_fixture
 from PIL import Image
 from task_reference import official_shapes, random_checkpoint, tiny_extra
 from torch import nn
@@ -42,7 +43,6 @@ from timm_hrnet.tools.evaluate import GT_BOXES_WARNING  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures('single_torch_thread')
 
-FIXTURES = Path(__file__).parent / 'fixtures' / 'openmmlab'
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {1: (80, 96), 2: (72, 64), 3: (64, 80)}  # image id: (width, height)
 # person boxes [x, y, w, h] and OKS areas (medium: 32^2..96^2, large: above; the image size does not matter)
@@ -51,14 +51,7 @@ PEOPLE = {1: [([4, 6, 30, 60], 5000.0), ([44, 20, 30, 70], 20000.0)], 2: [([10, 
 
 
 def reference_fixture(name: str) -> dict:
-    """A reference output of OpenMMLab code (tests/fixtures/openmmlab, its README says how it was made); missing,
-    the test is skipped, except in CI where it must be there."""
-    path = FIXTURES / name
-    if not path.is_file():
-        if os.environ.get('CI'):
-            pytest.fail(f'reference fixture {path} is missing; in CI it must be there')
-        pytest.skip(f'reference fixture {path} not found (made by the OpenMMLab reference script)')
-    return json.loads(path.read_text())
+    return json.loads(openmmlab_fixture(name).read_text())
 
 
 def _person(rng: np.random.Generator, box: list[int], invisible: int) -> list[float]:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import openmmlab_fixture
 from PIL import Image
 from task_reference import official_shapes, random_checkpoint, tiny_extra
 
@@ -30,20 +31,12 @@ from timm_hrnet.tools.cli import main
 
 pytestmark = pytest.mark.usefixtures('single_torch_thread')
 
-FIXTURES = Path(__file__).parent / 'fixtures' / 'openmmlab'
 ROOT = Path(__file__).resolve().parents[1]
 PALETTE = ((0, 0, 0), (255, 0, 0), (0, 255, 0), (0, 0, 255))
 
 
 def reference_fixture(name: str) -> dict:
-    """A reference output of OpenMMLab code (tests/fixtures/openmmlab, its README says how it was made); missing,
-    the test is skipped, except in CI where it must be there."""
-    path = FIXTURES / name
-    if not path.is_file():
-        if os.environ.get('CI'):
-            pytest.fail(f'reference fixture {path} is missing; in CI it must be there')
-        pytest.skip(f'reference fixture {path} not found (made by the OpenMMLab reference script)')
-    return json.loads(path.read_text())
+    return json.loads(openmmlab_fixture(name).read_text())
 
 
 class StubSeg:
