@@ -23,12 +23,11 @@ import copy
 import dataclasses
 import platform
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
+from bench_train_memory import peak_step_bytes, timed  # the same measurement as the classifier benchmark
 from torch import Tensor, nn
-from torch.profiler import ProfilerActivity, profile
 
 from timm_hrnet.tasks.pose import HRNetPose
 from timm_hrnet.tasks.segmentation import HRNetSeg
@@ -100,35 +99,6 @@ def make_step(model: nn.Module, loss: Callable[[nn.Module, dict[str, Tensor]], T
         value.backward()
         optimizer.step()
     return step
-
-
-def peak_step_bytes(step: Callable[[], None], device: torch.device) -> int:
-    """Peak live tensor bytes during one step, above those live before it."""
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        step()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - before
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
-        step()
-    events = [e for e in profiler.profiler.kineto_results.events() if e.name() == '[memory]']
-    live = peak = 0
-    for event in sorted(events, key=lambda e: e.start_ns()):
-        live += event.nbytes()
-        peak = max(peak, live)
-    return peak
-
-
-def timed(step: Callable[[], None], device: torch.device) -> float:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    step()
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
 
 
 def bench_task(task: str, args: argparse.Namespace, device: torch.device) -> None:
