@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import copy
 import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,3 +74,37 @@ def openmmlab_fixture(name: str) -> Path:
             pytest.fail(f'reference fixture {path} is missing; in CI it must be there')
         pytest.skip(f'reference fixture {path} not found (made by {OPENMMLAB_FIXTURES / "make_openmmlab_ref.py"})')
     return path
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def torchrun(*args: str, timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node 2 -m timm_hrnet <args>` from the repository root, one thread per rank."""
+    command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+               '-m', 'timm_hrnet', *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
+                          env=dict(os.environ, OMP_NUM_THREADS='1', **env))
+
+
+def run_ranks(*args: str, world_size: int = 2, timeout: float = 240) -> list[subprocess.CompletedProcess]:
+    """`python -m timm_hrnet <args>` as `world_size` ranks of one process group, each a process of its own with the
+    environment torchrun would give it, but without torchrun's agent, which stops every rank as soon as one fails:
+    what each rank does by itself stays visible (and a rank left waiting in a collective times out the test)."""
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        port = probe.getsockname()[1]
+    processes = [
+        subprocess.Popen([sys.executable, '-m', 'timm_hrnet', *args], cwd=REPO_ROOT, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=dict(os.environ, OMP_NUM_THREADS='1', RANK=str(rank), LOCAL_RANK=str(rank),
+                                  WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size),
+                                  MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port)))
+        for rank in range(world_size)]
+    try:
+        outputs = [process.communicate(timeout=timeout) for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    return [subprocess.CompletedProcess(process.args, process.returncode, out, err)
+            for process, (out, err) in zip(processes, outputs, strict=True)]

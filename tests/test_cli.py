@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +10,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from helpers import torchrun
 from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
@@ -180,12 +178,9 @@ def test_torchrun_two_processes_equal_one_process(
 
     single = _run_validate(tmp_path, corrupt_dir, split, checkpoint)
     results_file = tmp_path / 'distributed.json'
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(REPO_ROOT)}
-    command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
-               '-m', 'timm_hrnet', 'validate', '--data-dir', str(corrupt_dir), '--split-file', str(split),
-               '--checkpoint', checkpoint, '--batch-size', '3', '--workers', '0', '--results-file', str(results_file),
-               *SMALL]
-    completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)
+    completed = torchrun('validate', '--data-dir', str(corrupt_dir), '--split-file', str(split),
+                         '--checkpoint', checkpoint, '--batch-size', '3', '--workers', '0',
+                         '--results-file', str(results_file), *SMALL)
     assert completed.returncode == 0, completed.stderr[-3000:]
     distributed = json.loads(results_file.read_text())
     assert distributed['world_size'] == 2 and single['world_size'] == 1

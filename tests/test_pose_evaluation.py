@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import openmmlab_fixture
+from helpers import openmmlab_fixture, torchrun
 from PIL import Image
 from task_reference import official_shapes, random_checkpoint, tiny_extra
 from torch import nn
@@ -446,11 +445,8 @@ def test_torchrun_gives_the_numbers_of_one_process(coco_set: dict[str, Path], ch
     args = _cli(coco_set, checkpoint, '--detections', str(coco_set['det']), '--box-thr', '0.3', '--json')
     assert main([*args, '--results', str(tmp_path / 'one.json')]) == 0
     single = json.loads(capsys.readouterr().out)
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(Path(__file__).parent))
-    process = subprocess.run(
-        [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', '-m',
-         'timm_hrnet', *args, '--device', 'cpu', '--results', str(tmp_path / 'two.json')],
-        capture_output=True, text=True, timeout=90, cwd=ROOT, env=env)
+    process = torchrun(*args, '--device', 'cpu', '--results', str(tmp_path / 'two.json'),
+                       PYTHONPATH=str(Path(__file__).parent))
     assert process.returncode == 0, process.stderr[-2000:]
     double = json.loads(process.stdout)
     assert double['world_size'] == 2 and single['world_size'] == 1

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import openmmlab_fixture
+from helpers import openmmlab_fixture, run_ranks, torchrun
 from PIL import Image
 from task_reference import official_shapes, random_checkpoint, tiny_extra
 
@@ -31,7 +28,6 @@ from timm_hrnet.tools.cli import main
 
 pytestmark = pytest.mark.usefixtures('single_torch_thread')
 
-ROOT = Path(__file__).resolve().parents[1]
 PALETTE = ((0, 0, 0), (255, 0, 0), (0, 255, 0), (0, 0, 255))
 
 
@@ -253,17 +249,10 @@ def test_cli_table_and_json(seg_files: dict[str, Path], capsys: pytest.CaptureFi
     assert 'is not a Cityscapes' in capsys.readouterr().err
 
 
-def _torchrun(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS='1')
-    return subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
-                           '-m', 'timm_hrnet', *args, '--device', 'cpu'],
-                          capture_output=True, text=True, timeout=90, cwd=ROOT, env=env)
-
-
 def test_torchrun_gives_the_numbers_of_one_process(seg_files: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
     assert main(_cli(seg_files, '--json')) == 0
     single = json.loads(capsys.readouterr().out)
-    process = _torchrun(*_cli(seg_files, '--json'))
+    process = torchrun(*_cli(seg_files, '--json'), '--device', 'cpu')
     assert process.returncode == 0, process.stderr[-2000:]
     double = json.loads(process.stdout)
     assert double['world_size'] == 2
@@ -272,14 +261,18 @@ def test_torchrun_gives_the_numbers_of_one_process(seg_files: dict[str, Path], c
                                                                        if k not in varying}
 
 
-def test_torchrun_bad_file_on_one_rank_stops_both(seg_files: dict[str, Path], tmp_path: Path) -> None:
-    """Rank 1 meets the bad label; rank 0 must not wait for it in a collective."""
+def test_bad_file_on_one_rank_stops_both(seg_files: dict[str, Path], tmp_path: Path) -> None:
+    """Rank 1 meets the bad label; rank 0 must not wait for it in a collective but stop with the same error. The
+    ranks run without torchrun's agent, which would stop rank 0 itself and hide whether it was left waiting."""
     for folder in ('images', 'labels'):
         (tmp_path / folder).mkdir()
         for k in range(3):
             (tmp_path / folder / f'{k}.png').write_bytes((seg_files['root'] / folder / f'{k}.png').read_bytes())
     Image.fromarray(np.full((40, 48), 77, dtype=np.uint8)).save(tmp_path / 'labels' / '1.png')
-    process = _torchrun('evaluate-seg', '--checkpoint', str(seg_files['checkpoint']), '--images',
-                        str(tmp_path / 'images'), '--labels', str(tmp_path / 'labels'), '--no-progress')
-    assert process.returncode != 0
-    assert process.stderr.count('error: label map') == 2 and 'has values 77 outside the 19 classes' in process.stderr
+    ranks = run_ranks('evaluate-seg', '--checkpoint', str(seg_files['checkpoint']),
+                      '--images', str(tmp_path / 'images'), '--labels', str(tmp_path / 'labels'), '--no-progress',
+                      '--device', 'cpu', timeout=120)
+    for rank in ranks:
+        assert rank.returncode == 2, rank.stderr[-2000:]
+        last = rank.stderr.strip().splitlines()[-1]
+        assert last.startswith('timm-hrnet evaluate-seg: error: label map') and 'has values 77 outside the 19' in last

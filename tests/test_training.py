@@ -10,15 +10,13 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import safetensors.torch
 import torch
+from helpers import torchrun
 from PIL import Image
 
 from timm_hrnet.tasks.pose import HRNetPose, create_pose_model
@@ -51,7 +49,6 @@ from timm_hrnet.variants import resolve_variant
 
 pytestmark = pytest.mark.usefixtures('single_torch_thread')
 
-ROOT = Path(__file__).resolve().parents[1]
 HAS_PYCOCOTOOLS = importlib.util.find_spec('pycocotools') is not None
 needs_pycocotools = pytest.mark.skipif(not HAS_PYCOCOTOOLS, reason='could not import pycocotools (timm-hrnet[eval])')
 HAS_TORCHRUN = torch.distributed.is_available() and importlib.util.find_spec('torch.distributed.run') is not None
@@ -296,14 +293,11 @@ def test_torchrun_two_processes_train_what_one_process_trains(tmp_path: Path) ->
     and SyncBatchNorm runs on CUDA only."""
     ann_file, images, keypoints = make_pose_data(tmp_path / 'data', count=8)
     ddp_dir = tmp_path / 'ddp'
-    command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
-               '-m', 'timm_hrnet', 'train-pose', '--annotations', str(ann_file), '--images', str(images),
-               '--keypoints', str(keypoints), '--init', 'hrnet_w18_small', '--scratch', '--input-size', '64x48',
-               '--epochs', '2', '--batch-size', '2', '--optimizer', 'momentum', '--lr', '0.01', '--freeze-bn',
-               '--workers', '0', '--device', 'cpu', '--no-progress', '--no-tensorboard', '--log-every', '1',
-               '--output', str(ddp_dir), '--json']
-    env = dict(os.environ, OMP_NUM_THREADS='1')
-    process = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=ROOT, env=env)
+    process = torchrun('train-pose', '--annotations', str(ann_file), '--images', str(images),
+                       '--keypoints', str(keypoints), '--init', 'hrnet_w18_small', '--scratch', '--input-size', '64x48',
+                       '--epochs', '2', '--batch-size', '2', '--optimizer', 'momentum', '--lr', '0.01', '--freeze-bn',
+                       '--workers', '0', '--device', 'cpu', '--no-progress', '--no-tensorboard', '--log-every', '1',
+                       '--output', str(ddp_dir), '--json')
     assert process.returncode == 0, process.stderr[-3000:]
     summary = json.loads(process.stdout)
     assert summary['finished'] and summary['step'] == 4

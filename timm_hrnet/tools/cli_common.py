@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from timm_hrnet.classification import UnknownModelError, load_model, resolve_device
@@ -18,8 +15,8 @@ from timm_hrnet.download import FetchedFile, resolve_checkpoint
 from timm_hrnet.hrnet import MIN_INPUT_SIZE
 
 __all__ = [
-    'CliError', 'DistributedContext', 'HelpFormatter', 'amp_autocast', 'checkpoint_file', 'crop_fraction',
-    'device_or_fail', 'fitting_variant', 'image_size', 'init_distributed', 'load_model_or_fail', 'mismatch_summary',
+    'CliError', 'HelpFormatter', 'amp_autocast', 'checkpoint_file', 'crop_fraction',
+    'device_or_fail', 'fitting_variant', 'image_size', 'load_model_or_fail', 'mismatch_summary',
     'non_negative_int', 'positive_int',
 ]
 
@@ -82,32 +79,6 @@ def device_or_fail(device: str | None) -> torch.device:
     if resolved.type == 'cuda' and not torch.cuda.is_available():
         raise CliError(f'--device {device} requested but CUDA is not available')
     return resolved
-
-
-@dataclass
-class DistributedContext:
-    """Where this process runs: its rank, the world size and its device."""
-
-    rank: int
-    world_size: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device_arg: str | None) -> DistributedContext:
-    """Join the `torchrun` process group when launched by it (nccl on GPU, gloo on CPU); otherwise a single rank."""
-    world_size = int(os.environ.get('WORLD_SIZE', '1'))
-    rank = int(os.environ.get('RANK', '0'))
-    device = device_or_fail(device_arg)
-    if world_size > 1:
-        if device.type == 'cuda':
-            device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', '0')))
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend='nccl' if device.type == 'cuda' else 'gloo')
-    return DistributedContext(rank, world_size, device)
 
 
 def amp_autocast(device: torch.device, enabled: bool) -> torch.autocast:

@@ -13,15 +13,14 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-import torch.distributed as dist
-
+from timm_hrnet.distributed import process_group
 from timm_hrnet.tasks.datasets import SEG_DATASETS
 from timm_hrnet.tasks.label_maps import LABEL_FORMATS
 from timm_hrnet.tasks.pose import create_pose_model
 from timm_hrnet.tasks.pose_evaluation import evaluate_pose
 from timm_hrnet.tasks.seg_evaluation import evaluate_seg
 from timm_hrnet.tasks.segmentation import create_seg_model
-from timm_hrnet.tools.cli_common import CliError, HelpFormatter, checkpoint_file, init_distributed, positive_int
+from timm_hrnet.tools.cli_common import CliError, HelpFormatter, checkpoint_file, device_or_fail, positive_int
 from timm_hrnet.tools.task_cli import _boolean, _size_hw
 
 __all__ = ['add_pose_parser', 'add_seg_parser', 'run_pose', 'run_seg', 'GT_BOXES_WARNING']
@@ -124,14 +123,11 @@ def _load(factory: Callable[..., Any], args: argparse.Namespace, device: Any, **
 def _run_distributed(args: argparse.Namespace, evaluate: Callable[[Any], dict[str, Any]]) -> dict[str, Any] | None:
     """`evaluate(device)` in this rank's process group; the metrics on rank 0, None on the others. Bad input and
     a missing pycocotools become one-line CliErrors."""
-    context = init_distributed(args.device)
     try:
-        metrics = evaluate(context.device)
+        with process_group(device_or_fail(args.device)) as context:
+            metrics = evaluate(context.device)
     except (ValueError, ImportError) as error:
         raise CliError(str(error).splitlines()[0]) from error
-    finally:
-        if context.world_size > 1:
-            dist.destroy_process_group()
     return metrics if context.is_main else None
 
 

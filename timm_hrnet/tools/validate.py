@@ -27,13 +27,13 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 from tqdm import tqdm
 
 from timm_hrnet.classification import UnreadableImageError, load_rgb_image
+from timm_hrnet.distributed import DistContext, process_group
 from timm_hrnet.tools.cli_common import (
     CliError,
-    DistributedContext,
     amp_autocast,
     crop_fraction,
+    device_or_fail,
     image_size,
-    init_distributed,
     load_model_or_fail,
     non_negative_int,
     positive_int,
@@ -114,18 +114,14 @@ def evaluate(
 
     Shards over the `torchrun` process group when there is one; every rank returns the same global numbers.
     """
-    context = init_distributed(device)
-    try:
+    with process_group(device_or_fail(device)) as context:
         return _evaluate(model, samples, context, img_size, crop_pct, batch_size, workers, channels_last, amp)
-    finally:
-        if context.world_size > 1:
-            dist.destroy_process_group()
 
 
 def _evaluate(
     model: nn.Module,
     samples: list[tuple[str, int]],
-    context: DistributedContext,
+    context: DistContext,
     img_size: int | None,
     crop_pct: float | None,
     batch_size: int,

@@ -15,12 +15,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ...distributed import process_group
 from ...variants import resolve_variant
 from ..pose import DEFAULT_INPUT_SIZE, HRNetPose, create_pose_model
 from ..pose_evaluation import evaluate_pose, load_keypoint_annotations
 from .checkpointing import SIDECAR_FILE, WEIGHTS_FILE, save_sidecar, save_weights
 from .config import Recipe, TrainConfig, resolve_config
-from .distributed import close_distributed, init_distributed
 from .keypoint_sets import TrainKeypoints, keypoints_from_json, resolve_keypoints
 from .losses import JointsMSELoss
 from .model_init import ModelInit, classifier_state_dict, is_checkpoint, load_trunk
@@ -114,8 +114,7 @@ def train_pose(
     config = resolve_config(dataclasses.replace(config or PoseTrainConfig(), **options), POSE_RECIPE)
     if (val_ann_file is None) != (val_image_dir is None):
         raise ValueError('give both val_ann_file and val_image_dir, or neither')
-    context = init_distributed(config.device)
-    try:
+    with process_group(config.device) as context:
         annotations = read_pose_annotations(ann_file, image_dir, config.on_bad_sample)
         keypoints = resolve_keypoints(keypoints, annotations.category)
         if val_ann_file is not None:
@@ -150,8 +149,6 @@ def train_pose(
                                    joints=keypoints.num_joints,
                                    init=os.fspath(init) if isinstance(init, (str, PathLike)) else type(init).__name__))
         return run_training(task, config, context)
-    finally:
-        close_distributed(context)
 
 
 def load_pose_model(output_dir: str | PathLike, device: torch.device | str | None = None) -> HRNetPose:

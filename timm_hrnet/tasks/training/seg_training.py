@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ...checkpoints import Checkpoint, read_checkpoint
+from ...distributed import process_group
 from ...variants import resolve_variant
 from ..datasets import SegDatasetInfo, generic_palette, seg_dataset, seg_dataset_for
 from ..label_maps import LabelMapError
@@ -23,7 +24,6 @@ from ..seg_evaluation import evaluate_seg, find_seg_samples
 from ..segmentation import HRNetSeg, create_seg_model
 from .checkpointing import SIDECAR_FILE, WEIGHTS_FILE, save_sidecar, save_weights
 from .config import Recipe, TrainConfig, resolve_config
-from .distributed import close_distributed, init_distributed
 from .losses import SegCrossEntropy
 from .model_init import ModelInit, classifier_state_dict, is_checkpoint, load_trunk
 from .samples import BadSampleError
@@ -176,8 +176,7 @@ def train_seg(
         align_corners = False
     labels = label_set(num_classes, dataset, class_names, bool(align_corners))
     num_classes = labels.num_classes if labels is not None else num_classes
-    context = init_distributed(config.device)
-    try:
+    with process_group(config.device) as context:
         samples, skipped = scan_seg_folders(
             image_dir, label_dir, label_format=config.label_format, num_classes=num_classes,
             palette=labels.palette if labels is not None else generic_palette(num_classes),
@@ -227,8 +226,6 @@ def train_seg(
                          scan=dict(samples=len(samples), skipped=skipped, classes=num_classes,
                                    dataset=model.dataset.name if model.dataset else None, init=source))
         return run_training(task, config, context)
-    finally:
-        close_distributed(context)
 
 
 def load_seg_model(output_dir: str | PathLike, device: torch.device | str | None = None) -> HRNetSeg:

@@ -28,9 +28,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ...distributed import DistContext, all_reduce_sum, barrier, gather_objects
 from .checkpointing import STATE_FILE, load_state, save_state
 from .config import Recipe, TrainConfig, resume_differences
-from .distributed import DistContext, all_reduce_sum, barrier, gather_objects
 from .run_log import RunLog, json_safe
 from .samples import EpochSampler
 

@@ -1,15 +1,19 @@
 """Joining the process group `torchrun` sets up (no launcher of our own): rank, world size and this rank's device,
-and the few collectives the trainer needs. Without torchrun everything is one rank."""
+leaving it again, and the few collectives training needs. Without torchrun everything is one rank. Training,
+evaluation and `validate` all go through `process_group`."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-__all__ = ['DistContext', 'init_distributed', 'close_distributed', 'all_reduce_sum', 'gather_objects', 'barrier']
+__all__ = ['DistContext', 'process_group', 'init_distributed', 'close_distributed', 'all_reduce_sum', 'gather_objects',
+           'barrier']
 
 
 @dataclass(frozen=True)
@@ -55,9 +59,28 @@ def init_distributed(device: str | torch.device | None = None) -> DistContext:
     return DistContext(rank, world_size, resolved, created_group=True)
 
 
+# Before torch 2.8 (pytorch#154976) a gloo group is destroyed holding the GIL while it joins its worker threads, and
+# a worker still releasing the last collective's tensors needs the GIL: destroy_process_group can deadlock.
+_GLOO_DESTROY_CAN_DEADLOCK = tuple(int(part) for part in torch.__version__.split('.')[:2]) < (2, 8)
+
+
 def close_distributed(context: DistContext) -> None:
+    """Leave the group this context created, every rank together. A gloo group on torch < 2.8 is left to the
+    exiting process instead of destroyed (see above); a later `init_distributed` in the same process reuses it."""
     if context.created_group and dist.is_initialized():
-        dist.destroy_process_group()
+        dist.barrier()
+        if not (_GLOO_DESTROY_CAN_DEADLOCK and dist.get_backend() == 'gloo'):
+            dist.destroy_process_group()
+
+
+@contextmanager
+def process_group(device: str | torch.device | None = None) -> Iterator[DistContext]:
+    """`init_distributed` for a `with` block, left with `close_distributed` when the block succeeds. A failed block
+    leaves the group to the exiting process: a rank that failed alone would wait in the barrier for ranks stuck
+    elsewhere."""
+    context = init_distributed(device)
+    yield context
+    close_distributed(context)
 
 
 def all_reduce_sum(values: torch.Tensor, context: DistContext) -> torch.Tensor:
