@@ -106,6 +106,17 @@ def timed(step: Callable[[], None], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def median_seconds(steps: dict[str, Callable[[], None]], rounds: int, device: torch.device) -> dict[str, float]:
+    """The median time of each step over `rounds`, the order rotated every round so no step always runs first."""
+    seconds: dict[str, list[float]] = {name: [] for name in steps}
+    order = list(steps)
+    for round_index in range(rounds):
+        shift = round_index % len(order)
+        for name in order[shift:] + order[:shift]:
+            seconds[name].append(timed(steps[name], device))
+    return {name: statistics.median(values) for name, values in seconds.items()}
+
+
 def main() -> None:
     args = parse_args()
     if args.threads:
@@ -119,14 +130,7 @@ def main() -> None:
     for step in steps.values():
         step()  # warm-up, and creates the .grad buffers the measured steps reuse
     peaks = {variant: peak_step_bytes(step, device) for variant, step in steps.items()}
-    seconds: dict[str, list[float]] = {variant: [] for variant in steps}
-    order = list(steps)
-    for round_index in range(args.rounds):
-        shift = round_index % len(order)
-        for variant in order[shift:] + order[:shift]:
-            seconds[variant].append(timed(steps[variant], device))
-
-    median = {variant: statistics.median(values) for variant, values in seconds.items()}
+    median = median_seconds(steps, args.rounds, device)
     where = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'
     precision = 'AMP bf16' if args.amp else 'fp32'
     layout = ', channels_last' if args.channels_last else ''

@@ -22,11 +22,10 @@ import contextlib
 import copy
 import dataclasses
 import platform
-import statistics
 from collections.abc import Callable
 
 import torch
-from bench_train_memory import peak_step_bytes, timed  # the same measurement as the classifier benchmark
+from bench_train_memory import median_seconds, peak_step_bytes  # the same measurement as the classifier benchmark
 from torch import Tensor, nn
 
 from timm_hrnet.tasks.pose import HRNetPose
@@ -118,15 +117,9 @@ def bench_task(task: str, args: argparse.Namespace, device: torch.device) -> Non
     for step in steps.values():
         step()  # warm-up: creates the gradients and the optimizer state the measured steps reuse
     peaks = {mode: None if args.no_memory else peak_step_bytes(step, device) for mode, step in steps.items()}
-    seconds: dict[str, list[float]] = {mode: [] for mode in steps}
-    order = list(steps)
-    for round_index in range(args.rounds):
-        shift = round_index % len(order)
-        for mode in order[shift:] + order[:shift]:
-            seconds[mode].append(timed(steps[mode], device))
-    median = {mode: statistics.median(values) for mode, values in seconds.items()}
+    median = median_seconds(steps, args.rounds, device)
     _, (height, width), what = TASKS[task]
-    first = order[0]
+    first = next(iter(steps))
     print(f'\n{what}, {height}x{width}, batch {args.batch_size}, {optimizer_name}, '
           f'{"AMP bf16" if args.amp else "fp32"}{", channels_last" if args.channels_last else ""}, '
           f'{args.rounds} rounds')
