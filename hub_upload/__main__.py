@@ -178,10 +178,11 @@ def _checkpoint_task(args: argparse.Namespace, checkpoint: Checkpoint) -> str:
 def _convert(args: argparse.Namespace) -> int:
     from timm_hrnet.download import resolve_checkpoint
 
-    from .source import read_source
+    from .source import checkpoint_argument, read_source
     from .stage import convert
 
-    fetched = resolve_checkpoint(args.src, args.sha256, args.cache_dir, allow_http=args.allow_http, require_hash=True)
+    fetched = resolve_checkpoint(checkpoint_argument(args.src), args.sha256, args.cache_dir, allow_http=args.allow_http,
+                                 require_hash=True)
     source = read_source(fetched)  # read once: the task is told by it, the conversion takes it as read
     source_url = fetched.url if urlparse(fetched.url or '').scheme in ('http', 'https') else None
     task = _checkpoint_task(args, source.checkpoint)
@@ -245,9 +246,10 @@ def _task_options(args: argparse.Namespace, source_url: str | None, task: str) -
 def _verify(args: argparse.Namespace) -> int:
     from timm_hrnet.download import is_url, resolve_checkpoint
 
+    from .source import checkpoint_argument
     from .verify import verify_dir
 
-    against = args.against
+    against = None if args.against is None else checkpoint_argument(args.against)
     if against is not None and is_url(against):  # downloaded against the digest the repo records
         recorded = read_weights_metadata(args.dir / WEIGHTS_NAME).get('source_sha256')
         against = resolve_checkpoint(against, recorded, args.cache_dir, allow_http=args.allow_http, require_hash=True)
@@ -304,7 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     convert = command('convert', 'convert a checkpoint (classifier, pose or segmentation) into a verified repo '
                       'directory')
-    convert.add_argument('src', help='source checkpoint: a path or an https URL (.pth/.pt/.bin/.ckpt or .safetensors)')
+    convert.add_argument('src', help='source checkpoint: a path or an https URL (.pth/.pt/.bin/.ckpt or .safetensors), '
+                         'or the output folder of timm-hrnet train-pose / train-seg (its config.json states the input '
+                         'size, align_corners and label set)')
     convert.add_argument('--model', help='classifiers: target variant, e.g. hrnet_w18 or hrnet_w48_ssld, optionally '
                          'with a pretrained tag (hrnet_w18_ssld.paddle_in1k) whose preprocessing is then the default; '
                          'pose and segmentation checkpoints take their architecture from their tensors')
@@ -353,8 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = command('verify', 'compare a repo directory with its source checkpoint through independent code')
     verify.add_argument('dir', type=Path, help='repo directory staged by convert or batch')
-    verify.add_argument('--against', help="source checkpoint, a path or an https URL (default: the repo's own "
-                        "weights through timm's built-in HRNet, which does not check the conversion)")
+    verify.add_argument('--against', help="source checkpoint, a path, a training run's output folder or an https URL "
+                        "(default: the repo's own weights through timm's built-in HRNet, which does not check the "
+                        'conversion)')
     verify.add_argument('--source', choices=SOURCES, default='auto', help='layout of --against (auto: detect)')
     _add_download_options(verify)
     verify.add_argument('--atol', type=tolerance, help='classifier repos: tolerance on logits (default 1e-4)')

@@ -417,6 +417,7 @@ def build_task_model_card(
                       'affine crop)'),
             ('Output', f'{outputs} heatmaps at stride {config["heatmap_stride"]} ({height // 4} x {width // 4})'),
             ('Keypoints', labels),
+            *_keypoint_set_rows(config.get('keypoint_set')),
             ('Preprocessing', f'RGB in [0, 1], normalize mean {mean} std {std}; flip test averages the mirrored crop'),
         ]
         what = (f'An HRNet top-down human pose estimation model ({model_text}) predicting {labels} from '
@@ -429,6 +430,8 @@ def build_task_model_card(
             ('Input', 'images of any size of at least 32 x 32'),
             ('Output', f'logits for {outputs} classes at stride {config["output_stride"]} (H/4 x W/4)'),
             ('Classes', labels),
+            *([('Class names', ', '.join(f'`{name}`' for name in config['class_names']))]
+              if _own_label_set(config) else []),
             ('Preprocessing', f'RGB in [0, 1], normalize mean {mean} std {std}'),
             ('align_corners', f'{config["align_corners"]} (bilinear upsampling, as in training)'),
         ]
@@ -456,31 +459,78 @@ def build_task_model_card(
                 _details_table(rows)]
     if results:
         sections += ['## Results', _task_results_table(facts)]
-    usage = _pose_usage(repo_id, config) if task == 'pose' else _seg_usage(repo_id, config, layout)
+    usage = _pose_usage(repo_id, config) if task == 'pose' else _seg_usage(repo_id, config)
     sections += ['## Model Usage', usage, '## Citation', f'```bibtex\n{text.citation}\n```']
     content = f'---\n{card_data.to_yaml()}\n---\n\n' + '\n\n'.join(sections) + '\n'
     return ModelCard(content)
 
 
-def _download_lines(repo_id: str) -> tuple[str, str, str]:
-    """The Python and shell ways to get the weights (timm_hrnet builds the model from the file), and the local file."""
+def _own_label_set(config: Mapping[str, Any]) -> bool:
+    """A segmentation repo whose classes are its own (a training run's), not a released dataset's."""
+    return 'palette' in config or config.get('dataset') not in (None, 'checkpoint', *_DATASET_TITLES)
+
+
+def _keypoint_set_rows(keypoint_set: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    """Card rows spelling out a keypoint set that is no built-in one (config.json's ``keypoint_set``)."""
+    if not keypoint_set:
+        return []
+    names = keypoint_set['keypoints']
+    rows = [('Keypoint names', ', '.join(f'`{name}`' for name in names))]
+    if keypoint_set.get('flip_pairs'):
+        rows.append(('Flip pairs', ', '.join(f'`{names[a]}` / `{names[b]}`' for a, b in keypoint_set['flip_pairs'])))
+    if keypoint_set.get('sigmas'):
+        rows.append(('OKS sigmas', ', '.join(f'{sigma:g}' for sigma in keypoint_set['sigmas'])))
+    return rows
+
+
+def _load_trained_lines(repo_id: str, what: str, function: str) -> str:
+    """How to build a model with the label set config.json spells out: the training package's loader on the
+    downloaded weights and config.json."""
+    return f"""This model's {what} are in config.json; `{function}` reads them with the weights:
+
+```python
+from huggingface_hub import snapshot_download
+
+from timm_hrnet.tasks.training import {function}
+
+model = {function}(snapshot_download('{repo_id}', allow_patterns=['model.safetensors', 'config.json']))
+```"""
+
+
+def _download_lines(repo_id: str, with_config: bool = False) -> tuple[str, str, str]:
+    """The Python and shell ways to get the weights (timm_hrnet builds the model from the file), and the local file;
+    `with_config`: the shell way fetches config.json beside the weights, where the command line reads what the
+    weights do not show (mmpose's decoding, mmseg's resizes)."""
     folder = repo_id.split('/')[-1]
+    files = 'model.safetensors config.json' if with_config else 'model.safetensors'
     return (f"weights = hf_hub_download('{repo_id}', 'model.safetensors')",
-            f'hf download {repo_id} model.safetensors --local-dir {folder}', f'{folder}/model.safetensors')
+            f'hf download {repo_id} {files} --local-dir {folder}', f'{folder}/model.safetensors')
 
 
 def _pose_usage(repo_id: str, config: Mapping[str, Any]) -> str:
-    python_download, shell_download, local = _download_lines(repo_id)
+    decoding = config.get('decoding', 'official')
+    python_download, shell_download, local = _download_lines(repo_id, with_config=decoding != 'official')
     channels, height, width = config['input_size']
     joints = config['num_joints']
     heatmaps = f'(N, {joints}, {height // 4}, {width // 4}) for (N, {channels}, {height}, {width}) normalised crops'
+    arguments = f'input_size=({height}, {width})'
+    note = ''
+    if decoding != 'official':  # the weights alone decode by the official rule
+        arguments += f", decoding='{decoding}'"
+        note = (f" Nor is the heatmap decoding rule: {decoding} decodes by its own border rule, which "
+                f"`decoding='{decoding}'` follows (config.json's `decoding`); `timm-hrnet pose` reads it from the "
+                'config.json downloaded beside the weights.')
+    keypoint_set = config.get('keypoint_set')
+    if keypoint_set:
+        what = 'names, flip pairs, OKS sigmas' if keypoint_set.get('sigmas') else 'names, flip pairs'
+        note += '\n\n' + _load_trained_lines(repo_id, f'input size and keypoint set ({what})', 'load_pose_model')
     return f"""```python
 from huggingface_hub import hf_hub_download
 
 import timm_hrnet
 
 {python_download}
-model = timm_hrnet.create_pose_model(weights, input_size=({height}, {width}))   # eval mode
+model = timm_hrnet.create_pose_model(weights, {arguments})   # eval mode
 result = model.predict('people.jpg', boxes=[[x, y, w, h]])   # person boxes in pixels; default: the whole image
 result['keypoints'], result['scores']      # (P, {joints}, 2) image pixels, (P, {joints})
 heatmaps = model(crops)                    # {heatmaps}
@@ -493,33 +543,42 @@ Command line (`timm-hrnet`, installed with timm_hrnet):
 timm-hrnet pose people.jpg --checkpoint {local} --input-size {height}x{width} --out pose.png
 ```
 
-The input size is not stored in the weights: pass `input_size=({height}, {width})` (config.json's `input_size`)."""
+The input size is not stored in the weights: pass `input_size=({height}, {width})` (config.json's
+`input_size`).{note}"""
 
 
-def _seg_model_lines(align: bool, layout: str) -> tuple[tuple[str, str], str]:
+def _seg_model_lines(align: bool, resizes: str) -> tuple[tuple[str, str], str]:
     """The imports (standard library, timm_hrnet) and the lines that build the model as config.json describes it.
 
-    The weights carry the official keys; an mmseg model's resizes (its exchange units upsample by the stride ratio
-    first) are not visible in them, so its architecture is read with the layout that computes them."""
-    if layout == 'official':
+    The weights carry the official keys; mmseg's resizes (its exchange units upsample by the stride ratio first,
+    also kept by a model fine-tuned from an mmseg checkpoint) are not visible in them, so the architecture is read
+    with the layout that computes them."""
+    if resizes == 'official':
         return ('', ''), f'model = timm_hrnet.create_seg_model(weights, align_corners={align})   # eval mode'
     imports = ('from dataclasses import replace\n\n',
                '\nfrom timm_hrnet.checkpoints import read_architecture, read_checkpoint')
-    return imports, f"""checkpoint = read_checkpoint(weights)   # official keys; {layout}'s resizes: its layout
-architecture = read_architecture(checkpoint.state_dict, 'segmentation', layout='{layout}')
+    return imports, f"""checkpoint = read_checkpoint(weights)   # official keys; {resizes}'s resizes: its layout
+architecture = read_architecture(checkpoint.state_dict, 'segmentation', layout='{resizes}')
 checkpoint = replace(checkpoint, architecture=architecture)
-model = timm_hrnet.create_seg_model(checkpoint)   # eval mode, align_corners={align} as in {layout}"""
+model = timm_hrnet.create_seg_model(checkpoint)   # eval mode, align_corners={align} as in {resizes}"""
 
 
-def _seg_usage(repo_id: str, config: Mapping[str, Any], layout: str = 'official') -> str:
-    python_download, shell_download, local = _download_lines(repo_id)
+def _seg_usage(repo_id: str, config: Mapping[str, Any]) -> str:
+    """Usage of a segmentation repo; how its exchange units resize is config.json's ``hrnet_spec`` (mmseg's two steps
+    for an mmseg checkpoint and for a model fine-tuned from one), not its ``source_layout``."""
+    resizes = 'mmseg' if config['hrnet_spec'].get('upsample_by_stride') else 'official'
+    python_download, shell_download, local = _download_lines(repo_id, with_config=resizes != 'official')
     align = config['align_corners']
     classes = config['num_classes']
-    (stdlib, ours), build = _seg_model_lines(align, layout)
-    note = '' if layout == 'official' else (
-        f"\n\n`timm-hrnet segment` and `create_seg_model(weights, align_corners={align})` build the official exchange "
-        f"units, which give {layout}'s numbers at input sizes that are multiples of 32 and slightly different ones "
-        'elsewhere.')
+    (stdlib, ours), build = _seg_model_lines(align, resizes)
+    own = ''
+    if _own_label_set(config):
+        own = '\n\n' + _load_trained_lines(repo_id, '`align_corners`, class names, palette and class flip pairs',
+                                            'load_seg_model')
+    note = '' if resizes == 'official' else (
+        f'\n\n`create_seg_model(weights, align_corners={align})` on the weights alone builds the official exchange '
+        f"units, which give {resizes}'s numbers at input sizes that are multiples of 32 and slightly different ones "
+        'elsewhere; `timm-hrnet segment` reads the resizes from the config.json downloaded beside the weights.')
     return f"""```python
 {stdlib}from huggingface_hub import hf_hub_download
 
@@ -540,4 +599,4 @@ timm-hrnet segment street.png --checkpoint {local} --align-corners {str(align).l
 ```
 
 `align_corners` is not stored in the weights but changes every output: pass `align_corners={align}` (config.json's
-`align_corners`, the training config's `MODEL.ALIGN_CORNERS`).{note}"""
+`align_corners`, the training config's `MODEL.ALIGN_CORNERS`).{note}{own}"""

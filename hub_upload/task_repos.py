@@ -7,6 +7,11 @@ config.json is the model's own ``task_config()`` plus the layout the source came
 resizes its own way (``hrnet_spec.upsample_by_stride``, align_corners False throughout), which the tensors do not
 show. What differs between the two tasks is data on a `TaskKind` and three small methods.
 
+A model trained by ``timm-hrnet train-pose`` / ``train-seg`` publishes the same way: its output folder (or its
+model.safetensors) carries a config.json (`timm_hrnet.tasks.saved_config`) with what the weights cannot tell,
+the input size or align_corners and a label set that is no built-in one (keypoint names, flip pairs, OKS sigmas;
+class names, palette, class flip pairs), which the repo's config.json and card then carry too.
+
 Verification is self-consistency only: no official task code is installable here, so the repo rebuilt from its
 model.safetensors and config.json (as its card tells users to) is compared with timm_hrnet's own model of the source
 checkpoint, read again by its own path (timm_hrnet's task models are themselves tested against outputs of the
@@ -35,6 +40,7 @@ from timm_hrnet.complexity import model_params_and_macs
 from timm_hrnet.download import FetchedFile
 from timm_hrnet.tasks.datasets import KEYPOINT_SETS, SEG_DATASETS, seg_dataset_for
 from timm_hrnet.tasks.pose import HRNetPose, create_pose_model, input_size_from_name
+from timm_hrnet.tasks.saved_config import ModelConfig, config_beside, label_fields
 from timm_hrnet.tasks.segmentation import HRNetSeg, create_seg_model
 
 from .kinds import Comparison, Prepared, RepoKind, float32_tensors
@@ -59,12 +65,18 @@ def repo_layout(layout: str) -> str:
 
 
 def task_repo_config(model: HRNetPose | HRNetSeg, layout: str = _OFFICIAL) -> dict[str, Any]:
-    """config.json of a task repo: the task model's own `task_config()`, its architecture spec as ``hrnet_spec``
-    (``architecture`` names the model kind, as in timm's config.json) and the source's layout, through JSON so that
-    it compares as read."""
+    """config.json of a task repo: the task model's own `task_config()`, what it takes to rebuild a label set that
+    is not a built-in one (a custom keypoint set, a segmentation palette and class flip pairs:
+    `saved_config.label_fields`), its architecture spec as ``hrnet_spec`` (``architecture`` names the model
+    kind, as in timm's config.json) and the source's layout, through JSON so that it compares as read."""
     config = dict(model.task_config())
     spec = config.pop('architecture')
     task = config['task']
+    if task == POSE:
+        labels = label_fields(model.keypoint_info, None, model.num_joints)
+    else:
+        labels = label_fields(None, model.dataset, model.num_classes)
+    config.update({key: value for key, value in labels.items() if key not in config})
     return json.loads(json.dumps({'architecture': TASK_ARCHITECTURES[task], **config, 'hrnet_spec': spec,
                                   'source_layout': layout}))
 
@@ -135,17 +147,19 @@ class TaskKind:
 
     # --- what differs between the tasks (the subclasses) ---
 
-    def settings(self, checkpoint: Checkpoint, src: Path, options: TaskOptions
+    def settings(self, checkpoint: Checkpoint, src: Path, options: TaskOptions, exported: ModelConfig | None
                  ) -> tuple[tuple[int, int] | None, bool | None, str]:
-        """The input size (pose) or align_corners (segmentation) to publish, and where it comes from."""
+        """The input size (pose) or align_corners (segmentation) to publish, and where it comes from; a training
+        run's config.json beside the source (``exported``) states it, and a stated value must agree."""
         raise NotImplementedError
 
     def settings_from_config(self, config: Mapping[str, Any], path: Path
                              ) -> tuple[tuple[int, int] | None, bool | None]:
         raise NotImplementedError
 
-    def create_model(self, checkpoint: Checkpoint, size: tuple[int, int] | None,
-                     align: bool | None) -> HRNetPose | HRNetSeg:
+    def create_model(self, checkpoint: Checkpoint, size: tuple[int, int] | None, align: bool | None,
+                     exported: ModelConfig | None) -> HRNetPose | HRNetSeg:
+        """The model of ``checkpoint``, with the label set of the config.json that describes it (``exported``)."""
         raise NotImplementedError
 
     def complexity_size(self, model: HRNetPose | HRNetSeg) -> tuple[int, int]:
@@ -156,12 +170,15 @@ class TaskKind:
 
     # --- shared ---
 
-    def build(self, checkpoint: Checkpoint, size: tuple[int, int] | None, align: bool | None,
-              where: str) -> HRNetPose | HRNetSeg:
-        """The task model holding the checkpoint's tensors; a key that does not fit becomes one line naming
-        ``where``."""
+    def build(self, checkpoint: Checkpoint, size: tuple[int, int] | None, align: bool | None, where: str,
+              exported: ModelConfig | None = None) -> HRNetPose | HRNetSeg:
+        """The task model holding the checkpoint's tensors (and ``exported``'s label set); a key that does not fit
+        becomes one line naming ``where``."""
+        if exported is not None and exported.task != self.name:
+            raise ValueError(f"'{exported.path}' describes a {exported.task} model, but {where} is a {self.name} "
+                             'checkpoint')
         try:
-            return self.create_model(checkpoint, size, align)
+            return self.create_model(checkpoint, size, align, exported)
         except CheckpointMismatchError as e:
             keys = [*e.missing, *e.unexpected, *e.mismatched]
             raise ValueError(f'{where} does not fit {e.model_name}: {len(e.missing)} missing, {len(e.unexpected)} '
@@ -176,7 +193,9 @@ class TaskKind:
         if count is not None and count != outputs:
             raise ValueError(f"'{src}' has {outputs} {self.unit}, {facts.dataset} has {count}: state the dataset it "
                              'was trained on (--dataset)')
-        dataset = facts.dataset or (labels if labels in self.label_sets else None)  # not a checkpoint's own labels
+        named = self.label_sets.get(labels) if isinstance(labels, str) else None  # not a checkpoint's own labels
+        dataset = facts.dataset or (labels if named is not None and getattr(named, self.outputs_key) == outputs
+                                    else None)
         unknown = [name for name, _ in facts.metrics if name not in TASK_METRICS[self.name]]
         if unknown:
             raise ValueError(f"{', '.join(unknown)}: not a {self.name} metric; expected "
@@ -207,11 +226,16 @@ class TaskKind:
         arch = checkpoint.architecture  # worked out once, by read_checkpoint
         if options.num_outputs is not None and options.num_outputs != arch.num_outputs:
             raise ValueError(f"'{src}' has {arch.num_outputs} {self.unit}, not the {options.num_outputs} stated")
-        size, align, origin = self.settings(checkpoint, src, options)
-        model = self.build(checkpoint, size, align, f"'{src}'")
+        exported = source.exported
+        size, align, origin = self.settings(checkpoint, src, options, exported)
+        model = self.build(checkpoint, size, align, f"'{src}'", exported)
         layout = repo_layout(checkpoint.layout.name)
         config = task_repo_config(model, layout)
-        facts = self._resolve_facts(options.facts or TaskFacts(), config, src)
+        facts = options.facts or TaskFacts()
+        if exported is not None and exported.from_training and facts.source_title is None:
+            command = 'train-pose' if self.name == POSE else 'train-seg'
+            facts = replace(facts, source_title=f'a timm_hrnet training run (`timm-hrnet {command}`)')
+        facts = self._resolve_facts(facts, config, src)
         complexity = self._complexity(model)
         if checkpoint.dropped:  # once the checkpoint is known to convert: a refusal stays one line
             log(f"dropped training-only keys of '{src.name}': {', '.join(checkpoint.dropped)}")
@@ -261,7 +285,8 @@ class TaskKind:
             problems.append(f"config.json's architecture is {config.get('architecture')!r}, a {self.name} repo's is "
                             f'{self.architecture!r}')
         weights = repo_dir / WEIGHTS_NAME
-        loaded = self.build(self.published(weights, layout, config), size, align, f"'{weights}'")
+        own = config_beside(weights)  # config.json as the loaders read it: the label set it spells out
+        loaded = self.build(self.published(weights, layout, config), size, align, f"'{weights}'", own)
         differing = _differing(task_repo_config(loaded, layout), config)
         if differing:
             problems.append(f"config.json does not match what its weights build: {', '.join(differing)}")
@@ -275,7 +300,11 @@ class TaskKind:
             found = repo_layout(checkpoint.layout.name)
             if source not in ('auto', found):
                 raise ValueError(f"'{against.path}' is in the {found} layout, not {source}")
-            reference = self.build(checkpoint, size, align, f"'{against.path}'")
+            exported = None if against.url else config_beside(against.path)  # a training run's, read again
+            if exported is not None:  # what the run states, so that config.json must agree with it
+                size = exported.input_size or size
+                align = align if exported.align_corners is None else exported.align_corners
+            reference = self.build(checkpoint, size, align, f"'{against.path}'", exported)
         except ValueError as e:
             return Comparison(loaded, None, reference_text, False, input_size, tuple(problems),
                               failure=f'the source does not load: {_first_line(e)}')
@@ -286,15 +315,22 @@ class TaskKind:
 
 
 class PoseKind(TaskKind):
-    def settings(self, checkpoint: Checkpoint, src: Path, options: TaskOptions
+    def settings(self, checkpoint: Checkpoint, src: Path, options: TaskOptions, exported: ModelConfig | None
                  ) -> tuple[tuple[int, int] | None, bool | None, str]:
-        """The crop size: stated, else from a released file name (``..._384x288.pth``); the weights do not tell."""
+        """The crop size: stated, the training run's config.json, else from a released file name
+        (``..._384x288.pth``); the weights do not tell."""
         if options.align_corners is not None:
             raise ValueError('--align-corners does not apply to pose checkpoints (only segmentation models '
                              'upsample bilinearly)')
+        trained = exported.input_size if exported is not None else None
         if options.input_size is not None:
             height, width = options.input_size
+            if trained is not None and trained != (height, width):
+                raise ValueError(f"--input-size {height}x{width}: '{exported.path}' says the model was trained at "
+                                 f'{trained[0]}x{trained[1]}')
             return (height, width), None, f'input size {height}x{width} as stated'
+        if trained is not None:
+            return trained, None, f"input size {trained[0]}x{trained[1]} from '{exported.path}'"
         named = input_size_from_name(src)
         if named is None:
             raise ValueError(f"'{src}' does not say the input size it was trained at (the weights do not tell): pass "
@@ -308,9 +344,10 @@ class PoseKind(TaskKind):
             raise ValueError(f"'{path}' has no valid 'input_size' field ([channels, height, width]): {size!r}")
         return (size[1], size[2]), None
 
-    def create_model(self, checkpoint: Checkpoint, size: tuple[int, int] | None,
-                     align: bool | None) -> HRNetPose:
-        return create_pose_model(checkpoint, input_size=size)
+    def create_model(self, checkpoint: Checkpoint, size: tuple[int, int] | None, align: bool | None,
+                     exported: ModelConfig | None) -> HRNetPose:
+        return create_pose_model(checkpoint, input_size=size,
+                                 keypoint_info=exported.keypoints if exported is not None else None)
 
     def complexity_size(self, model: HRNetPose) -> tuple[int, int]:
         return model.input_size
@@ -320,10 +357,10 @@ class PoseKind(TaskKind):
 
 
 class SegmentationKind(TaskKind):
-    def settings(self, checkpoint: Checkpoint, src: Path, options: TaskOptions
+    def settings(self, checkpoint: Checkpoint, src: Path, options: TaskOptions, exported: ModelConfig | None
                  ) -> tuple[tuple[int, int] | None, bool | None, str]:
-        """align_corners: fixed by the layout (mmseg), stated, or the official config of the released model with the
-        checkpoint's class count; not stored in the weights."""
+        """align_corners: fixed by the layout (mmseg), the training run's config.json, stated, or the official
+        config of the released model with the checkpoint's class count; not stored in the weights."""
         if options.input_size is not None:
             raise ValueError('--input-size applies to pose checkpoints; segmentation models take any size '
                              '(--image-size sets the verification size)')
@@ -334,6 +371,12 @@ class SegmentationKind(TaskKind):
                                  f'with align_corners={arch.align_corners} throughout, not {stated}')
             return None, arch.align_corners, (f'align_corners {arch.align_corners}: {checkpoint.layout.name} models '
                                               'resize with it throughout')
+        if exported is not None:
+            trained = exported.align_corners
+            if stated not in (None, trained):
+                raise ValueError(f"--align-corners {str(stated).lower()}: '{exported.path}' says the model was "
+                                 f'trained with align_corners {str(trained).lower()}')
+            return None, trained, f"align_corners {trained} from '{exported.path}'"
         if stated is not None:
             return None, stated, f'align_corners {stated} as stated'
         outputs = arch.num_outputs
@@ -352,9 +395,12 @@ class SegmentationKind(TaskKind):
             raise ValueError(f"'{path}' has no valid 'align_corners' field (true or false): {align_corners!r}")
         return None, align_corners
 
-    def create_model(self, checkpoint: Checkpoint, size: tuple[int, int] | None,
-                     align: bool | None) -> HRNetSeg:
-        return create_seg_model(checkpoint, align_corners=align)
+    def create_model(self, checkpoint: Checkpoint, size: tuple[int, int] | None, align: bool | None,
+                     exported: ModelConfig | None) -> HRNetSeg:
+        model = create_seg_model(checkpoint, align_corners=align)
+        if exported is not None and exported.labels is not None:
+            model.dataset = exported.labels
+        return model
 
     def complexity_size(self, model: HRNetSeg) -> tuple[int, int]:
         return SEG_MACS_SIZE

@@ -19,6 +19,7 @@ from .kinds import Comparison, RepoKind
 from .names import CONFIG_NAME, WEIGHTS_NAME
 from .push import read_weights_metadata
 from .report import VerifyReport
+from .source import checkpoint_argument
 from .task_repos import TASK_KINDS
 
 __all__ = ['DEFAULT_TOLERANCE', 'WEIGHTS_NAME', 'VerifyReport', 'kind_of_repo', 'read_weights_metadata', 'verify_dir']
@@ -102,7 +103,7 @@ def verify_dir(
         raise ValueError(f"--source {source}: '{repo_dir}' is {kind.description} repo, whose sources come in the "
                          f"{' or '.join(kind.sources[1:])} layout")
     if against is not None and not isinstance(against, FetchedFile):
-        against = resolve_checkpoint(against)
+        against = resolve_checkpoint(checkpoint_argument(against))
     description = 'its own weights' if against is None else str(against.url or against.path)
     problems = _source_problems(repo_dir, against)
     comparison = kind.comparison(repo_dir, config, against, source)

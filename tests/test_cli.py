@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
 import timm_hrnet  # noqa: F401  (registers our hrnet_* entrypoints with timm)
+from timm_hrnet.checkpoints import files, reading
 from timm_hrnet.tools.cli import main
 from timm_hrnet.tools.validate import read_samples
 
@@ -274,14 +276,28 @@ def test_demo_image_is_small_licensed_and_predictable(checkpoint: str, capsys: p
     assert capsys.readouterr().out.splitlines()[0] == str(demo)
 
 
+def counted(function: Callable, calls: list[str]) -> Callable:
+    """`function`, noting its name in `calls` at each call."""
+    def wrapper(*args: object, **kwargs: object) -> object:
+        calls.append(function.__name__)
+        return function(*args, **kwargs)
+    return wrapper
+
+
 def test_checkpoint_of_another_variant_gives_short_error(
-    checkpoint: str, image_paths: list[Path], capsys: pytest.CaptureFixture
+    checkpoint: str, image_paths: list[Path], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    calls: list[str] = []
+    for module, name in [(files, 'read_checkpoint_object'), (reading, 'read_checkpoint_object'),
+                         (reading, 'detect_layout')]:
+        monkeypatch.setattr(module, name, counted(getattr(module, name), calls))
     assert main(['predict', str(image_paths[0]), '--checkpoint', checkpoint, '--model', 'hrnet_w18_small_v2']) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and len(err[0]) < 500, err  # counts and a few names, not every key
     assert err[0].startswith(f'timm-hrnet predict: error: {checkpoint} does not fit hrnet_w18_small_v2: ')
     assert ' missing (' in err[0] and err[0].endswith('checkpoint: pass --model hrnet_w18_small')
+    # read and worked out once: the load, the error and the search for the variant that fits share the value
+    assert sorted(calls) == ['detect_layout', 'read_checkpoint_object']
 
 
 def test_predict_local_dir_repo(

@@ -180,8 +180,12 @@ def test_other_class_count_is_kept(small: SmallCheckpoints) -> None:
     assert converted['classifier.weight'].shape == (10, 2048)
     model = timm.create_model(SMALL_MODEL, num_classes=converted['classifier.weight'].shape[0])
     model.load_state_dict(converted)
-    with pytest.raises(CheckpointMismatchError, match='classifier.bias'):
+    with pytest.raises(CheckpointMismatchError, match=r'classifier\.bias: checkpoint \[7\] vs model \[10\]') as info:
         convert_state_dict({**ten_classes, 'classifier.bias': torch.zeros(7)}, SMALL_MODEL)
+    assert list(info.value.mismatched) == ['classifier.bias']
+    with pytest.raises(CheckpointMismatchError, match=r'classifier\.weight: checkpoint \[10, 100\] vs model') as info:
+        convert_state_dict({**ten_classes, 'classifier.weight': torch.zeros(10, 100)}, SMALL_MODEL)
+    assert list(info.value.mismatched) == ['classifier.weight']
 
 
 class NotAllowedByWeightsOnly:

@@ -101,10 +101,13 @@ def test_mmpose_checkpoints_become_repos_that_load_back(
         metadata, keys = f.metadata(), set(f.keys())
     assert metadata['source_layout'] == 'mmpose' and metadata['task'] == 'pose'
     assert 'final_layer.weight' in keys and 'bn1.weight' in keys and not any(k.startswith('backbone.') for k in keys)
-    # what the card says to run gives the source's outputs
-    assert 'timm_hrnet.create_pose_model(weights, input_size=(256, 192))' in (out / 'README.md').read_text()
-    repo = create_pose_model(out / 'model.safetensors', input_size=(256, 192))
+    # what the card says to run, on the weights alone, gives the source's outputs and decodes as mmpose does
+    readme = (out / 'README.md').read_text()
+    assert "timm_hrnet.create_pose_model(weights, input_size=(256, 192), decoding='mmpose')" in readme
+    assert 'model.safetensors config.json --local-dir' in readme  # the command line reads `decoding` there
+    repo = as_the_card_says(out, bare_weights(out, tmp_path))
     source = create_pose_model(sources[name])
+    assert repo.decoding == source.decoding == 'mmpose' and repo.input_size == (256, 192)
     x = torch.randn(1, 3, 256, 192)
     with torch.no_grad():
         assert relative_diff(repo(x), source(x)) == 0
@@ -115,20 +118,27 @@ def test_mmpose_checkpoints_become_repos_that_load_back(
     assert not leftovers(tmp_path)
 
 
-def _as_the_card_says(repo: Path) -> torch.nn.Module:
-    """The model the card's Python snippet builds, run as written up to the model, the download replaced by the
-    repo's file (the official keys, the architecture read with mmseg's layout)."""
+def bare_weights(repo: Path, tmp_path: Path) -> Path:
+    """The repo's model.safetensors alone in a folder, as `hf_hub_download` of that one file may leave it."""
+    folder = tmp_path / 'downloaded'
+    folder.mkdir()
+    return Path(shutil.copy(repo / 'model.safetensors', folder))
+
+
+def as_the_card_says(repo: Path, weights: Path) -> torch.nn.Module:
+    """The model the card's Python snippet builds, run as written up to the model, the download replaced by
+    `weights` (the official keys; the architecture read with mmseg's layout, mmpose's decoding passed)."""
     snippet = ModelCard.load(repo / 'README.md').text.split('```python\n', 1)[1].split('```', 1)[0]
     lines = snippet.splitlines()
     lines = lines[:next(i for i, line in enumerate(lines) if line.startswith('model = ')) + 1]
-    code = '\n'.join(f'weights = {str(repo / "model.safetensors")!r}' if line.startswith('weights = ') else line
-                     for line in lines)
+    code = '\n'.join(f'weights = {str(weights)!r}' if line.startswith('weights = ') else line for line in lines)
     namespace: dict = {}
     exec(code, namespace)  # noqa: S102  (the card's own text)
     return namespace['model']
 
 
-def test_mmseg_checkpoint_becomes_a_repo_that_loads_back(seg_repo: Path, sources: dict[str, Path]) -> None:
+def test_mmseg_checkpoint_becomes_a_repo_that_loads_back(seg_repo: Path, sources: dict[str, Path],
+                                                         tmp_path: Path) -> None:
     config = json.loads((seg_repo / 'config.json').read_text())
     assert (config['architecture'], config['source_layout'], config['num_classes']) == ('hrnet_seg', 'mmseg', 19)
     assert config['align_corners'] is False and config['head_bias'] is False
@@ -143,11 +153,13 @@ def test_mmseg_checkpoint_becomes_a_repo_that_loads_back(seg_repo: Path, sources
 
     x = torch.randn(1, 3, *ODD_SIZE)
     source = create_seg_model(sources['mmseg'])
-    plain = create_seg_model(seg_repo / 'model.safetensors', align_corners=False)
+    weights = bare_weights(seg_repo, tmp_path)
+    plain = create_seg_model(weights, align_corners=False)
     with torch.no_grad():
         expected = source(x)
-        assert relative_diff(_as_the_card_says(seg_repo)(x), expected) == 0
+        assert relative_diff(as_the_card_says(seg_repo, weights)(x), expected) == 0
         assert relative_diff(plain(x), expected) > 1e-4  # why config.json must say how mmseg resizes
+        assert relative_diff(create_seg_model(seg_repo / 'model.safetensors')(x), expected) == 0  # it is read there
 
 
 def test_verify_checks_an_mmseg_repo_and_the_layout_its_config_records(
@@ -162,7 +174,13 @@ def test_verify_checks_an_mmseg_repo_and_the_layout_its_config_records(
     assert main(['verify', str(lost), '--against', str(sources['mmseg']), *IMAGE]) == 1
     output = capsys.readouterr().out
     assert output.startswith('verify FAILED') and "config.json does not describe the source's model" in output
-    assert 'hrnet_spec' in output
+    assert 'source_layout' in output
+    spec = {**config['hrnet_spec'], 'upsample_by_stride': False}  # the resizes lost: the model computes others
+    (lost / 'config.json').write_text(json.dumps({**config, 'hrnet_spec': spec}))
+    assert main(['verify', str(lost), '--against', str(sources['mmseg'])]) == 1
+    output = capsys.readouterr().out
+    assert output.startswith('verify FAILED')
+    assert "config.json does not describe the source's model: hrnet_spec" in output
     assert main(['verify', str(seg_repo), '--against', str(sources['mmseg']), '--source', 'mmpose']) == 2
     assert 'whose sources come in the official or mmseg layout' in capsys.readouterr().err
 

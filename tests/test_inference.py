@@ -12,6 +12,7 @@ from PIL import Image
 from timm.data import ImageNetInfo, create_transform, resolve_data_config
 
 import timm_hrnet  # noqa: F401  (registers our hrnet_* entrypoints with timm)
+from timm_hrnet.checkpoints import read_checkpoint
 from timm_hrnet.classification import (
     MMPRETRAIN_NAMES,
     UnknownModelError,
@@ -215,9 +216,10 @@ def test_local_dir_model_loads_with_and_without_checkpoint(tmp_path: Path) -> No
 
     other = timm.create_model('hrnet_w18_small', num_classes=5)
     torch.save(other.state_dict(), tmp_path / 'five.pth')
-    fine_tuned = load_model(f'local-dir:{tmp_path / "repo"}', tmp_path / 'five.pth')
-    assert fine_tuned.num_classes == 5
-    torch.testing.assert_close(fine_tuned.classifier.weight, other.classifier.weight, rtol=0, atol=0)
+    for checkpoint in (tmp_path / 'five.pth', read_checkpoint(tmp_path / 'five.pth')):  # a path or the value read
+        fine_tuned = load_model(f'local-dir:{tmp_path / "repo"}', checkpoint)
+        assert fine_tuned.num_classes == 5
+        torch.testing.assert_close(fine_tuned.classifier.weight, other.classifier.weight, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize('kwargs', [dict(features_only=True), dict(num_classes=0)])

@@ -3,9 +3,11 @@ layouts) and mmsegmentation 1.2.2 HRNet + FCNHead, against outputs of that code 
 make_openmmlab_ref.py there: full depth, reduced widths, float16 weights, random BatchNorm statistics)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 from helpers import OPENMMLAB_FIXTURES, openmmlab_fixture
 
@@ -96,3 +98,67 @@ def test_a_key_from_another_network_is_named() -> None:
     state_dict['backbone.stage4.0.extra_conv.weight'] = torch.zeros(1)
     with pytest.raises((CheckpointMismatchError, ValueError), match='extra_conv'):
         create_pose_model(state_dict)
+
+
+def test_mmpose_checkpoints_decode_as_mmpose(tmp_path: Path) -> None:
+    """Both mmpose layouts get mmpose 1.x's decoding rule; it survives our own files (config.json beside the
+    converted weights, as train_pose and hub_upload write it)."""
+    path = fixture(POSE)
+    model = create_pose_model(path)
+    assert model.decoding == 'mmpose' and read_checkpoint(path).architecture.decoding == 'mmpose'
+    state_dict = torch.load(path, weights_only=True)['state_dict']
+    old = {k.replace('head.final_layer.', 'keypoint_head.final_layer.'): v for k, v in state_dict.items()}
+    assert create_pose_model(old).decoding == 'mmpose'
+    folder = tmp_path / 'repo'
+    folder.mkdir()
+    safetensors.torch.save_file(model.state_dict(), str(folder / 'model.safetensors'))  # the official keys
+    assert create_pose_model(folder / 'model.safetensors').decoding == 'official'  # nothing says otherwise
+    (folder / 'config.json').write_text(json.dumps(model.task_config()))
+    again = create_pose_model(folder / 'model.safetensors')
+    assert again.decoding == 'mmpose' and again.task_config() == model.task_config()
+
+
+UDP_1X = 'td-hm_hrnet-w32_udp-8xb64-210e_coco-256x192-73ede547_20220914.pth'
+DARK_1X = 'td-hm_hrnet-w32_dark-8xb64-210e_coco-256x192-0e00bf12_20220914.pth'
+DARK_0X = 'hrnet_w32_coco_256x192_dark-07f147eb_20200812.pth'
+
+
+@pytest.mark.parametrize('name, codec', [(UDP_1X, 'UDP'), (DARK_1X, 'DARK'), (DARK_0X, 'DARK')])
+def test_udp_and_dark_checkpoints_are_refused_by_name(name: str, codec: str, tmp_path: Path) -> None:
+    path = tmp_path / name
+    path.write_bytes(fixture(POSE).read_bytes())
+    with pytest.raises(ValueError, match=f'is a {codec} heatmap checkpoint') as info:
+        create_pose_model(path)
+    assert '\n' not in str(info.value) and 'would give wrong keypoints' in str(info.value)
+
+
+@pytest.mark.parametrize('config, codec', [
+    ("codec = dict(type='UDPHeatmap', input_size=(192, 256), heatmap_size=(48, 64), sigma=2)", 'UDP'),
+    ("codec = dict(\n    type='MSRAHeatmap', sigma=2, unbiased=True)", 'DARK'),
+    ({'model': {'test_cfg': {'flip_test': True, 'post_process': 'unbiased', 'modulate_kernel': 11}}}, 'DARK'),
+    ("test_cfg=dict(flip_test=True, post_process='default', shift_heatmap=False, use_udp=True)", 'UDP'),
+])
+def test_udp_and_dark_checkpoints_are_refused_by_meta(config: object, codec: str, tmp_path: Path) -> None:
+    """The config mmengine (cfg) or mmcv (config) keeps in the meta names the codec; the file name is plain."""
+    state_dict = torch.load(fixture(POSE), weights_only=True)['state_dict']
+    path = tmp_path / 'best_coco_AP_epoch_210.pth'
+    torch.save({'meta': {'cfg' if isinstance(config, str) else 'config': config}, 'state_dict': state_dict}, path)
+    with pytest.raises(ValueError, match=f'is a {codec} heatmap checkpoint \\(its meta config has '):
+        create_pose_model(path)
+    plain = "codec = dict(type='MSRAHeatmap', input_size=(192, 256), heatmap_size=(48, 64), sigma=2)"
+    torch.save({'meta': {'cfg': plain}, 'state_dict': state_dict}, path)
+    assert create_pose_model(path).decoding == 'mmpose'
+
+
+def test_mmseg_0x_class_names_from_meta_classes(tmp_path: Path) -> None:
+    """mmseg 0.x (mmcv's save_checkpoint) keeps the class names in meta['CLASSES'], 1.x in meta.dataset_meta."""
+    raw = torch.load(fixture(SEG), weights_only=True)
+    names = raw['meta']['dataset_meta']['classes']
+    path = tmp_path / 'fcn_hr18_512x1024_40k_cityscapes_20200601_014216-f196fb4e.pth'
+    torch.save({'meta': {'CLASSES': names, 'PALETTE': [[128, 64, 128]] * len(names), 'mmseg_version': '0.30.0'},
+                'state_dict': raw['state_dict']}, path)
+    loaded = read_checkpoint(path)
+    assert loaded.class_names == tuple(names)
+    assert create_seg_model(loaded).class_names == tuple(names)
+    torch.save({'meta': {'CLASSES': None}, 'state_dict': raw['state_dict']}, path)
+    assert read_checkpoint(path).class_names is None

@@ -12,11 +12,12 @@ from PIL import Image
 from task_reference import official_shapes, random_checkpoint, tiny_extra
 from torch import nn
 
-from timm_hrnet import create_pose_model, create_seg_model
+from timm_hrnet import HRNetPose, HRNetSeg, create_pose_model, create_seg_model
 from timm_hrnet.tasks.detection import PersonDetector, detect_people, person_detector
 from timm_hrnet.tasks.drawing import distinct_colours, draw_legend, draw_pose
 from timm_hrnet.tasks.media import UnreadableVideoError, read_frames, video_fps, write_video
 from timm_hrnet.tasks.pipeline import pose_frames, segment_frames
+from timm_hrnet.tools.cli import main as cli_main
 from timm_hrnet.tools.cli_common import CliError
 from timm_hrnet.tools.task_cli import add_pose_parser, add_segment_parser
 
@@ -173,3 +174,34 @@ def test_people_get_distinct_colours_and_masks_a_legend() -> None:
     assert legend.size == (120, 60)
     pixels = {tuple(p) for p in np.asarray(legend).reshape(-1, 3)}
     assert (255, 0, 0) in pixels and (0, 0, 255) in pixels and (0, 255, 0) not in pixels  # only classes present
+
+
+def test_a_model_error_in_a_folder_or_video_names_the_file(files: dict[str, Path], tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    """A ValueError from predict is one line naming the image file (or video frame), not a traceback."""
+    real, calls = HRNetSeg.predict, []
+
+    def fails_second(self: HRNetSeg, image: object, **kwargs: object) -> dict:
+        calls.append(image)
+        if len(calls) == 2:
+            raise ValueError('window (900, 900) does not fit\nsecond line')
+        return real(self, image, **kwargs)
+    monkeypatch.setattr(HRNetSeg, 'predict', fails_second)
+    assert cli_main(['segment', str(files['images']), '--checkpoint', str(files['seg'])]) == 2
+    image = files['images'] / 'img1.png'
+    assert capsys.readouterr().err == (f'timm-hrnet segment: error: cannot run on {image}: window (900, 900) does '
+                                       'not fit\n')
+    calls.clear()
+    out = tmp_path / 'out'
+    assert cli_main(['segment', str(files['video']), '--checkpoint', str(files['seg']), '--out', str(out)]) == 2
+    assert capsys.readouterr().err.startswith(f"timm-hrnet segment: error: cannot run on {files['video']} frame 1: ")
+    assert [p.name for p in out.iterdir()] == []  # nothing half-written
+
+    def fails(self: HRNetPose, *args: object, **kwargs: object) -> list:
+        raise ValueError('no usable box')
+    monkeypatch.setattr(HRNetPose, 'predict_batch', fails)
+    assert cli_main(['pose', str(files['images']), '--checkpoint', str(files['pose'])]) == 2
+    first, last = files['images'] / 'img0.png', files['images'] / 'img2.png'
+    assert capsys.readouterr().err == ('timm-hrnet pose: error: cannot run on one of 3 frames run together '
+                                       f'({first} ... {last}): no usable box\n')

@@ -2,6 +2,7 @@
 W32 / W48 layouts match, and heatmap decoding, flip test, cropping and `predict` follow the official evaluation."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -18,6 +19,7 @@ from timm_hrnet import VARIANTS, HRNetPose, create_pose_model, optimize_for_infe
 from timm_hrnet.checkpoints import POSE, read_architecture
 from timm_hrnet.convert import CheckpointMismatchError
 from timm_hrnet.hrnet import HRNetTrunk
+from timm_hrnet.tasks import pose as pose_module
 from timm_hrnet.tasks.datasets import COCO_KEYPOINTS, KeypointInfo
 from timm_hrnet.tasks.pose import box_to_center_size, crop_boxes, decode_heatmaps, flip_back, get_max_preds
 
@@ -267,3 +269,128 @@ def test_training_step_and_task_config(tiny_checkpoint: dict) -> None:
     config = json.loads(json.dumps(model.task_config()))
     assert config['task'] == 'pose' and config['num_joints'] == 17 and config['input_size'] == [3, 256, 192]
     assert config['flip_pairs'][0] == [1, 2] and config['architecture']['multi_scale_output'] is False
+
+
+def mmpose_decoding_reference(heatmaps: np.ndarray) -> np.ndarray:
+    """mmpose 1.x's heatmap decoding (`get_heatmap_maximum`, then `refine_keypoints`) written out from its rule, one
+    keypoint at a time: the argmax, (-1, -1) where the maximum is not positive; x moves by a quarter of the sign of
+    h[y, x + 1] - h[y, x - 1] where 1 < x < W - 1 and 0 < y < H, y by that of h[y + 1, x] - h[y - 1, x] where
+    1 < y < H - 1 and 0 < x < W."""
+    count, joints, height, width = heatmaps.shape
+    out = np.zeros((count, joints, 2), dtype=np.float32)
+    for n in range(count):
+        for k in range(joints):
+            h = heatmaps[n, k]
+            y, x = divmod(int(np.argmax(h)), width)
+            if h.max() <= 0:
+                x = y = -1
+            dx = h[y, x + 1] - h[y, x - 1] if 1 < x < width - 1 and 0 < y < height else 0.0
+            dy = h[y + 1, x] - h[y - 1, x] if 1 < y < height - 1 and 0 < x < width else 0.0
+            out[n, k] = [x + np.sign(dx) * 0.25, y + np.sign(dy) * 0.25]
+    return out
+
+
+def _identity_decode(heatmaps: torch.Tensor, decoding: str) -> torch.Tensor:
+    """Keypoints in heatmap pixels: boxes the size of the heatmap, centred on it."""
+    count, _, height, width = heatmaps.shape
+    centers = torch.tensor([[width / 2, height / 2]]).expand(count, 2)
+    sizes = torch.tensor([[float(width), float(height)]]).expand(count, 2)
+    return decode_heatmaps(heatmaps, centers, sizes, decoding=decoding)[0]
+
+
+def test_mmpose_decoding_rule_differs_at_the_border() -> None:
+    """A peak next to the border: the official rule shifts neither axis, mmpose's shifts the axis whose neighbours
+    exist; no positive value: official (0, 0), mmpose (-1, -1)."""
+    heatmaps = torch.zeros(1, 5, 8, 6)
+    h = heatmaps[0]
+    h[0, 4, 1], h[0, 3, 1], h[0, 5, 1], h[0, 4, 2], h[0, 4, 0] = 1.0, 0.6, 0.2, 0.5, 0.3  # x = 1: mmpose moves y
+    h[1, 1, 3], h[1, 1, 4], h[1, 1, 2], h[1, 0, 3], h[1, 2, 3] = 1.0, 0.5, 0.2, 0.1, 0.4  # y = 1: mmpose moves x
+    h[2, 4, 5], h[2, 3, 5], h[2, 5, 5], h[2, 4, 4] = 1.0, 0.1, 0.4, 0.3  # last column: mmpose moves y
+    h[3] = -1.0
+    h[4, 4, 3], h[4, 4, 4], h[4, 3, 3] = 1.0, 0.5, 0.4  # inside: both rules agree
+    official = _identity_decode(heatmaps, 'official')
+    mmpose = _identity_decode(heatmaps, 'mmpose')
+    assert official.tolist() == [[[1.0, 4.0], [3.0, 1.0], [5.0, 4.0], [0.0, 0.0], [3.25, 3.75]]]
+    assert mmpose.tolist() == [[[1.0, 3.75], [3.25, 1.0], [5.0, 4.25], [-1.0, -1.0], [3.25, 3.75]]]
+    assert mmpose.tolist() == mmpose_decoding_reference(heatmaps.numpy()).tolist()
+    with pytest.raises(ValueError, match="decoding must be one of official, mmpose, got 'dark'"):
+        _identity_decode(heatmaps, 'dark')
+
+
+def test_mmpose_decoding_equals_its_rule_on_random_heatmaps() -> None:
+    """Peaks anywhere, the border rows and columns included, and some heatmaps without a positive value."""
+    g = torch.Generator().manual_seed(0)
+    heatmaps = torch.rand(64, 7, 8, 6, generator=g) * 0.5
+    peaks = torch.randint(0, 8 * 6, (64, 7), generator=g)
+    heatmaps.flatten(2).scatter_(2, peaks.unsqueeze(-1), 1.0)
+    heatmaps[::9, 2] -= 2.0
+    ours = _identity_decode(heatmaps, 'mmpose')
+    assert ours.tolist() == mmpose_decoding_reference(heatmaps.numpy()).tolist()
+    assert not torch.equal(ours, _identity_decode(heatmaps, 'official'))  # the rules do differ on these
+
+
+def test_decoding_is_part_of_the_model(tiny_checkpoint: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = create_pose_model(tiny_checkpoint)
+    assert model.decoding == 'official' and model.task_config()['decoding'] == 'official'
+    mmpose = create_pose_model(tiny_checkpoint, decoding='mmpose')
+    assert mmpose.decoding == 'mmpose' and mmpose.task_config()['decoding'] == 'mmpose'
+    with pytest.raises(ValueError, match='decoding must be one of official, mmpose'):
+        create_pose_model(tiny_checkpoint, decoding='udp')
+    seen = []
+
+    def spy(*args: object, **kwargs: object):
+        seen.append(args[4] if len(args) > 4 else kwargs.get('decoding'))
+        return decode_heatmaps(*args, **kwargs)
+    monkeypatch.setattr(pose_module, 'decode_heatmaps', spy)
+    mmpose.predict(torch.rand(3, 40, 30), flip_test=False)
+    assert seen == ['mmpose']
+
+
+def test_exported_config_beside_the_weights(tiny_checkpoint: dict, tmp_path: Path) -> None:
+    """config.json written by train_pose / hub_upload beside model.safetensors gives what the weights do not store:
+    keypoint set, input size, decoding; arguments win; a config.json of something else is ignored."""
+    info = KeypointInfo('coco_like', COCO_KEYPOINTS.keypoint_names, COCO_KEYPOINTS.flip_pairs,
+                        sigmas=(0.05,) * 17)
+    model = create_pose_model(tiny_checkpoint, input_size=(64, 48), keypoint_info=info, decoding='mmpose')
+    folder = tmp_path / 'run'
+    folder.mkdir()
+    safetensors.torch.save_file(model.state_dict(), str(folder / 'model.safetensors'))
+    config = dict(model.task_config(), keypoint_set=info.to_json(), weights='model.safetensors')
+    (folder / 'config.json').write_text(json.dumps(config))
+    loaded = create_pose_model(folder / 'model.safetensors')
+    assert (loaded.keypoint_info, loaded.input_size, loaded.decoding) == (info, (64, 48), 'mmpose')
+    stated = create_pose_model(folder / 'model.safetensors', input_size=(96, 64), decoding='official')
+    assert (stated.input_size, stated.decoding, stated.keypoint_info) == ((96, 64), 'official', info)
+    # a hub_upload repo's config.json: no `weights`, a built-in set by name
+    hub = {k: v for k, v in config.items() if k not in ('weights', 'keypoint_set')}
+    (folder / 'config.json').write_text(json.dumps(hub))
+    assert create_pose_model(folder / 'model.safetensors').keypoint_info == COCO_KEYPOINTS
+    (folder / 'config.json').write_text(json.dumps(dict(config, weights='other.safetensors')))
+    assert create_pose_model(folder / 'model.safetensors').decoding == 'official'  # describes another file
+    for other in ({'model_type': 'bert'}, dict(config, task='segmentation')):
+        (folder / 'config.json').write_text(json.dumps(other))
+        assert create_pose_model(folder / 'model.safetensors').input_size == (256, 192)
+    (folder / 'config.json').write_text('{"task": "pose",')  # no JSON: not ours either
+    assert create_pose_model(folder / 'model.safetensors').input_size == (256, 192)
+    (folder / 'config.json').write_text(json.dumps(dict(config, num_joints=5)))
+    with pytest.raises(ValueError, match='config.json describes 5 joints, .*model.safetensors.* has 17'):
+        create_pose_model(folder / 'model.safetensors')
+    (folder / 'config.json').write_text(json.dumps(dict(config, decoding='dark')))
+    with pytest.raises(ValueError, match="config.json: decoding must be one of official, mmpose, got 'dark'"):
+        create_pose_model(folder / 'model.safetensors')
+
+
+def test_a_model_pickled_whole_before_decoding_loads(tiny_checkpoint: dict, tmp_path: Path) -> None:
+    """A model pickled before `decoding` and the exchange units' `stride_factors` existed decodes by the official
+    rule and computes what a new one computes."""
+    model = create_pose_model(tiny_checkpoint)
+    old = copy.deepcopy(model)
+    del old.__dict__['decoding']
+    for module in old.modules():
+        module.__dict__.pop('stride_factors', None)
+    torch.save(old, tmp_path / 'old.pt')
+    loaded = torch.load(tmp_path / 'old.pt', weights_only=False)  # a whole pickled module, written by this test
+    x = torch.randn(1, 3, 64, 48)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert loaded.decoding == 'official' and loaded.task_config() == model.task_config()

@@ -4,6 +4,7 @@ own OKS and mmpose's reference outputs), COCOeval plumbing, the tiny HRNet end t
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 from helpers import openmmlab_fixture, torchrun
 from PIL import Image
@@ -22,7 +24,7 @@ from pycocotools.coco import COCO  # noqa: E402
 from pycocotools.cocoeval import COCOeval, Params  # noqa: E402
 
 from timm_hrnet.tasks import pose_evaluation  # noqa: E402
-from timm_hrnet.tasks.datasets import COCO_KEYPOINTS, KeypointInfo  # noqa: E402
+from timm_hrnet.tasks.datasets import COCO_KEYPOINTS, KeypointInfo, read_keypoint_file  # noqa: E402
 from timm_hrnet.tasks.pose import HRNetPose, create_pose_model  # noqa: E402
 from timm_hrnet.tasks.pose_evaluation import (  # noqa: E402
     COCO_KEYPOINT_SIGMAS,
@@ -31,12 +33,14 @@ from timm_hrnet.tasks.pose_evaluation import (  # noqa: E402
     coco_keypoint_stats,
     detection_boxes,
     evaluate_pose,
+    evaluation_keypoints,
     ground_truth_boxes,
     keypoint_oks,
     load_keypoint_annotations,
     oks_nms,
     rescore,
 )
+from timm_hrnet.tasks.training import read_keypoint_file as train_read_keypoint_file  # noqa: E402
 from timm_hrnet.tools.cli import main  # noqa: E402
 from timm_hrnet.tools.evaluate import GT_BOXES_WARNING  # noqa: E402
 
@@ -122,9 +126,6 @@ class StubPose(nn.Module):
         self.batches.append(len(x))
         return x.new_zeros(len(x), self.num_joints, 16, 12)
 
-    def forward_flip(self, x: torch.Tensor) -> torch.Tensor:
-        return self(x)
-
 
 def oracle(ann_file: Path, offsets: np.ndarray | None = None, scores: np.ndarray | None = None):
     """A decode_heatmaps returning the keypoints of the annotated person nearest to each crop centre (plus
@@ -133,7 +134,7 @@ def oracle(ann_file: Path, offsets: np.ndarray | None = None, scores: np.ndarray
     people = [a for a in data['annotations'] if a['num_keypoints'] > 0]
     centres = np.array([[a['bbox'][0] + a['bbox'][2] / 2, a['bbox'][1] + a['bbox'][3] / 2] for a in people])
 
-    def decode(heatmaps: torch.Tensor, centers: torch.Tensor, sizes: torch.Tensor):
+    def decode(heatmaps: torch.Tensor, centers: torch.Tensor, sizes: torch.Tensor, **kwargs):
         nearest = np.linalg.norm(centers.cpu().numpy()[:, None] - centres[None], axis=-1).argmin(1)
         points = np.stack([np.array(people[k]['keypoints'], dtype=np.float64).reshape(17, 3)[:, :2] for k in nearest])
         if offsets is not None:
@@ -239,7 +240,7 @@ def test_perfect_predictions_give_ap_one(coco_set: dict[str, Path], monkeypatch:
                             batch_size=3, progress=False, results_file=tmp_path / 'r.json')
     assert {name: metrics[name] for name in STAT_NAMES} == dict.fromkeys(STAT_NAMES, 1.0)
     assert (metrics['num_images'], metrics['num_boxes'], metrics['num_results']) == (3, 5, 4)
-    assert model.batches == [3, 2]  # crops of several images in one forward pass
+    assert model.batches == [3, 3, 2, 2]  # crops of several images in one forward pass (and their mirror images)
     gt = evaluate_pose(model, coco_set['ann'], coco_set['images'], gt_boxes=True, progress=False)
     assert gt['AP'] == 1.0 and gt['gt_boxes'] and gt['num_boxes'] == 4 and gt['box_score_thr'] is None
     # without NMS the duplicate is a false positive
@@ -286,7 +287,7 @@ def test_custom_keypoint_set_uses_its_sigmas(tmp_path: Path, monkeypatch: pytest
         annotations=[dict(id=1, image_id=7, category_id=4, bbox=[5, 5, 50, 50], area=2000.0, iscrowd=0,
                           keypoints=points.ravel().tolist())])))  # no num_keypoints: derived
 
-    def decode(heatmaps, centers, sizes):
+    def decode(heatmaps, centers, sizes, **kwargs):
         return torch.tensor(points[None, :, :2] + [[[3.0, -2.0]]], dtype=torch.float32), torch.ones(1, 5)
     monkeypatch.setattr(pose_evaluation, 'decode_heatmaps', decode)
     model = StubPose(5, info)
@@ -305,6 +306,189 @@ def test_custom_keypoint_set_uses_its_sigmas(tmp_path: Path, monkeypatch: pytest
     evaluator.summarize()
     assert [metrics[name] for name in STAT_NAMES] == evaluator.stats.tolist()
     assert 0.0 < metrics['AP'] < 1.0
+
+
+# --- custom keypoint sets ----------------------------------------------------------------------------------------
+
+CRITTER = dict(name='critter', keypoints=['head', 'left_paw', 'right_paw', 'left_foot', 'right_foot'],
+               flip_pairs=[['left_paw', 'right_paw'], [3, 4]], skeleton=[[0, 1], [0, 2], [1, 3], [2, 4]],
+               sigmas=[0.05, 0.07, 0.07, 0.09, 0.09])
+# two medium and two large animals: with one instance in an area range COCOeval's precision is 1 / (1 + eps)
+CRITTER_PEOPLE = {1: [([4, 6, 30, 60], 1500.0), ([40, 10, 36, 50], 12000.0)],
+                  2: [([8, 8, 44, 52], 3000.0), ([50, 12, 26, 50], 10000.0)]}
+
+
+@pytest.fixture(scope='module')
+def critter_set(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A COCO-format set of a 5-keypoint animal (names not COCO's), its keypoint-set file and a detection file."""
+    root = tmp_path_factory.mktemp('critter')
+    rng = np.random.default_rng(10)
+    (root / 'images').mkdir()
+    images, annotations, detections = [], [], []
+    for image_id, people in CRITTER_PEOPLE.items():
+        name = f'{image_id}.png'
+        Image.fromarray(rng.integers(0, 255, (70, 80, 3), dtype=np.uint8)).save(root / 'images' / name)
+        images.append(dict(id=image_id, file_name=name, width=80, height=70))
+        for k, (box, area) in enumerate(people):
+            x, y, w, h = box
+            points = np.stack([x + rng.uniform(2, w - 2, 5), y + rng.uniform(2, h - 2, 5), np.full(5, 2.0)], 1)
+            points[k % 5] = 0.0  # one unlabelled keypoint per animal
+            annotations.append(dict(id=len(annotations) + 1, image_id=image_id, category_id=7, bbox=box, area=area,
+                                    iscrowd=0, keypoints=points.ravel().tolist(), num_keypoints=4))
+            detections.append(dict(image_id=image_id, category_id=7, bbox=[x + 1, y, w, h], score=0.9 - 0.2 * k))
+    category = dict(id=7, name='critter', supercategory='animal', keypoints=CRITTER['keypoints'],
+                    skeleton=[[1, 2], [1, 3]])
+    ann = _write(root / 'critter_keypoints.json', dict(images=images, annotations=annotations, categories=[category]))
+    return dict(root=root, ann=ann, images=root / 'images', det=_write(root / 'det.json', detections),
+                keypoint_set=_write(root / 'critter.json', CRITTER))
+
+
+def oracle_k(ann_file: Path, offsets: np.ndarray | None = None, scores: np.ndarray | None = None):
+    """`oracle` for any keypoint count: the keypoints of the annotation nearest to each crop centre."""
+    data = json.loads(ann_file.read_text())
+    people = data['annotations']
+    joints = len(data['categories'][0]['keypoints'])
+    centres = np.array([[a['bbox'][0] + a['bbox'][2] / 2, a['bbox'][1] + a['bbox'][3] / 2] for a in people])
+
+    def decode(heatmaps: torch.Tensor, centers: torch.Tensor, sizes: torch.Tensor, **kwargs):
+        nearest = np.linalg.norm(centers.cpu().numpy()[:, None] - centres[None], axis=-1).argmin(1)
+        points = np.stack([np.array(people[k]['keypoints'], dtype=np.float64).reshape(joints, 3)[:, :2]
+                           for k in nearest])
+        if offsets is not None:
+            points = points + offsets[nearest]
+        score = np.ones((len(nearest), joints)) if scores is None else scores[nearest]
+        return torch.tensor(points, dtype=torch.float32), torch.tensor(score, dtype=torch.float32)
+    return decode
+
+
+def independent_cocoeval(ann_file: Path, results_file: Path, sigmas: list[float]) -> list[float]:
+    coco = COCO(str(ann_file))
+    evaluator = COCOeval(coco, coco.loadRes(str(results_file)), 'keypoints')
+    evaluator.params.kpt_oks_sigmas = np.array(sigmas)
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+    return evaluator.stats.tolist()
+
+
+def test_keypoint_file_carries_sigmas_and_flip_pairs(critter_set: dict[str, Path], tmp_path: Path) -> None:
+    info = read_keypoint_file(critter_set['keypoint_set'])
+    assert info.sigmas == tuple(CRITTER['sigmas']) and info.flip_pairs == ((1, 2), (3, 4))
+    assert read_keypoint_file(_write(tmp_path / 'no_sigmas.json', dict(keypoints=CRITTER['keypoints']))
+                              ).flip_pairs == ((1, 2), (3, 4))  # from the left/right names
+    bad = _write(tmp_path / 'bad.json', dict(CRITTER, sigmas=[0.05, 0.07, 0.07, 0.09]))
+    with pytest.raises(ValueError, match=r"bad.json: keypoint set 'critter': 4 OKS sigmas for 5 keypoints"):
+        read_keypoint_file(bad)
+    with pytest.raises(ValueError, match='4 OKS sigmas for 5 keypoints'):
+        KeypointInfo('x', tuple(CRITTER['keypoints']), sigmas=(0.1,) * 4)
+    with pytest.raises(ValueError, match='OKS sigmas must be positive'):
+        KeypointInfo('x', ('a', 'b'), sigmas=(0.1, 0.0))
+    # training reads keypoint files with the same function
+    assert COCO_KEYPOINTS.sigmas == COCO_KEYPOINT_SIGMAS and train_read_keypoint_file is read_keypoint_file
+
+
+def test_evaluation_keypoints_resolution(critter_set: dict[str, Path]) -> None:
+    """Given set > the model's own (a built-in one only for the keypoints it names) > the annotation category's."""
+    _, category = load_keypoint_annotations(critter_set['ann'])
+    given = read_keypoint_file(critter_set['keypoint_set'])
+    assert evaluation_keypoints(None, 5, category, critter_set['keypoint_set']) == (given, given.sigmas)
+    assert evaluation_keypoints(given, 5, category)[0] is given
+    renamed = dataclasses.replace(given, keypoint_names=('a', 'b', 'c', 'd', 'e'))
+    assert evaluation_keypoints(renamed, 5, category)[0] is renamed  # a trained model's own set, other names
+    # a model whose own set names other keypoints (here COCO's 17, chosen by count) is evaluated with the category's
+    other = dict(category, keypoints=[f'left_{k}' if k % 2 == 0 else f'right_{k - 1}' for k in range(17)])
+    info, sigmas = evaluation_keypoints(COCO_KEYPOINTS, 17, other, keypoint_sigmas=[0.1] * 17)
+    assert info.name == 'critter' and info.flip_pairs[0] == (0, 1) and sigmas == (0.1,) * 17
+    with pytest.raises(ValueError, match="no OKS sigmas known for the 5 keypoints of 'critter'"):
+        evaluation_keypoints(None, 5, category)
+    with pytest.raises(ValueError, match='4 keypoint sigmas for a model with 5 keypoints'):
+        evaluation_keypoints(given, 5, category, keypoint_sigmas=[0.1] * 4)
+    with pytest.raises(ValueError, match="the keypoint set 'coco' has 17 keypoints, the model predicts 5"):
+        evaluation_keypoints(None, 5, category, COCO_KEYPOINTS)
+    with pytest.raises(PoseDataError, match='annotates 5 keypoints, the model predicts 17'):
+        evaluation_keypoints(COCO_KEYPOINTS, 17, category)
+
+
+def test_custom_set_perfect_predictions_give_ap_one(critter_set: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+                                                    ) -> None:
+    monkeypatch.setattr(pose_evaluation, 'decode_heatmaps', oracle_k(critter_set['ann']))
+    for model, options in ((StubPose(5, None), dict(keypoint_set=critter_set['keypoint_set'])),
+                           (StubPose(5, read_keypoint_file(critter_set['keypoint_set'])), {})):
+        metrics = evaluate_pose(model, critter_set['ann'], critter_set['images'], critter_set['det'],
+                                progress=False, **options)
+        assert {name: metrics[name] for name in STAT_NAMES} == dict.fromkeys(STAT_NAMES, 1.0)
+        assert metrics['keypoint_set'] == 'critter' and metrics['sigmas'] == CRITTER['sigmas']
+
+
+def test_custom_set_perturbed_predictions_equal_cocoeval(critter_set: dict[str, Path], tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(11)
+    offsets, scores = rng.normal(0, 2.0, (4, 5, 2)), rng.uniform(0, 1, (4, 5))
+    monkeypatch.setattr(pose_evaluation, 'decode_heatmaps', oracle_k(critter_set['ann'], offsets, scores))
+    out = tmp_path / 'results.json'
+    metrics = evaluate_pose(StubPose(5, None), critter_set['ann'], critter_set['images'], critter_set['det'],
+                            keypoint_set=critter_set['keypoint_set'], results_file=out, progress=False)
+    stats = [metrics[name] for name in STAT_NAMES]
+    assert stats == independent_cocoeval(critter_set['ann'], out, CRITTER['sigmas'])
+    assert 0.0 < metrics['AP'] < 1.0
+    assert stats != independent_cocoeval(critter_set['ann'], out, [0.2] * 5)  # the set's sigmas are the ones used
+    # the annotation category's set with the sigmas given separately: the same numbers
+    again = evaluate_pose(StubPose(5, None), critter_set['ann'], critter_set['images'], critter_set['det'],
+                          keypoint_sigmas=CRITTER['sigmas'], progress=False)
+    assert [again[name] for name in STAT_NAMES] == stats
+
+
+@pytest.fixture(scope='module')
+def critter_checkpoint(tmp_path_factory: pytest.TempPathFactory, critter_set: dict[str, Path]) -> Path:
+    """What train_pose exports for a custom set: model.safetensors and config.json with the keypoint set."""
+    folder = tmp_path_factory.mktemp('critter_run')
+    info = read_keypoint_file(critter_set['keypoint_set'])
+    model = create_pose_model(random_checkpoint(official_shapes(tiny_extra(seg=False), 'pose', 5), seed=3),
+                              input_size=(64, 48), keypoint_info=info)
+    safetensors.torch.save_file(model.state_dict(), str(folder / 'model.safetensors'))
+    _write(folder / 'config.json', dict(model.task_config(), keypoint_set=info.to_json(), input_size_hw=[64, 48],
+                                        weights='model.safetensors'))
+    return folder / 'model.safetensors'
+
+
+def test_trained_custom_checkpoint_evaluates_with_its_own_set(critter_set: dict[str, Path], critter_checkpoint: Path,
+                                                              tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """No flags: the config.json beside the weights gives the keypoint set (sigmas, flip pairs) and input size."""
+    model = create_pose_model(critter_checkpoint)
+    assert model.keypoint_info == read_keypoint_file(critter_set['keypoint_set']) and model.input_size == (64, 48)
+    args = ['evaluate-pose', '--checkpoint', str(critter_checkpoint), '--annotations', str(critter_set['ann']),
+            '--images', str(critter_set['images']), '--detections', str(critter_set['det']), '--no-progress', '--json']
+    assert main([*args, '--results', str(tmp_path / 'own.json')]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics['keypoint_set'] == 'critter' and metrics['sigmas'] == CRITTER['sigmas']
+    assert metrics['input_size'] == [64, 48] and metrics['flip_test']
+    own = json.loads((tmp_path / 'own.json').read_text())
+    assert [metrics[name] for name in STAT_NAMES] == independent_cocoeval(critter_set['ann'], tmp_path / 'own.json',
+                                                                           CRITTER['sigmas'])
+    # the flip test used the set's pairs: without them the keypoints differ
+    no_pairs = _write(tmp_path / 'no_pairs.json', dict(CRITTER, flip_pairs=[]))
+    assert main([*args, '--keypoint-set', str(no_pairs), '--results', str(tmp_path / 'other.json')]) == 0
+    capsys.readouterr()
+    assert json.loads((tmp_path / 'other.json').read_text()) != own
+    # a sigma count that does not fit is one line on the command line
+    assert main([*args, '--sigmas', '0.1,0.1,0.1']) == 2
+    assert capsys.readouterr().err.strip() == ('timm-hrnet evaluate-pose: error: 3 keypoint sigmas for a model with '
+                                               '5 keypoints')
+
+
+def test_cli_evaluates_a_plain_custom_checkpoint_with_a_keypoint_file(critter_set: dict[str, Path], tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / 'critter_64x48.pth'
+    torch.save(random_checkpoint(official_shapes(tiny_extra(seg=False), 'pose', 5), seed=3), path)
+    args = ['evaluate-pose', '--checkpoint', str(path), '--annotations', str(critter_set['ann']), '--images',
+            str(critter_set['images']), '--gt-boxes', '--no-progress']
+    assert main(args) == 2  # no sigmas anywhere: said in one line
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("timm-hrnet evaluate-pose: error: no OKS sigmas known for the 5 keypoints of 'critter'")
+    assert '\n' not in err
+    assert main([*args, '--keypoint-set', str(critter_set['keypoint_set'])]) == 0
+    assert 'keypoint set critter' in capsys.readouterr().out
+    assert main([*args, '--sigmas', '0.05,0.07,0.07', '0.09,0.09']) == 0
 
 
 # --- the real model -----------------------------------------------------------------------------------------------
@@ -335,9 +519,10 @@ def test_flip_test_options(coco_set: dict[str, Path], tiny_model: HRNetPose, tmp
         assert (metrics['flip_test'], metrics['shift_heatmap']) == (flip, shift)
         keypoints[flip, shift] = [r['keypoints'] for r in json.loads(out.read_text())]
     assert keypoints[True, True] != keypoints[True, False] != keypoints[False, True] != keypoints[True, True]
-    with pytest.raises(ValueError, match='the flip test needs the flip pairs'):
-        evaluate_pose(StubPose(keypoint_info=None), coco_set['ann'], coco_set['images'], gt_boxes=True,
-                      progress=False)
+    # a model without a keypoint set is evaluated with the annotation category's: COCO's names, so COCO's set
+    metrics = evaluate_pose(StubPose(keypoint_info=None), coco_set['ann'], coco_set['images'], gt_boxes=True,
+                            progress=False)
+    assert metrics['keypoint_set'] == 'coco' and metrics['sigmas'] == list(COCO_KEYPOINT_SIGMAS)
 
 
 # --- bad input ----------------------------------------------------------------------------------------------------

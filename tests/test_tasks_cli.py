@@ -111,3 +111,15 @@ def test_drawing_helpers() -> None:
     drawn = draw_pose(Image.new('RGB', (20, 20)), torch.tensor([[[5.0, 5.0], [15.0, 15.0]]]),
                       torch.tensor([[0.9, 0.9]]), skeleton=((0, 1),))
     assert np.asarray(drawn)[10, 10].any()  # the limb between the two points
+
+
+def test_help_names_the_openmmlab_checkpoints() -> None:
+    parser = argparse.ArgumentParser(prog='timm-hrnet')
+    subparsers = parser.add_subparsers(dest='command', required=True)
+    pose_help = add_pose_parser(subparsers).format_help()
+    segment_help = add_segment_parser(subparsers).format_help()
+    assert 'pose_hrnet' in pose_help and 'mmpose' in pose_help
+    assert 'seg_hrnet' in segment_help and 'mmseg' in segment_help
+    overview = ' '.join(parser.format_help().split())  # the one-line help of each subcommand
+    assert "official pose_hrnet or mmpose's top-down HRNet" in overview
+    assert "official seg_hrnet or mmseg's HRNet + FCNHead" in overview

@@ -15,6 +15,7 @@ from PIL import Image
 from timm.data import ImageNetInfo, create_transform, infer_imagenet_subset, resolve_data_config
 from torch import nn
 
+from .checkpoints import Checkpoint
 from .convert import convert_state_dict
 from .images import UnreadableImageError, to_pil
 
@@ -100,10 +101,12 @@ def get_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
     return timm.create_model(resolve_model_name(name), pretrained=pretrained, **kwargs)
 
 
-def load_model(name: str, checkpoint: str | PathLike | None = None, pretrained: bool = True) -> nn.Module:
+def load_model(name: str, checkpoint: Checkpoint | str | PathLike | None = None, pretrained: bool = True) -> nn.Module:
     """Create `name` and, when given, load `checkpoint` in any layout the converter reads (class count taken from it).
 
-    Without a checkpoint the model gets its published weights when `pretrained` is true.
+    `checkpoint` may be a path or the `Checkpoint` that `read_checkpoint` made of one, so a caller that also needs
+    the file (for an error message, say) reads it once. Without a checkpoint the model gets its published weights
+    when `pretrained` is true.
     """
     if checkpoint is None:
         return get_model(name, pretrained=pretrained)

@@ -31,6 +31,7 @@ from .checkpoints import (
     MMPRETRAIN,
     Checkpoint,
     CheckpointMismatchError,
+    key_differences,
     load_checkpoint_file,
     read_checkpoint,
     to_canonical_keys,
@@ -108,24 +109,18 @@ def _fill_zeros(state_dict: dict[str, torch.Tensor], expected: Mapping[str, tupl
             state_dict[key] = torch.zeros(shape, dtype=dtype)
 
 
-def _shape_mismatches(
-        state_dict: Mapping[str, torch.Tensor],
-        expected: Mapping[str, tuple[torch.Size, torch.dtype]],
-        classifier: str,
-) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
-    """Shape differences, except the class count of the classifier which callers read from the weights."""
-    mismatched = {}
-    for key, value in state_dict.items():
-        if key not in expected or value.shape == expected[key][0]:
-            continue
-        want = expected[key][0]
-        if key.startswith(classifier + '.') and value.shape[1:] == want[1:]:
-            continue
-        mismatched[key] = (tuple(value.shape), tuple(want))
-    weight, bias = state_dict.get(classifier + '.weight'), state_dict.get(classifier + '.bias')
-    if weight is not None and bias is not None and weight.shape[0] != bias.shape[0]:
-        mismatched[classifier + '.bias'] = (tuple(bias.shape), (weight.shape[0],))
-    return mismatched
+def _with_class_count(
+        expected: Mapping[str, tuple[torch.Size, torch.dtype]], classifier: str, state_dict: Mapping[str, torch.Tensor],
+) -> dict[str, torch.Size]:
+    """The variant's shapes with the checkpoint's class count (its classifier weight's, else its bias'), because a
+    classifier for another number of classes is kept as is, not reported."""
+    shapes = {key: shape for key, (shape, _) in expected.items()}
+    head = state_dict.get(classifier + '.weight', state_dict.get(classifier + '.bias'))
+    if head is not None:
+        for key in (classifier + '.weight', classifier + '.bias'):
+            if key in shapes:
+                shapes[key] = torch.Size((head.shape[0], *shapes[key][1:]))
+    return shapes
 
 
 def convert_state_dict(
@@ -154,9 +149,7 @@ def convert_state_dict(
     # older checkpoints predate BatchNorm's counter, which never affects outputs
     _fill_zeros(converted, expected, lambda key: key.endswith(_BN_COUNTER))
 
-    missing = [k for k in expected if k not in converted]
-    unexpected = [k for k in converted if k not in expected]
-    mismatched = _shape_mismatches(converted, expected, classifier)
+    missing, unexpected, mismatched = key_differences(converted, _with_class_count(expected, classifier, converted))
     if missing or unexpected or mismatched:
         error = CheckpointMismatchError(model_name, checkpoint.source, missing, unexpected, mismatched)
         if not allow_partial:
@@ -192,13 +185,15 @@ def checkpoint_filter_fn(state_dict: dict, model: torch.nn.Module) -> dict:
     """
     state_dict = _rename_foreign(unwrap_state_dict(state_dict, 'pretrained state dict'), model)
     own = model.state_dict()
-    expected = _shapes(own)
-    _fill_zeros(state_dict, expected, lambda key: key.endswith(_BN_COUNTER))
+    _fill_zeros(state_dict, _shapes(own), lambda key: key.endswith(_BN_COUNTER))
     # keys of modules pruned from this model (a features model's head) are dropped, not reported as foreign
     known = model.architecture_keys() if hasattr(model, 'architecture_keys') else frozenset(own)
     classifier = (model.pretrained_cfg or {}).get('classifier') or 'classifier'
-    missing = [k for k in own if k not in state_dict and not k.startswith(classifier + '.')]
-    unexpected = [k for k in state_dict if k not in known and not k.startswith(classifier + '.')]
+    trunk = {k: v for k, v in state_dict.items() if (k in own or k not in known) and not k.startswith(classifier + '.')}
+    # shapes are not judged here: timm adapts the input conv (in_chans) after this filter, and load_state_dict
+    # names any other mis-shaped tensor
+    missing, unexpected, _ = key_differences(
+        trunk, {k: v.shape for k, v in own.items() if not k.startswith(classifier + '.')})
     if missing or unexpected:
         name = (model.pretrained_cfg or {}).get('architecture') or type(model).__name__
         raise CheckpointMismatchError(
@@ -225,24 +220,38 @@ def _examples(keys: list[str], count: int = 2) -> str:
     return ', '.join(keys[:count]) + (', ...' if len(keys) > count else '')
 
 
-def fitting_variant(state_dict: Mapping[str, torch.Tensor], layout: str = 'auto', exclude: str = '') -> str | None:
-    """The first HRNet variant a checkpoint converts to without a mismatch (the likely cause of one), or None."""
+def fitting_variant(
+        state_dict: Checkpoint | Mapping[str, torch.Tensor] | str | os.PathLike,
+        layout: str = 'auto',
+        exclude: str = '',
+) -> str | None:
+    """The first HRNet variant a checkpoint converts to without a mismatch (the likely cause of one), or None.
+
+    The checkpoint is read once, then tried against every variant.
+    """
+    try:
+        checkpoint = read_checkpoint(state_dict)
+    except ValueError:  # no HRNet checkpoint: no variant fits
+        return None
     for variant in VARIANTS:
         if variant == exclude:
             continue
         try:
-            convert_state_dict(state_dict, variant, layout=layout)
+            convert_state_dict(checkpoint, variant, layout=layout)
         except ValueError:
             continue
         return variant
     return None
 
 
-def mismatch_summary(error: CheckpointMismatchError, state_dict: Mapping[str, torch.Tensor] | None = None,
-                     layout: str = 'auto', source: str | None = None) -> str:
+def mismatch_summary(
+        error: CheckpointMismatchError, state_dict: Checkpoint | Mapping[str, torch.Tensor] | None = None,
+        layout: str = 'auto', source: str | None = None,
+) -> str:
     """One line instead of every key name: counts, a couple of names per kind, and the variant it does fit.
 
-    ``state_dict`` (the checkpoint's own) lets it name the variant that fits; ``source`` names the file.
+    ``state_dict`` (the checkpoint's own, best the `Checkpoint` already read) lets it name the variant that fits;
+    ``source`` names the file.
     """
     parts = []
     if error.missing:

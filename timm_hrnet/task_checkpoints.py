@@ -19,5 +19,9 @@ read_task_checkpoint = read_checkpoint
 
 
 def checkpoint_task(state_dict: Mapping[str, Tensor]) -> str | None:
-    """'pose', 'segmentation', 'classification' or None."""
-    return detect_layout(strip_training_wrapper(state_dict)[0]).task
+    """'pose', 'segmentation', 'classification' or None: None also for what is no HRNet checkpoint at all, since
+    callers of this old function test for None where `detect_layout` raises."""
+    try:
+        return detect_layout(strip_training_wrapper(state_dict)[0]).task
+    except ValueError:
+        return None

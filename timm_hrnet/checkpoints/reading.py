@@ -4,11 +4,16 @@ Path, URL (downloaded once into the cache, see `timm_hrnet.download`) or state d
 canonical tensors, the layout and task they came in, the task architecture read from them (once), the training-only
 keys dropped and the class names an OpenMMLab checkpoint's meta carries. Model constructors, converters,
 `hub_upload` and the CLI all take this value, so a file is read and worked out once.
+
+Pose checkpoints trained for another heatmap codec (mmpose's UDP and DARK models: the same tensors as the plain
+heatmap model, decoded differently) are refused here, by file name or by the config in their meta, rather than
+decoded as plain heatmaps.
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,14 +55,70 @@ class Checkpoint:
         return self.layout.task
 
 
-def _meta_class_names(raw: Any) -> tuple[str, ...] | None:
-    """Class names an OpenMMLab checkpoint keeps in meta.dataset_meta.classes (mmseg 1.x writes them)."""
+def _meta(raw: Any) -> Mapping[str, Any]:
     meta = raw.get('meta') if isinstance(raw, Mapping) else None
-    dataset_meta = meta.get('dataset_meta') if isinstance(meta, Mapping) else None
-    classes = dataset_meta.get('classes') if isinstance(dataset_meta, Mapping) else None
-    if isinstance(classes, (list, tuple)) and classes and all(isinstance(c, str) for c in classes):
-        return tuple(classes)
+    return meta if isinstance(meta, Mapping) else {}
+
+
+def _meta_class_names(raw: Any) -> tuple[str, ...] | None:
+    """Class names an OpenMMLab checkpoint keeps in its meta: meta.dataset_meta.classes (mmseg 1.x) or
+    meta.CLASSES (mmseg 0.x, mmcv's save_checkpoint)."""
+    meta = _meta(raw)
+    dataset_meta = meta.get('dataset_meta')
+    for classes in (dataset_meta.get('classes') if isinstance(dataset_meta, Mapping) else None, meta.get('CLASSES')):
+        if isinstance(classes, (list, tuple)) and classes and all(isinstance(c, str) for c in classes):
+            return tuple(classes)
     return None
+
+
+# heatmap codecs whose checkpoints have the plain heatmap model's tensors but decode otherwise
+_CODECS = {
+    'UDP': 'unbiased data processing: its own crop transform, no flip shift and a Taylor-refined decoding',
+    'DARK': 'distribution-aware decoding: Gaussian-smoothed log heatmaps refined by a Taylor step',
+}
+# mmpose's file names: td-hm_hrnet-w32_udp-8xb64-..., hrnet_w32_coco_256x192_dark-07f147eb_20200812.pth
+_CODEC_IN_NAME = re.compile(r'(?i)(?<![a-z])(udp|dark)(?![a-z])')
+# mmpose 1.x configs: codec type='UDPHeatmap' / MSRAHeatmap(unbiased=True); 0.x: use_udp=True,
+# post_process='unbiased' (config text, or a config dict's entries as `_texts` writes them)
+_CODEC_IN_CONFIG = (
+    (re.compile(r"UDPHeatmap|\buse_udp\s*=\s*True"), 'UDP'),
+    (re.compile(r"\bunbiased\s*=\s*True|\bpost_process\s*=\s*['\"]unbiased"), 'DARK'),
+)
+
+
+def _texts(value: Any) -> list[str]:
+    """The strings of a (nested) meta value, and each mapping entry as `key=value` text, so a config kept as a dict
+    reads like config text."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Mapping):
+        texts = []
+        for key, item in value.items():
+            texts.extend(_texts(item))
+            if not isinstance(item, (Mapping, list, tuple)):
+                texts.append(f'{key}={item!r}')
+        return texts
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _texts(v)]
+    return []
+
+
+def _refuse_other_codec(raw: Any, path: Path | None, source: str) -> None:
+    """A ValueError for a pose checkpoint of the UDP or DARK codec, found by its file name or its meta's config."""
+    found = None
+    match = _CODEC_IN_NAME.search(path.name) if path is not None else None
+    if match:
+        found = match.group(1).upper(), f'its file name says {match.group(1)}'
+    else:
+        text = '\n'.join(_texts(_meta(raw)))
+        found = next(((codec, f'its meta config has {hit.group(0)}') for pattern, codec in _CODEC_IN_CONFIG
+                      if (hit := pattern.search(text))), None)
+    if found is not None:
+        codec, evidence = found
+        raise ValueError(
+            f'{source} is a {codec} heatmap checkpoint ({evidence}): its heatmaps are decoded by {codec} '
+            f'({_CODECS[codec]}), which timm_hrnet does not implement, and decoding them as plain heatmaps would '
+            'give wrong keypoints; use a plain heatmap checkpoint (e.g. td-hm_hrnet-w32_8xb64-210e_coco-256x192)')
 
 
 def read_checkpoint(checkpoint: CheckpointSource | Checkpoint, *, allow_http: bool = False) -> Checkpoint:
@@ -80,6 +141,8 @@ def read_checkpoint(checkpoint: CheckpointSource | Checkpoint, *, allow_http: bo
     canonical, unmapped = to_canonical_keys(state_dict, layout.name)
     canonical.update({key: state_dict[key] for key in unmapped})
     architecture = None
+    if layout.task == POSE:
+        _refuse_other_codec(raw, path, source)
     if layout.task in (POSE, SEGMENTATION):
         architecture = read_architecture(canonical, layout.task, source, layout.name)
     if dropped:

@@ -1,32 +1,92 @@
-"""What the pose and segmentation models need to know about their datasets, as data: keypoint names, flip pairs
-and skeletons, class names, colour palettes, and the `align_corners` each released segmentation model was trained
-with (the checkpoints cannot tell).
+"""What the pose and segmentation models need to know about their datasets, as data: keypoint sets, class names,
+colour palettes, and the `align_corners` each released segmentation model was trained with (the checkpoints cannot
+tell).
 
+A keypoint set (`KeypointInfo`) is the one description that training, prediction, drawing and evaluation share:
+names, flip pairs, skeleton, OKS sigmas and upper body. It comes from the built-in COCO / MPII sets, a small JSON or
+YAML file (`read_keypoint_file`) or the keypoint category of a COCO annotation file (`keypoints_from_category`).
 Keypoint sets and segmentation datasets are looked up by the number of joints / classes of a checkpoint, which
 identifies every released HRNet model; a fine-tuned model with another count gets generic names and colours.
 """
 from __future__ import annotations
 
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import yaml
 
 __all__ = [
-    'KeypointInfo', 'SegDatasetInfo', 'KEYPOINT_SETS', 'SEG_DATASETS', 'keypoints_for', 'seg_dataset_for',
-    'seg_dataset', 'dataset_for_classes', 'generic_palette',
+    'KeypointInfo', 'SegDatasetInfo', 'KEYPOINT_SETS', 'SEG_DATASETS', 'COCO_KEYPOINTS', 'MPII_KEYPOINTS',
+    'COCO_KEYPOINT_SIGMAS', 'keypoints_for', 'read_keypoint_file', 'keypoints_from_json', 'keypoints_from_category',
+    'resolve_keypoints', 'seg_dataset_for', 'seg_dataset', 'dataset_for_classes', 'generic_palette',
 ]
+
+
+def _int_pairs(values: Sequence[Sequence[int]]) -> tuple[tuple[int, int], ...]:
+    if any(len(pair) != 2 for pair in values):
+        raise ValueError(f'flip pairs and limbs must be (a, b) joint indices, got {values!r}')
+    return tuple((int(a), int(b)) for a, b in values)
 
 
 @dataclass(frozen=True)
 class KeypointInfo:
-    """A keypoint set: names in heatmap order, left/right pairs swapped by the flip test, limbs to draw."""
+    """A keypoint set: names in heatmap order, left/right pairs swapped by the flip test, limbs to draw, the OKS
+    sigmas COCO-style evaluation scores with (None: unknown, so evaluation asks for them) and the upper-body joints
+    of the half-body augmentation (empty: none; the lower body is every other joint).
+
+    One value serves training, prediction and evaluation, so a custom set's flip pairs and sigmas cannot drift
+    apart between them. Lists are accepted and stored as tuples; inconsistent sets are a ValueError.
+    """
 
     name: str
     keypoint_names: tuple[str, ...]
-    flip_pairs: tuple[tuple[int, int], ...]
-    skeleton: tuple[tuple[int, int], ...]
+    flip_pairs: tuple[tuple[int, int], ...] = ()
+    skeleton: tuple[tuple[int, int], ...] = ()
+    sigmas: tuple[float, ...] | None = None
+    upper_body: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        set_field = object.__setattr__  # frozen: normalise once, here
+        set_field(self, 'keypoint_names', tuple(self.keypoint_names))
+        set_field(self, 'flip_pairs', _int_pairs(self.flip_pairs))
+        set_field(self, 'skeleton', _int_pairs(self.skeleton))
+        set_field(self, 'upper_body', tuple(int(j) for j in self.upper_body))
+        if self.sigmas is not None:
+            set_field(self, 'sigmas', tuple(float(s) for s in self.sigmas))
+        joints = self.num_joints
+        if self.sigmas is not None and len(self.sigmas) != joints:
+            raise ValueError(f'keypoint set {self.name!r}: {len(self.sigmas)} OKS sigmas for {joints} keypoints '
+                             '(one per keypoint, in heatmap order)')
+        if self.sigmas is not None and not all(math.isfinite(s) and s > 0 for s in self.sigmas):
+            raise ValueError(f'keypoint set {self.name!r}: OKS sigmas must be positive, got {list(self.sigmas)}')
+        pairs = [j for pair in self.flip_pairs for j in pair] + [j for limb in self.skeleton for j in limb]
+        if any(not 0 <= j < joints for j in [*pairs, *self.upper_body]):
+            raise ValueError(f'{self.name}: joint indices must be in [0, {joints}); flip pairs {self.flip_pairs}, '
+                             f'skeleton {self.skeleton}, upper body {self.upper_body}')
+        flipped = [j for pair in self.flip_pairs for j in pair]
+        if len(flipped) != len(set(flipped)) or any(a == b for a, b in self.flip_pairs):
+            raise ValueError(f'{self.name}: each joint may be in one flip pair, with another joint; got '
+                             f'{self.flip_pairs}')
 
     @property
     def num_joints(self) -> int:
         return len(self.keypoint_names)
+
+    @property
+    def lower_body(self) -> tuple[int, ...]:
+        return tuple(j for j in range(self.num_joints) if j not in self.upper_body) if self.upper_body else ()
+
+    def to_json(self) -> dict[str, Any]:
+        """The file format `read_keypoint_file` reads (names, pairs by index)."""
+        return dict(name=self.name, keypoints=list(self.keypoint_names),
+                    flip_pairs=[list(p) for p in self.flip_pairs], skeleton=[list(s) for s in self.skeleton],
+                    sigmas=None if self.sigmas is None else list(self.sigmas), upper_body=list(self.upper_body))
 
 
 @dataclass(frozen=True)
@@ -48,6 +108,10 @@ class SegDatasetInfo:
         return len(self.class_names)
 
 
+# COCO's per-keypoint OKS constants, the values pycocotools' COCOeval uses (its Params.kpt_oks_sigmas)
+COCO_KEYPOINT_SIGMAS: tuple[float, ...] = tuple(s / 10.0 for s in (
+    .26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62, 1.07, 1.07, .87, .87, .89, .89))
+
 COCO_KEYPOINTS = KeypointInfo(
     name='coco',
     keypoint_names=(
@@ -60,6 +124,8 @@ COCO_KEYPOINTS = KeypointInfo(
         (15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8), (7, 9), (8, 10),
         (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),
     ),
+    sigmas=COCO_KEYPOINT_SIGMAS,
+    upper_body=tuple(range(11)),  # the official coco.py upper_body_ids
 )
 
 MPII_KEYPOINTS = KeypointInfo(
@@ -74,6 +140,7 @@ MPII_KEYPOINTS = KeypointInfo(
         (0, 1), (1, 2), (2, 6), (6, 3), (3, 4), (4, 5), (6, 7), (7, 8), (8, 9), (10, 11), (11, 12), (12, 7), (7, 13),
         (13, 14), (14, 15),
     ),
+    upper_body=(7, 8, 9, 10, 11, 12, 13, 14, 15),  # the official mpii.py; MPII is scored by PCKh: no OKS sigmas
 )
 
 KEYPOINT_SETS: dict[str, KeypointInfo] = {info.name: info for info in (COCO_KEYPOINTS, MPII_KEYPOINTS)}
@@ -82,6 +149,106 @@ KEYPOINT_SETS: dict[str, KeypointInfo] = {info.name: info for info in (COCO_KEYP
 def keypoints_for(num_joints: int) -> KeypointInfo | None:
     """The keypoint set with this many joints (17: COCO, 16: MPII), or None."""
     return next((info for info in KEYPOINT_SETS.values() if info.num_joints == num_joints), None)
+
+
+def _index(value: Any, names: Sequence[str], where: str) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f'{where}: {value!r} is not a joint')
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value in names:
+        return names.index(value)
+    raise ValueError(f'{where}: {value!r} is not a joint index or one of the names {list(names)}')
+
+
+def _pairs(values: Any, names: Sequence[str], where: str) -> tuple[tuple[int, int], ...]:
+    if not isinstance(values, list) or any(not isinstance(p, (list, tuple)) or len(p) != 2 for p in values):
+        raise ValueError(f'{where} must be a list of [a, b] pairs (indices or names), got {values!r}')
+    return tuple((_index(a, names, where), _index(b, names, where)) for a, b in values)
+
+
+_SIDE = re.compile(r'(?i)(left|right)')
+_SWAP = {'left': 'right', 'right': 'left', 'Left': 'Right', 'Right': 'Left', 'LEFT': 'RIGHT', 'RIGHT': 'LEFT'}
+
+
+def _flip_pairs_from_names(names: Sequence[str]) -> tuple[tuple[int, int], ...]:
+    """Pairs of names that differ only by left <-> right (e.g. left_eye / right_eye)."""
+    pairs = []
+    for a, name in enumerate(names):
+        if _SIDE.search(name) is None:
+            continue
+        twin = _SIDE.sub(lambda m: _SWAP.get(m.group(0), m.group(0)), name)
+        if twin in names and names.index(twin) > a:
+            pairs.append((a, names.index(twin)))
+    return tuple(pairs)
+
+
+def keypoints_from_json(data: Mapping[str, Any], source: str = 'keypoint set') -> KeypointInfo:
+    """A keypoint set from its mapping (`read_keypoint_file`'s format, `KeypointInfo.to_json`'s output)."""
+    names = data.get('keypoints')
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ValueError(f'{source}: "keypoints" must be a list of joint names')
+    flip = data.get('flip_pairs')
+    sigmas = data.get('sigmas')
+    if sigmas is not None and (not isinstance(sigmas, list) or not all(
+            isinstance(s, (int, float)) and not isinstance(s, bool) for s in sigmas)):
+        raise ValueError(f'{source}: "sigmas" must be a list of numbers, one per keypoint')
+    upper = data.get('upper_body') or []
+    try:
+        return KeypointInfo(
+            name=str(data.get('name', Path(source).stem)),
+            keypoint_names=tuple(names),
+            flip_pairs=_flip_pairs_from_names(names) if flip is None else _pairs(flip, names, f'{source}: flip_pairs'),
+            skeleton=_pairs(data.get('skeleton') or [], names, f'{source}: skeleton'),
+            sigmas=sigmas,
+            upper_body=tuple(_index(j, names, f'{source}: upper_body') for j in upper),
+        )
+    except ValueError as error:
+        message = str(error)
+        raise ValueError(message if message.startswith(source) else f'{source}: {message}') from error
+
+
+def read_keypoint_file(path: str | PathLike) -> KeypointInfo:
+    """A keypoint set from JSON or YAML: `keypoints` (names, heatmap order), optional `name`, `flip_pairs` (by
+    index or name; default: names that differ by left/right), `skeleton`, `sigmas` (OKS, one per joint) and
+    `upper_body` (joints of the half-body augmentation's upper half)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == '.json' else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as error:
+        raise ValueError(f'cannot read keypoint file {path}: {str(error).splitlines()[0]}') from error
+    if not isinstance(data, Mapping):
+        raise ValueError(f'keypoint file {path} must hold a mapping with "keypoints" and optional "flip_pairs", '
+                         '"skeleton", "sigmas", "upper_body"')
+    return keypoints_from_json(data, str(path))
+
+
+def keypoints_from_category(category: Mapping[str, Any]) -> KeypointInfo:
+    """The set of a COCO keypoint category (its `keypoints` names and 1-based `skeleton`): COCO's own set, sigmas
+    and upper body when the names are COCO's, else flip pairs from left/right names and no sigmas or upper body."""
+    names = tuple(category['keypoints'])
+    if names == COCO_KEYPOINTS.keypoint_names:
+        return COCO_KEYPOINTS
+    skeleton = [[a - 1, b - 1] for a, b in category.get('skeleton') or []]
+    return keypoints_from_json(dict(name=category.get('name', 'custom'), keypoints=list(names), skeleton=skeleton),
+                               f'category {category.get("name")!r}')
+
+
+def resolve_keypoints(keypoints: KeypointInfo | str | PathLike | None, category: Mapping[str, Any] | None,
+                      ) -> KeypointInfo:
+    """The keypoint set to train with: given (a set or a file), else from the annotation's category; a given set
+    must have the category's joint count."""
+    if isinstance(keypoints, (str, PathLike)):
+        keypoints = read_keypoint_file(keypoints)
+    if keypoints is None:
+        if category is None:
+            raise ValueError('no keypoint set: the annotation file has no keypoint category and none was given')
+        return keypoints_from_category(category)
+    if category is not None and len(category['keypoints']) != keypoints.num_joints:
+        raise ValueError(f'the keypoint set {keypoints.name!r} has {keypoints.num_joints} joints, the annotation '
+                         f'file {len(category["keypoints"])}')
+    return keypoints
 
 
 def generic_palette(num_classes: int) -> tuple[tuple[int, int, int], ...]:

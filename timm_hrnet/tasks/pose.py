@@ -6,7 +6,8 @@ The last module of stage 4 fuses into the highest-resolution branch only (`spec.
 evaluation does: person boxes are widened to the input's aspect ratio and padded by 1.25, cropped with a bilinear
 affine warp, the flip test averages the heatmaps of the mirrored crop (left/right joints swapped, shifted by one
 heatmap column), and heatmaps are decoded by argmax with a quarter-pixel shift toward the larger neighbour and
-mapped back into the image.
+mapped back into the image. mmpose decodes its checkpoints by a slightly different border rule, which their models
+follow (`decoding='mmpose'`, see `decode_heatmaps`).
 """
 from __future__ import annotations
 
@@ -19,17 +20,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checkpoints import POSE, Checkpoint, CheckpointSource, check_task, read_checkpoint
+from ..checkpoints import DECODINGS, POSE, Checkpoint, CheckpointSource, check_task, read_checkpoint
 from ..fused import InferenceOnlyModel, register_inference_only
 from ..images import ImageInput
 from ..variants import HRNetSpec
 from .base import HRNetTaskModel, load_task_weights
 from .datasets import KeypointInfo, keypoints_for
 from .detection import DetectorLike, detect_people
+from .saved_config import config_beside
 
 __all__ = [
     'HRNetPose', 'create_pose_model', 'box_to_center_size', 'crop_boxes', 'flip_back', 'get_max_preds',
-    'decode_heatmaps', 'DEFAULT_INPUT_SIZE', 'HEATMAP_STRIDE', 'BOX_PADDING',
+    'decode_heatmaps', 'DEFAULT_INPUT_SIZE', 'HEATMAP_STRIDE', 'BOX_PADDING', 'DECODINGS',
 ]
 
 DEFAULT_INPUT_SIZE = (256, 192)  # (height, width) of the COCO W32 / W48 256x192 models
@@ -43,7 +45,8 @@ class HRNetPose(HRNetTaskModel):
     `spec` normally has `multi_scale_output=False` (the official pose layout); with True the other branches are
     computed and unused. `input_size` is the (height, width) of the person crops `predict` feeds the network
     (not stored in checkpoints: 256x192 and 384x288 models have the same tensors). `keypoint_info` names the joints
-    and gives the flip pairs; by default the COCO (17) or MPII (16) set that fits `num_joints`.
+    and gives the flip pairs; by default the COCO (17) or MPII (16) set that fits `num_joints`. `decoding` is the
+    heatmap decoding rule of the code the weights come from (`DECODINGS`; see `decode_heatmaps`).
     """
 
     def __init__(
@@ -57,7 +60,10 @@ class HRNetPose(HRNetTaskModel):
             drop_path_rate: float = 0.0,
             device: torch.device | str | None = None,
             dtype: torch.dtype | None = None,
+            decoding: str = 'official',
     ) -> None:
+        if decoding not in DECODINGS:
+            raise ValueError(f'decoding must be one of {", ".join(DECODINGS)}, got {decoding!r}')
         if final_conv_kernel not in (1, 3):
             raise ValueError(f'final_conv_kernel must be 1 or 3 (the official heads), got {final_conv_kernel}')
         if len(input_size) != 2 or min(input_size) < 32:
@@ -71,9 +77,15 @@ class HRNetPose(HRNetTaskModel):
         self.final_conv_kernel = final_conv_kernel
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.keypoint_info = keypoint_info
+        self.decoding = decoding
         self.final_layer = nn.Conv2d(self.branch_channels[0], num_joints, final_conv_kernel,
                                      padding=final_conv_kernel // 2, device=device, dtype=dtype)
         self.init_weights()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A model pickled whole before `decoding` existed decoded by the official rule."""
+        state.setdefault('decoding', 'official')
+        super().__setstate__(state)
 
     def output_conv(self) -> nn.Conv2d:
         return self.final_layer
@@ -141,7 +153,8 @@ class HRNetPose(HRNetTaskModel):
         results, start = [], 0
         for image_boxes, (centers, sizes) in zip(per_image, geometry):
             count = len(image_boxes)
-            keypoints, scores = decode_heatmaps(heatmaps[start:start + count], centers, sizes, post_process)
+            keypoints, scores = decode_heatmaps(heatmaps[start:start + count], centers, sizes, post_process,
+                                                self.decoding)
             start += count
             results.append(dict(keypoints=keypoints.cpu(), scores=scores.cpu(), boxes=image_boxes[:, :4].clone(),
                                 box_scores=image_boxes[:, 4].clone(), keypoint_names=names))
@@ -166,6 +179,7 @@ class HRNetPose(HRNetTaskModel):
             final_conv_kernel=self.final_conv_kernel,
             keypoints=self.keypoint_info.name if self.keypoint_info else None,
             flip_pairs=[list(p) for p in self.keypoint_info.flip_pairs] if self.keypoint_info else [],
+            decoding=self.decoding,
             **self.base_config(),
         )
 
@@ -236,20 +250,37 @@ def get_max_preds(heatmaps: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def decode_heatmaps(
-        heatmaps: Tensor, centers: Tensor, sizes: Tensor, post_process: bool = True,
+        heatmaps: Tensor, centers: Tensor, sizes: Tensor, post_process: bool = True, decoding: str = 'official',
 ) -> tuple[Tensor, Tensor]:
     """Keypoints in image pixels and their scores from (N, J, h, w) heatmaps of crops given by `centers`/`sizes`.
 
-    With `post_process` a peak away from the border moves a quarter pixel toward its larger neighbour on each axis
-    (the official rule: only where 1 < x < w - 1 and 1 < y < h - 1). The crop scale is taken from the box width,
-    as in the official inverse transform.
+    With `post_process` a peak moves a quarter pixel toward its larger neighbour on each axis, by the rule of the
+    code the checkpoint comes from (a peak on the border has no neighbour on one side):
+
+    * ``'official'`` (deep-high-resolution-net): both axes only where 1 < x < w - 1 and 1 < y < h - 1;
+      a heatmap without a positive value gives (0, 0).
+    * ``'mmpose'`` (mmpose 1.x's `refine_keypoints`, which decodes its checkpoints of both layouts): each axis on
+      its own, x where 1 < x < w - 1 and 0 < y < h, y where 1 < y < h - 1 and 0 < x < w; a heatmap without a
+      positive value gives (-1, -1) (`get_heatmap_maximum`), which is not shifted.
+
+    The crop scale is taken from the box width, as in the official inverse transform (mmpose's is the same for
+    the aspect-fixed boxes).
     """
+    if decoding not in DECODINGS:
+        raise ValueError(f'decoding must be one of {", ".join(DECODINGS)}, got {decoding!r}')
     coords, maxvals = get_max_preds(heatmaps)
+    if decoding == 'mmpose':
+        coords = coords.masked_fill((maxvals <= 0).unsqueeze(-1), -1.0)
     height, width = heatmaps.shape[-2:]
     if post_process:
         px = torch.floor(coords[..., 0] + 0.5).long()
         py = torch.floor(coords[..., 1] + 0.5).long()
-        inside = (px > 1) & (px < width - 1) & (py > 1) & (py < height - 1)
+        x_inner, y_inner = (px > 1) & (px < width - 1), (py > 1) & (py < height - 1)
+        if decoding == 'mmpose':
+            shift_x = x_inner & (py > 0) & (py < height)
+            shift_y = y_inner & (px > 0) & (px < width)
+        else:
+            shift_x = shift_y = x_inner & y_inner
         flat = heatmaps.flatten(2)
 
         def at(x: Tensor, y: Tensor) -> Tensor:
@@ -257,7 +288,7 @@ def decode_heatmaps(
             return flat.gather(2, index.unsqueeze(-1)).squeeze(-1)
 
         diff = torch.stack([at(px + 1, py) - at(px - 1, py), at(px, py + 1) - at(px, py - 1)], dim=-1)
-        coords = coords + torch.sign(diff) * 0.25 * inside.unsqueeze(-1)
+        coords = coords + torch.sign(diff) * 0.25 * torch.stack([shift_x, shift_y], dim=-1)
     scale = (sizes[:, 0] / width)[:, None, None]
     offset = torch.tensor([width / 2, height / 2], device=coords.device)
     keypoints = centers[:, None, :] + (coords - offset) * scale
@@ -280,20 +311,29 @@ def create_pose_model(
         input_size: tuple[int, int] | None = None,
         keypoint_info: KeypointInfo | None = None,
         device: torch.device | str | None = None,
+        decoding: str | None = None,
 ) -> HRNetPose:
     """An `HRNetPose` with the architecture and weights of a pose checkpoint: official pose_hrnet or mmpose's
     top-down heatmap HRNet (1.x and 0.x); a path, an https URL, a state dict or a `Checkpoint`.
 
     `num_joints` different from the checkpoint's gives a freshly initialised head (the rest is loaded) for
-    fine-tuning. `input_size` (height, width) defaults to the size in a released file name (``..._384x288.pth``),
-    else 256x192. The model is returned in eval mode.
+    fine-tuning. What the weights do not store comes from the arguments, else from the config.json that
+    `train_pose` / `hub_upload` wrote beside them (keypoint set with its flip pairs and sigmas, input size,
+    decoding), else: `input_size` from a released file name (``..._384x288.pth``) or 256x192, the keypoint set by
+    joint count, `decoding` by the checkpoint's layout (mmpose files decode as mmpose does). Eval mode.
     """
     loaded = read_checkpoint(checkpoint)
     check_task(loaded.task, POSE, loaded.source)
     arch = loaded.architecture
     joints = arch.num_outputs if num_joints is None else num_joints
-    size = input_size or input_size_from_name(loaded.path) or DEFAULT_INPUT_SIZE
-    model = HRNetPose(arch.spec, joints, arch.final_conv_kernel, arch.in_chans, size, keypoint_info)
+    config = config_beside(loaded.path, POSE, arch.num_outputs)
+    if keypoint_info is None and config is not None and joints == arch.num_outputs:
+        keypoint_info = config.keypoints
+    configured_size = config.input_size if config is not None else None
+    size = input_size or configured_size or input_size_from_name(loaded.path) or DEFAULT_INPUT_SIZE
+    decoding = decoding or (config.decoding if config is not None else None) or arch.decoding or 'official'
+    model = HRNetPose(arch.spec, joints, arch.final_conv_kernel, arch.in_chans, size, keypoint_info,
+                      decoding=decoding)
     load_task_weights(model, loaded, reinit_prefixes=('final_layer.',) if joints != arch.num_outputs else ())
     return model.to(device).eval()
 

@@ -10,6 +10,9 @@
 4. OKS-NMS per image at OKS 0.9, the OKS area being that of the padded crop box (both references use it);
 5. pycocotools' COCOeval on the results, which are also what the COCO server takes.
 
+The keypoint set (OKS sigmas, flip pairs) is the one given, else the model's own, else the annotation file's keypoint
+category (`evaluation_keypoints`).
+
 pycocotools is optional (`pip install "timm-hrnet[eval]"`) and imported only here, when evaluating.
 """
 from __future__ import annotations
@@ -19,7 +22,7 @@ import io
 import json
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,13 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ..images import UnreadableImageError, image_to_tensor
+from .datasets import (
+    COCO_KEYPOINT_SIGMAS,
+    KEYPOINT_SETS,
+    KeypointInfo,
+    keypoints_from_category,
+    read_keypoint_file,
+)
 from .eval_common import (
     broadcast_from_main,
     gather_or_raise,
@@ -43,11 +53,8 @@ from .pose import box_to_center_size, crop_boxes, decode_heatmaps, flip_back
 __all__ = [
     'COCO_KEYPOINT_SIGMAS', 'PoseDataError', 'evaluate_pose', 'keypoint_oks', 'oks_nms', 'rescore',
     'coco_keypoint_stats', 'load_keypoint_annotations', 'detection_boxes', 'ground_truth_boxes', 'STAT_NAMES',
+    'evaluation_keypoints',
 ]
-
-# COCO's per-keypoint OKS constants, the values pycocotools' COCOeval uses (its Params.kpt_oks_sigmas)
-COCO_KEYPOINT_SIGMAS: tuple[float, ...] = tuple(s / 10.0 for s in (
-    .26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62, 1.07, 1.07, .87, .87, .89, .89))
 # COCOeval(iouType='keypoints').stats, in order
 STAT_NAMES = ('AP', 'AP50', 'AP75', 'APm', 'APl', 'AR', 'AR50', 'AR75', 'ARm', 'ARl')
 
@@ -214,26 +221,60 @@ def coco_keypoint_stats(coco: Any, results: list[dict[str, Any]],
     return {name: float(value) for name, value in zip(STAT_NAMES, evaluator.stats)}, summary
 
 
-def _heatmaps(model: nn.Module, crops: Tensor, flip_test: bool, shift_heatmap: bool) -> Tensor:
+def _heatmaps(model: nn.Module, crops: Tensor, flip_test: bool, shift_heatmap: bool,
+              flip_pairs: Sequence[tuple[int, int]]) -> Tensor:
+    """The model's heatmaps, with the flip test (`HRNetPose.forward_flip`) done with the evaluated set's pairs."""
     inputs = model.normalize(crops)
     if not flip_test:
         return model(inputs).float()
+    flipped = flip_back(model(inputs.flip(-1)), flip_pairs)
     if shift_heatmap:
-        return model.forward_flip(inputs).float()
-    return ((model(inputs) + flip_back(model(inputs.flip(-1)), model.keypoint_info.flip_pairs)) * 0.5).float()
+        flipped[..., 1:] = flipped[..., :-1].clone()
+    return ((model(inputs) + flipped) * 0.5).float()
 
 
-def _sigmas_for(model: nn.Module, keypoint_sigmas: Sequence[float] | None) -> tuple[float, ...]:
-    info = getattr(model, 'keypoint_info', None)
-    sigmas = keypoint_sigmas if keypoint_sigmas is not None else getattr(info, 'sigmas', None)
-    if sigmas is None and model.num_joints == len(COCO_KEYPOINT_SIGMAS) and getattr(info, 'name', 'coco') == 'coco':
-        sigmas = COCO_KEYPOINT_SIGMAS
+def evaluation_keypoints(
+        model_info: KeypointInfo | None,
+        num_joints: int,
+        category: Mapping[str, Any],
+        keypoint_set: KeypointInfo | str | PathLike | None = None,
+        keypoint_sigmas: Sequence[float] | None = None,
+        ann_file: str | PathLike = 'annotation file',
+) -> tuple[KeypointInfo, tuple[float, ...]]:
+    """The keypoint set to evaluate with, and its OKS sigmas.
+
+    The set is `keypoint_set` (a `KeypointInfo` or a JSON / YAML keypoint file) when given, else the model's own
+    (the one it was trained with), else the annotation category's (COCO's set for COCO's names; otherwise flip pairs
+    from left/right names, no sigmas). A built-in set (COCO, MPII) is the model's own only when the category names
+    its keypoints: models get it by joint count, and a 17-keypoint animal set is not COCO. The sigmas are
+    `keypoint_sigmas`, else the set's. A set or sigmas that do not fit the model's joint count, or no sigmas at all,
+    is a ValueError saying what to give.
+    """
+    annotated = len(category['keypoints'])
+    if annotated != num_joints:
+        raise PoseDataError(f'{ann_file} annotates {annotated} keypoints, the model predicts {num_joints}')
+    if isinstance(keypoint_set, (str, PathLike)):
+        keypoint_set = read_keypoint_file(keypoint_set)
+    if keypoint_set is not None:
+        info = keypoint_set
+    elif model_info is not None and (model_info.keypoint_names == tuple(category['keypoints'])
+                                     or model_info not in KEYPOINT_SETS.values()):
+        info = model_info
+    else:
+        info = keypoints_from_category(category)
+    if info.num_joints != num_joints:
+        raise ValueError(f'the keypoint set {info.name!r} has {info.num_joints} keypoints, the model predicts '
+                         f'{num_joints}')
+    sigmas = info.sigmas if keypoint_sigmas is None else tuple(float(s) for s in keypoint_sigmas)
     if sigmas is None:
-        raise ValueError(f'no OKS sigmas known for the {model.num_joints} keypoints of this model: pass '
-                         'keypoint_sigmas (one per keypoint)')
-    if len(sigmas) != model.num_joints:
-        raise ValueError(f'{len(sigmas)} keypoint sigmas for a model with {model.num_joints} keypoints')
-    return tuple(float(s) for s in sigmas)
+        raise ValueError(f'no OKS sigmas known for the {num_joints} keypoints of {info.name!r}: give them in a '
+                         'keypoint set file ("sigmas"; --keypoint-set) or as keypoint_sigmas (--sigmas), one per '
+                         'keypoint')
+    if len(sigmas) != num_joints:
+        raise ValueError(f'{len(sigmas)} keypoint sigmas for a model with {num_joints} keypoints')
+    if not all(np.isfinite(s) and s > 0 for s in sigmas):
+        raise ValueError(f'OKS sigmas must be positive, got {list(sigmas)}')
+    return info, sigmas
 
 
 def _check_size(path: Path, size: tuple[int, ...], info: dict[str, Any]) -> None:
@@ -261,6 +302,7 @@ def evaluate_pose(
         rescore_thr: float = 0.2,
         oks_nms_thr: float = 0.9,
         keypoint_sigmas: Sequence[float] | None = None,
+        keypoint_set: KeypointInfo | str | PathLike | None = None,
         batch_size: int = 32,
         results_file: str | PathLike | None = None,
         progress: bool = True,
@@ -269,8 +311,9 @@ def evaluate_pose(
     """COCO keypoint AP / AR of an `HRNetPose` (the module docstring has the protocol) on person boxes from
     `det_file` or, with `gt_boxes`, the annotated ones.
 
-    `keypoint_sigmas` defaults to COCO's for a 17-keypoint COCO model; other keypoint sets must give theirs (and the
-    model its `keypoint_info` for the flip pairs). The results JSON (COCO server format) is written to
+    The OKS sigmas and flip pairs are those of the keypoint set (`evaluation_keypoints`: `keypoint_set`, else the
+    model's, else the annotation category's); `keypoint_sigmas` overrides the set's sigmas. Heatmaps are decoded by
+    the model's `decoding` rule. The results JSON (COCO server format) is written to
     `results_file` when given. Under an initialised torch.distributed group each rank runs the images
     rank::world_size and every rank returns the same numbers. Returns the ten COCOeval stats (AP, AP50, AP75, APm,
     APl, AR, AR50, AR75, ARm, ARl; fractions), counts, throughput and the settings.
@@ -279,14 +322,10 @@ def evaluate_pose(
         raise ValueError('give a detection results file (det_file) or gt_boxes=True, not both or neither')
     if batch_size < 1:
         raise ValueError(f'batch_size must be positive, got {batch_size}')
-    sigmas = _sigmas_for(model, keypoint_sigmas)
-    if flip_test and getattr(model, 'keypoint_info', None) is None:
-        raise ValueError(f'the flip test needs the flip pairs of the {model.num_joints} keypoints: give the model a '
-                         'keypoint_info, or pass flip_test=False')
     coco, category = load_keypoint_annotations(ann_file)
-    if len(category['keypoints']) != model.num_joints:
-        raise PoseDataError(f'{ann_file} annotates {len(category["keypoints"])} keypoints, the model predicts '
-                            f'{model.num_joints}')
+    info, sigmas = evaluation_keypoints(getattr(model, 'keypoint_info', None), model.num_joints, category,
+                                        keypoint_set, keypoint_sigmas, ann_file)
+    decoding = getattr(model, 'decoding', 'official')
     boxes = ground_truth_boxes(coco, category['id'], ann_file) if gt_boxes else detection_boxes(
         det_file, coco, category['id'], box_score_thr)
     if not boxes:
@@ -317,10 +356,10 @@ def evaluate_pose(
             batch = torch.cat(crops)
             take, rest = batch[:batch_size], batch[batch_size:]
             crops[:] = [rest] if len(rest) else []
-            heatmaps = _heatmaps(model, take, flip_test, shift_heatmap)
+            heatmaps = _heatmaps(model, take, flip_test, shift_heatmap, info.flip_pairs)
             centers = torch.cat([c for _, c, _, _ in pending])[:len(take)]
             sizes = torch.cat([s for _, _, s, _ in pending])[:len(take)]
-            keypoints, scores = decode_heatmaps(heatmaps, centers, sizes)
+            keypoints, scores = decode_heatmaps(heatmaps, centers, sizes, decoding=decoding)
             points = torch.cat([keypoints, scores.unsqueeze(-1)], -1).cpu().numpy()
             done = 0
             while done < len(take):
@@ -393,6 +432,9 @@ def evaluate_pose(
         box_score_thr=None if gt_boxes else box_score_thr,
         rescore_thr=rescore_thr,
         oks_nms_thr=oks_nms_thr,
+        keypoint_set=info.name,
+        sigmas=list(sigmas),
+        decoding=decoding,
         input_size=list(model.input_size),
         world_size=world_size,
         results_file=None if results_file is None else str(results_file),

@@ -46,7 +46,8 @@ def _files(folder: Path, what: str) -> list[Path]:
     return sorted(p for p in folder.rglob('*') if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def _cityscapes_samples(images: list[Path], image_dir: Path, label_dir: Path) -> list[SegSample]:
+def _cityscapes_samples(images: list[Path], image_dir: Path, label_dir: Path,
+                        unlabelled: list[Path] | None) -> list[SegSample]:
     samples = []
     for image in images:
         relative = image.relative_to(image_dir)
@@ -58,19 +59,22 @@ def _cityscapes_samples(images: list[Path], image_dir: Path, label_dir: Path) ->
             samples.append(SegSample(image, label_ids, 'cityscapes'))
         elif train_ids.is_file():
             samples.append(SegSample(image, train_ids, 'index'))
+        elif unlabelled is not None:
+            unlabelled.append(image)
         else:
             raise LabelMapError(f'no label map for {image}: expected {label_ids}')
     return samples
 
 
 def find_seg_samples(image_dir: str | PathLike, label_dir: str | PathLike,
-                     label_format: str = 'auto') -> list[SegSample]:
+                     label_format: str = 'auto', unlabelled: list[Path] | None = None) -> list[SegSample]:
     """Images under `image_dir` paired with their label maps under `label_dir`.
 
     Cityscapes layout (`label_format` 'cityscapes', or 'auto' with `*_leftImg8bit.png` images):
     `<city>/X_leftImg8bit.png` pairs with `<city>/X_gtFine_labelIds.png` (34 ids mapped to the 19 train ids), or
     with `X_gtFine_labelTrainIds.png` when only that exists. Otherwise images and labels are matched by their path
-    below the folder without the suffix (`a/b.jpg` with `a/b.png`). An image without a label is an error.
+    below the folder without the suffix (`a/b.jpg` with `a/b.png`). An image without a label is an error, or, given
+    an `unlabelled` list (training that skips bad samples), appended to it and left out.
     """
     if label_format not in LABEL_FORMATS:
         raise ValueError(f'unknown label format {label_format!r}; known: {", ".join(LABEL_FORMATS)}')
@@ -82,7 +86,7 @@ def find_seg_samples(image_dir: str | PathLike, label_dir: str | PathLike,
         raise LabelMapError(f'label folder not found: {label_dir}')
     if label_format == 'cityscapes' or (
             label_format == 'auto' and any(p.stem.endswith(_CITYSCAPES_IMAGE) for p in images)):
-        return _cityscapes_samples(images, image_dir, label_dir)
+        return _cityscapes_samples(images, image_dir, label_dir, unlabelled)
     labels: dict[str, Path] = {}
     for path in _files(label_dir, 'label'):
         key = path.relative_to(label_dir).with_suffix('').as_posix()
@@ -93,7 +97,10 @@ def find_seg_samples(image_dir: str | PathLike, label_dir: str | PathLike,
     for image in images:
         key = image.relative_to(image_dir).with_suffix('').as_posix()
         if key not in labels:
-            raise LabelMapError(f'no label map for {image} (looked for {label_dir / key}.*)')
+            if unlabelled is None:
+                raise LabelMapError(f'no label map for {image} (looked for {label_dir / key}.*)')
+            unlabelled.append(image)
+            continue
         samples.append(SegSample(image, labels[key], label_format))
     return samples
 

@@ -29,6 +29,7 @@ from ..necks import HRNetV2
 from ..variants import HRNetSpec
 from .base import HRNetTaskModel, load_task_weights, resize
 from .datasets import SegDatasetInfo, dataset_for_classes, generic_palette, seg_dataset, seg_dataset_for
+from .saved_config import config_beside
 
 __all__ = ['HRNetSeg', 'create_seg_model', 'OUTPUT_STRIDE']
 
@@ -82,6 +83,14 @@ class HRNetSeg(HRNetTaskModel):
             nn.Conv2d(channels, num_classes, final_conv_kernel, padding=final_conv_kernel // 2, **dd),
         )
         self.init_weights()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A model pickled whole before the head's concatenation became `neck` (timm_hrnet 0d4860f and earlier)
+        lacks it, parameter free, and `head_bias`, which was always True then."""
+        state.setdefault('head_bias', True)
+        super().__setstate__(state)
+        if 'neck' not in self._modules:
+            self.neck = HRNetV2(self.branch_channels, align_corners=self.align_corners)
 
     def output_conv(self) -> nn.Conv2d:
         return self.last_layer[3]
@@ -215,14 +224,22 @@ def create_seg_model(
     59/60; True: ADE20K 150, COCO-Stuff 171), and any other class count is an error. `num_classes` different from the
     checkpoint's gives a freshly initialised class conv (the rest is loaded) for fine-tuning. `dataset` names the
     label set (see `timm_hrnet.tasks.datasets.SEG_DATASETS`); by default the class names an mmseg checkpoint carries,
-    else the released dataset with that many classes. The model is returned in eval mode.
+    else the released dataset with that many classes. What the weights do not store and the arguments leave out
+    comes first from the config.json that `train_seg` / `hub_upload` wrote beside them (`align_corners`, the label
+    set, and whether the exchange units resize in mmseg's two steps, which a model fine-tuned from an mmseg
+    checkpoint keeps). The model is returned in eval mode.
     """
     loaded = read_checkpoint(checkpoint)
     check_task(loaded.task, SEGMENTATION, loaded.source)
     arch = loaded.architecture
     classes = arch.num_outputs if num_classes is None else num_classes
+    config = config_beside(loaded.path, SEGMENTATION, arch.num_outputs)
+    if config is not None and align_corners is None:
+        align_corners = config.align_corners
     if dataset:
         labels = seg_dataset(dataset)
+    elif config is not None and config.labels is not None and classes == arch.num_outputs:
+        labels = config.labels
     elif loaded.class_names is not None and classes == len(loaded.class_names):
         labels = dataset_for_classes(loaded.class_names, bool(arch.align_corners))
     else:
@@ -242,6 +259,8 @@ def create_seg_model(
             )
         align_corners = trained.align_corners
     spec = dataclasses.replace(arch.spec, align_corners=align_corners)
+    if config is not None and config.upsample_by_stride is not None:  # the weights do not show how it resizes
+        spec = dataclasses.replace(spec, upsample_by_stride=config.upsample_by_stride)
     model = HRNetSeg(spec, classes, arch.final_conv_kernel, arch.in_chans, labels, arch.head_bias)
     load_task_weights(model, loaded, reinit_prefixes=('last_layer.3.',) if classes != arch.num_outputs else ())
     return model.to(device).eval()

@@ -9,8 +9,9 @@ import math
 import torch
 from torch import nn
 
-from timm_hrnet.classification import UnknownModelError, load_model, resolve_device
-from timm_hrnet.convert import CheckpointMismatchError, fitting_variant, load_checkpoint_file, mismatch_summary
+from timm_hrnet.checkpoints import read_checkpoint
+from timm_hrnet.classification import UnknownModelError, load_model, resolve_device, resolve_model_name
+from timm_hrnet.convert import CheckpointMismatchError, fitting_variant, mismatch_summary
 from timm_hrnet.download import FetchedFile, resolve_checkpoint
 from timm_hrnet.hrnet import MIN_INPUT_SIZE
 
@@ -104,12 +105,16 @@ def checkpoint_file(checkpoint: str, allow_http: bool = False) -> FetchedFile:
 def load_model_or_fail(name: str, checkpoint: str | None, allow_http: bool = False) -> nn.Module:
     """`load_model` with missing files, unknown names and unloadable checkpoints turned into one-line `CliError`s."""
     path = checkpoint_file(checkpoint, allow_http).path if checkpoint is not None else None
+    weights = None
     try:
-        return load_model(name, path)
+        resolve_model_name(name)  # an unknown name is reported before the file is read, as ever
+        if path is not None:
+            weights = read_checkpoint(path)  # read once: the load and the mismatch summary both take it
+        return load_model(name, weights)
     except UnknownModelError as error:
         raise CliError(str(error)) from error
     except CheckpointMismatchError as error:
-        raise CliError(mismatch_summary(error, load_checkpoint_file(path), source=checkpoint)) from error
+        raise CliError(mismatch_summary(error, weights, source=checkpoint)) from error
     except OSError as error:
         if checkpoint is None:
             raise CliError(f'cannot get the pretrained weights of {name} (offline or not cached?): '

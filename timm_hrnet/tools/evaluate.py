@@ -40,6 +40,17 @@ def _scales(text: str) -> list[float]:
     return values
 
 
+def _sigmas(text: str) -> list[float]:
+    """argparse type: OKS sigmas as 0.026,0.025,... (one per keypoint; also space-separated through nargs)."""
+    try:
+        values = [float(part) for part in text.split(',') if part.strip()]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f'expected numbers such as 0.026,0.025, got {text!r}') from error
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f'OKS sigmas must be positive numbers, got {text!r}')
+    return values
+
+
 def _common(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument('--checkpoint', required=True,
                         help=f'{what} checkpoint (.pth or .safetensors), a path or an https URL')
@@ -69,6 +80,12 @@ def add_pose_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument('--no-flip', action='store_true', help='skip the flip test')
     parser.add_argument('--batch-size', type=positive_int, default=32, help='person crops per forward pass')
     parser.add_argument('--box-thr', type=float, default=0.0, help='keep detections scoring at least this')
+    parser.add_argument('--keypoint-set', metavar='FILE',
+                        help='JSON / YAML keypoint set (keypoints, flip_pairs, sigmas, ...; the format training '
+                             "reads); default: the model's own (config.json beside the checkpoint; COCO's for COCO "
+                             "names), else the annotation file's keypoint category")
+    parser.add_argument('--sigmas', type=_sigmas, nargs='+', metavar='S',
+                        help="OKS sigmas, one per keypoint, e.g. 0.026,0.025,...; default: the keypoint set's")
     parser.set_defaults(handler=run_pose)
     return parser
 
@@ -133,12 +150,15 @@ def _run_distributed(args: argparse.Namespace, evaluate: Callable[[Any], dict[st
 
 def run_pose(args: argparse.Namespace) -> int:
     """Evaluate, print the AP table (rank 0) and write the results file."""
+    sigmas = None if args.sigmas is None else [s for group in args.sigmas for s in group]
+
     def evaluate(device: Any) -> dict[str, Any]:
         model = _load(create_pose_model, args, device, input_size=args.input_size)
         return evaluate_pose(
             model, args.annotations, args.images, args.detections, gt_boxes=args.gt_boxes,
             box_score_thr=args.box_thr, flip_test=not args.no_flip, batch_size=args.batch_size,
-            results_file=args.results, progress=not args.no_progress)
+            keypoint_set=args.keypoint_set, keypoint_sigmas=sigmas, results_file=args.results,
+            progress=not args.no_progress)
 
     metrics = _run_distributed(args, evaluate)
     if metrics is None:
@@ -151,7 +171,7 @@ def run_pose(args: argparse.Namespace) -> int:
     boxes = 'ground-truth boxes' if args.gt_boxes else f'detections from {args.detections}'
     print(f'{metrics["num_images"]} images, {metrics["num_boxes"]} person boxes ({boxes}), '
           f'{metrics["num_results"]} results after OKS-NMS, flip test {"on" if metrics["flip_test"] else "off"}, '
-          f'{metrics["images_per_second"]:.1f} images/s')
+          f'keypoint set {metrics["keypoint_set"]}, {metrics["images_per_second"]:.1f} images/s')
     names = ('AP', 'AP50', 'AP75', 'APm', 'APl', 'AR')
     print('  '.join(f'{name:>6}' for name in names))
     print('  '.join(f'{100 * metrics[name]:6.1f}' for name in names))

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from timm_hrnet.checkpoints import load_checkpoint_file
-from timm_hrnet.images import UnreadableImageError, to_pil
+from timm_hrnet.images import UnreadableImageError, list_images, to_pil
 from timm_hrnet.tasks.datasets import SEG_DATASETS
 from timm_hrnet.tasks.detection import PersonDetector, person_detector
 from timm_hrnet.tasks.drawing import draw_legend, draw_pose, overlay_labels
@@ -65,8 +66,11 @@ def _common_arguments(parser: argparse.ArgumentParser, what: str) -> None:
 def add_pose_parser(subparsers: Any) -> argparse.ArgumentParser:
     """The `pose` subcommand."""
     parser = subparsers.add_parser(
-        'pose', help='human keypoints with an official pose_hrnet checkpoint', formatter_class=HelpFormatter,
-        description='Keypoints of the people in an image, one per person box (default: the whole image).')
+        'pose', help="human keypoints with a pose checkpoint (official pose_hrnet or mmpose's top-down HRNet)",
+        formatter_class=HelpFormatter,
+        description='Keypoints of the people in an image, a folder of images or a video, one per person box '
+                    "(default: the whole image), with an official pose_hrnet or an mmpose top-down heatmap HRNet "
+                    'checkpoint (e.g. td-hm_hrnet-w32_8xb64-210e_coco-256x192-*.pth).')
     _common_arguments(parser, 'pose')
     parser.add_argument('--box', nargs=4, type=float, action='append', metavar=('X', 'Y', 'W', 'H'),
                         help='a person box in pixels (repeat for several people); default: the whole image')
@@ -89,8 +93,10 @@ def add_pose_parser(subparsers: Any) -> argparse.ArgumentParser:
 def add_segment_parser(subparsers: Any) -> argparse.ArgumentParser:
     """The `segment` subcommand."""
     parser = subparsers.add_parser(
-        'segment', help='semantic segmentation with an official seg_hrnet checkpoint', formatter_class=HelpFormatter,
-        description='A label per pixel with an official seg_hrnet checkpoint.')
+        'segment', help="semantic segmentation with a segmentation checkpoint (official seg_hrnet or mmseg's "
+                        'HRNet + FCNHead)', formatter_class=HelpFormatter,
+        description='A label per pixel of an image, a folder of images or a video, with an official seg_hrnet or an '
+                    'mmseg HRNet + FCNHead checkpoint (e.g. fcn_hr18_512x1024_40k_cityscapes_*.pth).')
     _common_arguments(parser, 'segmentation')
     parser.add_argument('--align-corners', type=_boolean, metavar='{true,false}',
                         help="the training config's MODEL.ALIGN_CORNERS; default: known for the released class "
@@ -168,8 +174,9 @@ def run_pose(args: argparse.Namespace) -> int:
     detector = _person_detector(args, next(model.parameters()).device)
     flip = False if args.no_flip else None
     if Path(args.image).is_dir() or is_video(args.image):
-        frames = pose_frames(model, read_frames(args.image), detector, args.box, flip, crops_per_batch=args.batch_size)
-        return _run_frames(args, model, frames, lambda frame, result: dict(people=_people(result)),
+        frames = _SourceFrames(Path(args.image))
+        results = pose_frames(model, frames, detector, args.box, flip, crops_per_batch=args.batch_size)
+        return _run_frames(args, frames, results, lambda frame, result: dict(people=_people(result)),
                            lambda frame, result: _draw_people(model, frame.image, result, args.threshold))
     result = _predict(model, args, boxes=args.box, flip_test=flip, detector=detector)
     people = _people(result)
@@ -217,8 +224,9 @@ def run_segment(args: argparse.Namespace) -> int:
         raise CliError(f'--scales must be positive, got {args.scales}')
     model = _load(create_seg_model, args, align_corners=args.align_corners, dataset=args.dataset)
     if Path(args.image).is_dir() or is_video(args.image):
-        frames = segment_frames(model, read_frames(args.image), args.scales, args.flip, args.window)
-        return _run_frames(args, model, frames,
+        frames = _SourceFrames(Path(args.image))
+        results = segment_frames(model, frames, args.scales, args.flip, args.window)
+        return _run_frames(args, frames, results,
                            lambda frame, result: dict(classes=_class_shares(model, result['labels'])),
                            lambda frame, result: _draw_mask(model, frame.image, result['labels'], args.alpha))
     result = _predict(model, args, scales=args.scales, flip=args.flip, window=args.window)
@@ -241,7 +249,37 @@ def run_segment(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_frames(args: argparse.Namespace, model: Any, results: Any, describe: Any, draw: Any) -> int:
+class _SourceFrames:
+    """The frames of a folder or video, remembering those read but not yet reported, so that an error met while
+    running them names the image file (or video frame) it came from."""
+
+    def __init__(self, source: Path) -> None:
+        self.source = source
+        self.pending: list[Frame] = []
+
+    def __iter__(self) -> Iterator[Frame]:
+        for frame in read_frames(self.source):
+            self.pending.append(frame)
+            yield frame
+
+    def reported(self, frame: Frame) -> None:
+        self.pending = [f for f in self.pending if f.index != frame.index]
+
+    def where(self) -> str:
+        """The file (or video frame) being run; the frames batched together when it could be any of them."""
+        if not self.pending:
+            return str(self.source)
+        if is_video(self.source):
+            names = [f'{self.source} frame {f.index}' for f in self.pending]
+        else:
+            files = list_images(self.source)
+            names = [str(files[f.index]) for f in self.pending]
+        if len(names) == 1:
+            return names[0]
+        return f'one of {len(names)} frames run together ({names[0]} ... {names[-1]})'
+
+
+def _run_frames(args: argparse.Namespace, frames: _SourceFrames, results: Any, describe: Any, draw: Any) -> int:
     """Every frame of a folder or video: a line (or JSON line) each, and with --out the drawn pictures and JSON."""
     source = Path(args.image)
     out = Path(args.out) if args.out else None
@@ -259,6 +297,7 @@ def _run_frames(args: argparse.Namespace, model: Any, results: Any, describe: An
                     video.write(draw(frame, result))
                     lines.write(json.dumps(record) + '\n')
                     count += _report(args, record)
+                    frames.reported(frame)
             partial.replace(out / f'{source.stem}.jsonl')
         else:
             for frame, result in results:
@@ -267,10 +306,14 @@ def _run_frames(args: argparse.Namespace, model: Any, results: Any, describe: An
                     _save(draw(frame, result), str(out / f'{frame.name}.png'))
                     (out / f'{frame.name}.json').write_text(json.dumps(record, indent=2))
                 count += _report(args, record)
+                frames.reported(frame)
     except (UnreadableImageError, UnreadableVideoError) as error:
         raise CliError(str(error)) from error
     except ImportError as error:
         raise CliError(str(error)) from error
+    except ValueError as error:
+        reason = (str(error).strip() or type(error).__name__).splitlines()[0]
+        raise CliError(f'cannot run on {frames.where()}: {reason}') from error
     finally:
         if out is not None:
             (out / f'.{source.stem}.partial.jsonl').unlink(missing_ok=True)

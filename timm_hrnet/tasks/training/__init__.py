@@ -1,8 +1,8 @@
 """Training and fine-tuning of the pose and segmentation models, the official HRNet recipes by default:
 `train_pose` (COCO-format keypoints, any joint count) and `train_seg` (image / label-map folders), on one process
 or under `torchrun`; docs/training.md has the recipes, resumption and custom keypoint sets."""
+from ..datasets import read_keypoint_file
 from .config import Recipe, TrainConfig
-from .keypoint_sets import COCO_TRAIN_KEYPOINTS, MPII_TRAIN_KEYPOINTS, TrainKeypoints, read_keypoint_file
 from .pose_data import PoseAugmentation
 from .pose_training import POSE_RECIPE, PoseTrainConfig, load_pose_model, train_pose
 from .samples import BadSampleError
@@ -13,5 +13,5 @@ from .trainer import TrainResult
 __all__ = [
     'train_pose', 'train_seg', 'load_pose_model', 'load_seg_model', 'TrainConfig', 'PoseTrainConfig',
     'SegTrainConfig', 'Recipe', 'POSE_RECIPE', 'SEG_RECIPE', 'TrainResult', 'PoseAugmentation', 'SegAugmentation',
-    'TrainKeypoints', 'COCO_TRAIN_KEYPOINTS', 'MPII_TRAIN_KEYPOINTS', 'read_keypoint_file', 'BadSampleError',
+    'read_keypoint_file', 'BadSampleError',
 ]

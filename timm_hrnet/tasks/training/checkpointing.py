@@ -17,12 +17,9 @@ from typing import Any
 import safetensors.torch
 import torch
 
-__all__ = ['STATE_FILE', 'WEIGHTS_FILE', 'SIDECAR_FILE', 'STATE_FORMAT', 'write_atomic', 'save_state', 'load_state',
-           'save_weights', 'save_sidecar']
+__all__ = ['STATE_FILE', 'STATE_FORMAT', 'write_atomic', 'save_state', 'load_state', 'save_weights', 'save_sidecar']
 
 STATE_FILE = 'last.pth'
-WEIGHTS_FILE = 'model.safetensors'
-SIDECAR_FILE = 'config.json'
 STATE_FORMAT = 'timm_hrnet.training/1'
 
 

@@ -12,7 +12,7 @@ import timm
 import torch
 from torch import nn
 
-from ...checkpoints import PICKLE_SUFFIXES, Checkpoint, CheckpointMismatchError
+from ...checkpoints import PICKLE_SUFFIXES, Checkpoint, CheckpointMismatchError, key_differences
 from ...download import is_url
 
 __all__ = ['ModelInit', 'is_checkpoint', 'classifier_state_dict', 'load_trunk']
@@ -43,13 +43,11 @@ def load_trunk(model: nn.Module, trunk: Mapping[str, torch.Tensor], head_prefix:
     head and the branches a task model does not have)."""
     own = model.state_dict()
     wanted = {k: v.shape for k, v in own.items() if not k.startswith(head_prefix)}
-    missing = [k for k in wanted if k not in trunk]
-    mismatched = {k: (tuple(trunk[k].shape), tuple(s)) for k, s in wanted.items()
-                  if k in trunk and trunk[k].shape != s}
+    missing, unused, mismatched = key_differences(trunk, wanted)
     if missing or mismatched:
         raise CheckpointMismatchError(type(model).__name__, source, missing, [], mismatched,
                                       hint='(the classifier must be the variant of the model being trained)')
     with torch.no_grad():
         for key in wanted:
             own[key].copy_(trunk[key])
-    return sorted(k for k in trunk if k not in wanted)
+    return sorted(unused)

@@ -24,8 +24,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ...images import UnreadableImageError, image_to_tensor
+from ..datasets import KeypointInfo
 from ..pose import BOX_PADDING, HEATMAP_STRIDE
-from .keypoint_sets import TrainKeypoints
 from .pose_geometry import crop_matrix, half_body_box, to_crop, warp_crop
 from .samples import BadSampleError, Problems, check_policy, image_header_size, refuse_or_skip, sample_rng
 from .targets import gaussian_heatmaps
@@ -169,7 +169,8 @@ class PoseAugmentation:
     """The official COCO recipe (experiments/coco/hrnet/*.yaml and JointsDataset): scale x clip(N(1, 0.35),
     0.65, 1.35); with probability 0.6 a rotation clip(N(0, 45), -90, 90) degrees; a flip with probability 0.5;
     with probability 0.3 the half-body crop when more than `half_body_min_joints` joints are labelled (default:
-    half of them, 8 of COCO's 17)."""
+    half of them, 8 of COCO's 17), of the upper body when a standard normal draw is below 0.5 (about 69 %, as the
+    official code draws it), else of the lower body."""
 
     scale_factor: float = 0.35
     rotation_factor: float = 45.0
@@ -193,7 +194,7 @@ class PoseTrainDataset(Dataset):
     def __init__(
             self,
             samples: list[PersonSample],
-            keypoints: TrainKeypoints,
+            keypoints: KeypointInfo,
             input_size: tuple[int, int],
             mean: tuple[float, ...],
             std: tuple[float, ...],
@@ -217,7 +218,7 @@ class PoseTrainDataset(Dataset):
         self.seed = seed
         self.on_bad_sample = on_bad_sample
         order = list(range(keypoints.num_joints))
-        for a, b in keypoints.info.flip_pairs:
+        for a, b in keypoints.flip_pairs:
             order[a], order[b] = b, a
         self.flip_order = np.array(order)
 
@@ -234,8 +235,8 @@ class PoseTrainDataset(Dataset):
         """The crop matrix and whether it is flipped, for this sample in this epoch."""
         aug = self.augmentation
         rng = sample_rng(self.seed, epoch, index)
-        u_half, u_upper, u_rotate, u_flip = rng.random(4)  # always drawn, in this order: a fixed stream per sample
-        n_scale, n_rotate = rng.standard_normal(2)
+        u_half, u_rotate, u_flip = rng.random(3)  # always drawn, in this order: a fixed stream per sample
+        n_upper, n_scale, n_rotate = rng.standard_normal(3)
         aspect = self.input_size[1] / self.input_size[0]
         x, y, w, h = sample.box
         if w > aspect * h:
@@ -245,7 +246,8 @@ class PoseTrainDataset(Dataset):
         center, width = np.array([x + sample.box[2] * 0.5, y + sample.box[3] * 0.5]), w * aug.box_padding
         min_joints = self.keypoints.num_joints // 2 if aug.half_body_min_joints is None else aug.half_body_min_joints
         if (self.keypoints.upper_body and sample.labelled.sum() > min_joints and u_half < aug.half_body_prob):
-            half = half_body_box(sample.joints, sample.labelled, self.keypoints.upper_body, u_upper < 0.5, aspect)
+            # the official half_body_transform takes the upper body when np.random.randn() < 0.5 (69 %)
+            half = half_body_box(sample.joints, sample.labelled, self.keypoints.upper_body, n_upper < 0.5, aspect)
             if half is not None:
                 center, width = half[0], float(half[1][0])
         width *= float(np.clip(n_scale * aug.scale_factor + 1, 1 - aug.scale_factor, 1 + aug.scale_factor))

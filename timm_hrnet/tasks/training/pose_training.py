@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import os
 from dataclasses import dataclass
 from os import PathLike
@@ -15,17 +14,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ...checkpoints import POSE
 from ...distributed import process_group
 from ...variants import resolve_variant
+from ..datasets import KeypointInfo, resolve_keypoints
 from ..pose import DEFAULT_INPUT_SIZE, HRNetPose, create_pose_model
 from ..pose_evaluation import evaluate_pose, load_keypoint_annotations
-from .checkpointing import SIDECAR_FILE, WEIGHTS_FILE, save_sidecar, save_weights
+from ..saved_config import CONFIG_FILE, WEIGHTS_FILE, read_model_config
+from .checkpointing import save_sidecar, save_weights
 from .config import Recipe, TrainConfig, resolve_config
-from .keypoint_sets import TrainKeypoints, keypoints_from_json, resolve_keypoints
 from .losses import JointsMSELoss
 from .model_init import ModelInit, classifier_state_dict, is_checkpoint, load_trunk
 from .pose_data import PoseAugmentation, PoseTrainDataset, read_pose_annotations
-from .samples import BadSampleError
+from .samples import BadSampleError, data_fingerprint
 from .trainer import TrainResult, TrainTask, resume_path, run_training
 
 __all__ = ['POSE_RECIPE', 'PoseTrainConfig', 'train_pose', 'build_pose_model', 'load_pose_model']
@@ -48,36 +49,35 @@ class PoseTrainConfig(TrainConfig):
     eval_batch_size: int = 32
 
 
-def build_pose_model(init: ModelInit, keypoints: TrainKeypoints, input_size: tuple[int, int],
+def build_pose_model(init: ModelInit, keypoints: KeypointInfo, input_size: tuple[int, int],
                      pretrained: bool = True, pretrained_file: str | PathLike | None = None) -> HRNetPose:
     """The model to train: a given `HRNetPose`; a pose checkpoint (`create_pose_model`, the head re-initialised when
     the joint count differs); or a variant name (`hrnet_w32`, `hrnet_w48.ms_in1k`, ...) with the trunk of its
     ImageNet classifier (`pretrained`, optionally from `pretrained_file`) or from scratch."""
-    info = keypoints.info
     if isinstance(init, nn.Module):
         if not isinstance(init, HRNetPose) or init.num_joints != keypoints.num_joints:
             raise ValueError(f'the model to train must be an HRNetPose with {keypoints.num_joints} joints')
         model = init
     elif is_checkpoint(init):
-        model = create_pose_model(init, num_joints=keypoints.num_joints, input_size=input_size, keypoint_info=info)
+        model = create_pose_model(init, num_joints=keypoints.num_joints, input_size=input_size, keypoint_info=keypoints)
     else:
         spec = dataclasses.replace(resolve_variant(os.fspath(init)), multi_scale_output=False)
-        model = HRNetPose(spec, keypoints.num_joints, input_size=input_size, keypoint_info=info)
+        model = HRNetPose(spec, keypoints.num_joints, input_size=input_size, keypoint_info=keypoints)
         if pretrained:
             load_trunk(model, classifier_state_dict(os.fspath(init), pretrained_file), 'final_layer.',
                        os.fspath(pretrained_file or init))
     model.input_size = (int(input_size[0]), int(input_size[1]))
-    model.keypoint_info = info
+    model.keypoint_info = keypoints
     return model.train()
 
 
 def _check_evaluation(val_ann_file: str | PathLike, val_image_dir: str | PathLike,
-                      keypoints: TrainKeypoints) -> None:
+                      keypoints: KeypointInfo) -> None:
     """What the evaluation after the first epoch would trip over, found before training starts."""
     if importlib.util.find_spec('pycocotools') is None:
         raise ImportError('evaluating on a validation split needs pycocotools: pip install "timm-hrnet[eval]"')
     if keypoints.sigmas is None:
-        raise ValueError(f'the keypoint set {keypoints.info.name!r} has no OKS sigmas, which the COCO evaluation '
+        raise ValueError(f'the keypoint set {keypoints.name!r} has no OKS sigmas, which the COCO evaluation '
                          'needs: give them in the keypoint file ("sigmas")')
     _, category = load_keypoint_annotations(val_ann_file)
     if len(category['keypoints']) != keypoints.num_joints:
@@ -96,7 +96,7 @@ def train_pose(
         init: ModelInit = 'hrnet_w32',
         pretrained: bool = True,
         pretrained_file: str | PathLike | None = None,
-        keypoints: TrainKeypoints | str | PathLike | None = None,
+        keypoints: KeypointInfo | str | PathLike | None = None,
         val_ann_file: str | PathLike | None = None,
         val_image_dir: str | PathLike | None = None,
         config: PoseTrainConfig | None = None,
@@ -105,11 +105,11 @@ def train_pose(
     """Train a top-down pose model on a COCO keypoint annotation file and its images; under torchrun on every rank.
 
     `init` is a variant name (the trunk of its ImageNet classifier when `pretrained`, e.g. 'hrnet_w32'), a pose
-    checkpoint to fine-tune, or an `HRNetPose`. `keypoints` (a `TrainKeypoints` or a JSON / YAML file) defaults to
+    checkpoint to fine-tune, or an `HRNetPose`. `keypoints` (a `KeypointInfo` or a JSON / YAML file) defaults to
     the annotation's category. `options` override fields of `config` (a `PoseTrainConfig`). With a validation
     split, COCO AP on its ground-truth boxes is measured every `eval_every` epochs. The trained model is written
-    to `<output_dir>/model.safetensors` with `config.json` (`load_pose_model` reads them back; `create_pose_model`
-    reads the weights file).
+    to `<output_dir>/model.safetensors` with `config.json` (`load_pose_model` reads them back, as does
+    `create_pose_model` on the weights file).
     """
     config = resolve_config(dataclasses.replace(config or PoseTrainConfig(), **options), POSE_RECIPE)
     if (val_ann_file is None) != (val_image_dir is None):
@@ -135,7 +135,7 @@ def train_pose(
                                  progress=config.progress)
 
         def export(state_dict: dict[str, Tensor], output_dir: Path) -> dict[str, str]:
-            weights, sidecar = output_dir / WEIGHTS_FILE, output_dir / SIDECAR_FILE
+            weights, sidecar = output_dir / WEIGHTS_FILE, output_dir / CONFIG_FILE
             save_weights(weights, state_dict)
             save_sidecar(sidecar, dict(model.task_config(), keypoint_set=keypoints.to_json(),
                                        input_size_hw=list(config.input_size), weights=WEIGHTS_FILE,
@@ -145,17 +145,19 @@ def train_pose(
         task = TrainTask('pose', model, dataset, loss, export, POSE_RECIPE,
                          evaluate if val_ann_file is not None else None,
                          scan=dict(samples=len(annotations.samples), ignored=annotations.ignored,
-                                   skipped=annotations.skipped, keypoints=keypoints.info.name,
+                                   skipped=annotations.skipped, keypoints=keypoints.name,
                                    joints=keypoints.num_joints,
-                                   init=os.fspath(init) if isinstance(init, (str, PathLike)) else type(init).__name__))
+                                   init=os.fspath(init) if isinstance(init, (str, PathLike)) else type(init).__name__),
+                         fingerprint=data_fingerprint(
+                             [s.image.relative_to(image_dir).as_posix(), list(s.image_size), list(s.box),
+                              s.joints.tolist(), s.labelled.tolist()] for s in annotations.samples))
         return run_training(task, config, context)
 
 
 def load_pose_model(output_dir: str | PathLike, device: torch.device | str | None = None) -> HRNetPose:
-    """The model a `train_pose` run exported (`model.safetensors` + `config.json`), with its input size and
-    keypoint set (names, flip pairs), in eval mode."""
-    output_dir = Path(output_dir)
-    sidecar = json.loads((output_dir / SIDECAR_FILE).read_text())
-    keypoints = keypoints_from_json(sidecar['keypoint_set'], str(output_dir / SIDECAR_FILE))
-    return create_pose_model(output_dir / sidecar.get('weights', WEIGHTS_FILE),
-                             input_size=tuple(sidecar['input_size_hw']), keypoint_info=keypoints.info, device=device)
+    """The model a `train_pose` run exported (its folder or `model.safetensors` with `config.json` beside it; a
+    repo `hub_upload convert` staged reads the same), with its input size, keypoint set (names, flip pairs, OKS
+    sigmas) and decoding rule, in eval mode. Unlike `create_pose_model`, it refuses weights without that
+    config.json."""
+    config = read_model_config(output_dir, POSE)
+    return create_pose_model(config.weights, device=device)

@@ -39,9 +39,10 @@ class RunLog:
         if enabled and tensorboard is not False:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
+            except ImportError as error:
                 if tensorboard:
-                    raise
+                    raise ImportError(f'tensorboard=True (--tensorboard) needs the tensorboard package, which does not '
+                                      f'import ({error}): pip install tensorboard') from error
                 _logger.debug('tensorboard is not installed: logging JSON lines only')
             else:
                 self.writer = SummaryWriter(str(output_dir / 'tensorboard'))

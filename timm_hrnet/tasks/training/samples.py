@@ -4,17 +4,19 @@ bad samples. Together they make a resumed run see exactly the batches an uninter
 DataLoader workers and any number of processes for the same global batch."""
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from os import PathLike
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, DistributedSampler
 
 __all__ = ['BadSampleError', 'OnBadSample', 'BAD_SAMPLE_POLICIES', 'sample_rng', 'EpochSampler', 'check_policy',
-           'Problems', 'refuse_or_skip', 'image_header_size']
+           'Problems', 'refuse_or_skip', 'bad_sample_problem', 'image_header_size', 'data_fingerprint']
 
 _logger = logging.getLogger(__name__)
 
@@ -72,6 +74,16 @@ def refuse_or_skip(message: str, on_bad_sample: str) -> None:
     _logger.warning('skipped sample: %s', message)
 
 
+def bad_sample_problem(error: BadSampleError) -> str:
+    """What a load-time error says is wrong, without the skip hint: also when a DataLoader worker raised it, which
+    torch re-raises with the worker's traceback in the message."""
+    text = str(error)
+    marker = f'{BadSampleError.__name__}: '
+    if 'Original Traceback' in text and marker in text:
+        text = text.rsplit(marker, 1)[1]
+    return text.strip().removesuffix(_SKIP_HINT).strip()
+
+
 _ORIENTATION = 0x0112
 _TURNED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
@@ -86,6 +98,18 @@ def image_header_size(path: str | PathLike) -> tuple[int, int]:
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
         raise BadSampleError(f'cannot read image {path}: {error}') from error
     return (height, width) if turned else (width, height)
+
+
+def data_fingerprint(samples: Iterable[Any]) -> dict[str, Any]:
+    """The sample count and a sha256 of the sample list (each sample a JSON-able row: paths relative to the data
+    folders, boxes, joints), which a checkpoint stores so that resuming on other data is refused: the sample
+    order and the position in the epoch only mean the same batches on the same list."""
+    digest = hashlib.sha256()
+    count = 0
+    for row in samples:
+        digest.update(json.dumps(row, sort_keys=True).encode() + b'\n')
+        count += 1
+    return dict(samples=count, sha256=digest.hexdigest())
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:

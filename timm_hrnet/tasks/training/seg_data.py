@@ -4,11 +4,12 @@ augmentation (HRNet-Semantic-Segmentation's BaseDataset.gen_sample): a random sc
 (0.5-2.1 in steps of 0.1), padding to the crop (image black, labels `ignore_index`), a random crop and a horizontal
 flip.
 
-The folders are scanned when the dataset is built, reading file headers only: an unreadable header, a label map of
-another size than its image or of a mode that cannot hold class indices is an error listing them (default) or, with
-`on_bad_sample='skip'`, left out and counted. Label values are checked when a sample is loaded (or up front with
-`check_values=True`, which decodes every label map once): a value that is neither a class nor `ignore_index` is an
-error naming the file, or with 'skip' an empty sample (every pixel ignored, `valid` 0) counted in the training log.
+The folders are scanned when the dataset is built, reading file headers only: an image without a label map, an
+unreadable header, a label map of another size than its image or of a mode that cannot hold class indices is an
+error listing them (default) or, with `on_bad_sample='skip'`, left out and counted. Label values are checked when a
+sample is loaded (or up front with `check_values=True`, which decodes every label map once): a value that is
+neither a class nor `ignore_index` is an error naming the file, or with 'skip' an empty sample (every pixel
+ignored, `valid` 0) counted in the training log.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from os import PathLike
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -88,11 +90,14 @@ def scan_seg_folders(
 ) -> tuple[list[SegSample], dict[str, int]]:
     """The usable (image, label map) pairs and what was skipped, by kind (module docstring)."""
     check_policy(on_bad_sample)
+    unlabelled: list[Path] = []
     try:
-        samples = find_seg_samples(image_dir, label_dir, label_format)
+        samples = find_seg_samples(image_dir, label_dir, label_format, unlabelled)
     except LabelMapError as error:
         raise BadSampleError(str(error)) from error
     problems = Problems(on_bad_sample)
+    for image in unlabelled:
+        problems.add('images without a label map', f'no label map for {image} under {label_dir}')
     usable = []
     for sample in samples:
         try:

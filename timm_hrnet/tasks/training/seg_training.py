@@ -5,7 +5,6 @@ OHEM optional)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass
 from os import PathLike
@@ -15,18 +14,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ...checkpoints import Checkpoint, read_checkpoint
+from ...checkpoints import SEGMENTATION, Checkpoint, read_checkpoint
 from ...distributed import process_group
 from ...variants import resolve_variant
 from ..datasets import SegDatasetInfo, generic_palette, seg_dataset, seg_dataset_for
 from ..label_maps import LabelMapError
+from ..saved_config import CONFIG_FILE, WEIGHTS_FILE, config_beside, read_model_config
 from ..seg_evaluation import evaluate_seg, find_seg_samples
 from ..segmentation import HRNetSeg, create_seg_model
-from .checkpointing import SIDECAR_FILE, WEIGHTS_FILE, save_sidecar, save_weights
+from .checkpointing import save_sidecar, save_weights
 from .config import Recipe, TrainConfig, resolve_config
 from .losses import SegCrossEntropy
 from .model_init import ModelInit, classifier_state_dict, is_checkpoint, load_trunk
-from .samples import BadSampleError
+from .samples import BadSampleError, data_fingerprint
 from .seg_data import IGNORE_INDEX, SegAugmentation, SegTrainDataset, scan_seg_folders
 from .trainer import TrainResult, TrainTask, resume_path, run_training
 
@@ -108,25 +108,10 @@ def _uses_cityscapes_ids(image_dir: str | PathLike, label_dir: str | PathLike, l
     if label_format not in ('auto', 'cityscapes'):
         return False
     try:
-        samples = find_seg_samples(image_dir, label_dir, label_format)
+        samples = find_seg_samples(image_dir, label_dir, label_format, unlabelled=[])  # the scan reports those
     except LabelMapError as error:
         raise BadSampleError(str(error)) from error
     return any(s.label_format == 'cityscapes' or s.label.name.endswith('_gtFine_labelTrainIds.png') for s in samples)
-
-
-def _exported_align_corners(checkpoint: Checkpoint) -> bool | None:
-    """The `align_corners` a `train_seg` run recorded next to the weights it exported (None: not such a file)."""
-    sidecar = checkpoint.path.parent / SIDECAR_FILE if checkpoint.path is not None else None
-    if sidecar is None or not sidecar.is_file():
-        return None
-    try:
-        data = json.loads(sidecar.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or data.get('weights') != checkpoint.path.name:
-        return None
-    value = data.get('align_corners')
-    return value if isinstance(value, bool) else None
 
 
 def train_seg(
@@ -152,16 +137,20 @@ def train_seg(
     `init` is a variant name (the trunk of its ImageNet classifier when `pretrained`), a segmentation checkpoint to
     fine-tune, or an `HRNetSeg`. `options` override fields of `config` (a `SegTrainConfig`). With a validation
     split, mIoU is measured every `eval_every` epochs (`evaluate_seg`). The trained model is written to
-    `<output_dir>/model.safetensors` with `config.json` (`load_seg_model` reads them back; `create_seg_model` reads
-    the weights file, given the `align_corners` the config records).
+    `<output_dir>/model.safetensors` with `config.json` (`load_seg_model` reads them back, as does `create_seg_model`
+    on the weights file).
     """
     config = resolve_config(dataclasses.replace(config or SegTrainConfig(), **options), SEG_RECIPE)
     if (val_image_dir is None) != (val_label_dir is None):
         raise ValueError('give both val_image_dir and val_label_dir, or neither')
     if isinstance(init, (str, PathLike)) and is_checkpoint(init):
         init = read_checkpoint(init)  # read once: its class count may be the default
+    # fine-tuning an exported model (or a repo staged from one): its align_corners and classes are the model's
+    exported = config_beside(init.path, SEGMENTATION) if isinstance(init, Checkpoint) else None
     if num_classes is None and dataset is None and class_names is None:
-        if isinstance(init, Checkpoint) and init.architecture is not None:
+        if exported is not None and exported.labels is not None:
+            dataset = exported.labels  # fine-tuning an exported model: its own classes
+        elif isinstance(init, Checkpoint) and init.architecture is not None:
             num_classes = init.architecture.num_outputs
         elif isinstance(init, HRNetSeg):
             num_classes = init.num_classes
@@ -170,8 +159,8 @@ def train_seg(
         else:
             raise ValueError('how many classes? give num_classes, class_names or a dataset name')
     align_corners = config.align_corners
-    if align_corners is None and isinstance(init, Checkpoint):
-        align_corners = _exported_align_corners(init)
+    if align_corners is None and exported is not None:
+        align_corners = exported.align_corners
     if align_corners is None and not isinstance(init, (Checkpoint, HRNetSeg)):
         align_corners = False
     labels = label_set(num_classes, dataset, class_names, bool(align_corners))
@@ -211,7 +200,7 @@ def train_seg(
                                 progress=config.progress)
 
         def export(state_dict: dict[str, Tensor], output_dir: Path) -> dict[str, str]:
-            weights, sidecar = output_dir / WEIGHTS_FILE, output_dir / SIDECAR_FILE
+            weights, sidecar = output_dir / WEIGHTS_FILE, output_dir / CONFIG_FILE
             save_weights(weights, state_dict)
             save_sidecar(sidecar, dict(model.task_config(), palette=[list(c) for c in model.palette],
                                        flip_pairs=[list(p) for p in model.dataset.flip_pairs] if model.dataset else [],
@@ -224,19 +213,17 @@ def train_seg(
         task = TrainTask('segmentation', model, train_data, loss, export, SEG_RECIPE,
                          evaluate if val_image_dir is not None else None,
                          scan=dict(samples=len(samples), skipped=skipped, classes=num_classes,
-                                   dataset=model.dataset.name if model.dataset else None, init=source))
+                                   dataset=model.dataset.name if model.dataset else None, init=source),
+                         fingerprint=data_fingerprint(
+                             [s.image.relative_to(image_dir).as_posix(), s.label.relative_to(label_dir).as_posix(),
+                              s.label_format] for s in samples))
         return run_training(task, config, context)
 
 
 def load_seg_model(output_dir: str | PathLike, device: torch.device | str | None = None) -> HRNetSeg:
-    """The model a `train_seg` run exported (`model.safetensors` + `config.json`), with its `align_corners`,
-    class names, palette and flip pairs, in eval mode."""
-    output_dir = Path(output_dir)
-    sidecar = json.loads((output_dir / SIDECAR_FILE).read_text())
-    model = create_seg_model(output_dir / sidecar.get('weights', WEIGHTS_FILE),
-                             align_corners=sidecar['align_corners'], device=device)
-    model.dataset = SegDatasetInfo(
-        sidecar.get('dataset') or 'custom', tuple(sidecar['class_names']),
-        tuple(tuple(c) for c in sidecar['palette']), sidecar['align_corners'],
-        tuple(tuple(p) for p in sidecar.get('flip_pairs', [])))
-    return model
+    """The model a `train_seg` run exported (its folder or `model.safetensors` with `config.json` beside it; a repo
+    `hub_upload convert` staged reads the same), with its `align_corners`, class names, palette, flip pairs and
+    exchange-unit resizes (mmseg's two steps for a model fine-tuned from an mmseg checkpoint), in eval mode. Unlike
+    `create_seg_model`, it refuses weights without that config.json."""
+    config = read_model_config(output_dir, SEGMENTATION)
+    return create_seg_model(config.weights, device=device)

@@ -5,7 +5,9 @@ Exact resumption: the sample order is a function of (seed, epoch) (`samples.Epoc
 augmentation a function of (seed, epoch, index), and the learning rate a function of the step; a checkpoint stores
 the model, optimizer, scheduler, scaler, EMA, every rank's RNG states and the step, from which the epoch and the
 position in it follow. A resumed run therefore computes what the uninterrupted run computes (bit-identical on CPU;
-on GPU as far as its kernels are deterministic), with any number of DataLoader workers.
+on GPU as far as its kernels are deterministic), with any number of DataLoader workers; it must find the same
+sample list (the checkpoint's data fingerprint). A sample that cannot be loaded mid-epoch stops the run only after
+the state of the last completed step is saved, so that resuming loses nothing.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ from ...distributed import DistContext, all_reduce_sum, barrier, gather_objects
 from .checkpointing import STATE_FILE, load_state, save_state
 from .config import Recipe, TrainConfig, resume_differences
 from .run_log import RunLog, json_safe
-from .samples import EpochSampler
+from .samples import BadSampleError, EpochSampler, bad_sample_problem
 
 __all__ = ['TrainTask', 'TrainResult', 'run_training', 'resume_path']
 
@@ -43,7 +45,8 @@ _logger = logging.getLogger(__name__)
 class TrainTask:
     """What the loop needs from a task: the model (an `HRNetTaskModel`), the training data (`samples.EpochSampler`
     keys), the loss of a batch, the evaluation (every rank calls it; None: no validation data), and the export of
-    the trained model's state dict (rank 0). `scan` is what the dataset scan found, for the log."""
+    the trained model's state dict (rank 0). `scan` is what the dataset scan found, for the log; `fingerprint` the
+    sample count and sample-list hash (`samples.data_fingerprint`) a resumed run must find again."""
 
     name: str
     model: nn.Module
@@ -53,6 +56,7 @@ class TrainTask:
     recipe: Recipe
     evaluate: Callable[[nn.Module], dict[str, Any]] | None = None
     scan: dict[str, Any] = field(default_factory=dict)
+    fingerprint: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -191,7 +195,7 @@ class _Loop:
                 optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                 scaler=self.scaler.state_dict(), rng=rng, world_size=self.context.world_size,
                 global_batch=self.global_batch, skipped=self.skipped, metrics=json_safe(self.metrics),
-                config=json_safe(dataclasses.asdict(self.config)),
+                config=json_safe(dataclasses.asdict(self.config)), data=self.task.fingerprint,
             )
             if self.ema is not None:
                 state['model_ema'] = self.ema.module.state_dict()
@@ -209,6 +213,7 @@ class _Loop:
         if changed:
             raise ValueError(f'{path} was written by a run with other settings; resuming needs the same ones '
                              f'(start a new output_dir to fine-tune from it instead): {"; ".join(changed)}')
+        self.check_data(state.get('data'), path)
         self.model.load_state_dict(state['model'])
         self.optimizer.load_state_dict(state['optimizer'])
         self.scheduler.load_state_dict(state['scheduler'])
@@ -225,6 +230,19 @@ class _Loop:
         self.skipped = int(state['skipped'])
         self.metrics = dict(state['metrics'])
         self.log.write(dict(event='resume', step=self.step, epoch=self.step // self.steps_per_epoch, path=str(path)))
+
+    def check_data(self, saved: dict[str, Any] | None, path: Path) -> None:
+        """Refuse to resume on other training data: the same step on another sample list is other batches."""
+        now = self.task.fingerprint
+        if not saved:
+            _logger.warning('%s records no data fingerprint (written before they were): resuming without checking '
+                            'that the training data is the same', path)
+        elif now and saved != now:
+            raise ValueError(
+                f'{path} was trained on other data: {saved["samples"]} samples (sample list sha256 '
+                f'{saved["sha256"][:12]}), now {now["samples"]} ({now["sha256"][:12]}); resuming needs the data it '
+                f'started with (a changed annotation file or image / label folder changes the batches); to train on '
+                f'the new data, start a new output_dir from it (init={path})')
 
     # -- training ---------------------------------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -274,7 +292,8 @@ class _Loop:
         try:
             for epoch in range(self.step // self.steps_per_epoch, config.epochs):
                 self.sampler.start(epoch, (self.step - epoch * self.steps_per_epoch) * config.batch_size)
-                for batch in self.loader:
+                batches = iter(self.loader)
+                while (batch := self.next_batch(batches)) is not None:
                     loss, skipped = self.train_step(batch)
                     interval[0] += loss.double()
                     interval[1] += skipped.double()
@@ -298,6 +317,29 @@ class _Loop:
         finally:
             bar.close()
         return True
+
+    def next_batch(self, batches: Iterator[dict[str, Tensor]]) -> dict[str, Tensor] | None:
+        """This rank's next batch (None at the end of the epoch). A sample that cannot be loaded (policy 'error')
+        stops every rank, but first the state of the last completed step is saved, so that the epoch's work is not
+        lost, and the error names the file and says how to go on."""
+        problem = None
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return None  # every rank at once: the shards have the same length
+        except BadSampleError as error:
+            batch, problem = None, bad_sample_problem(error)
+        if self.context.world_size > 1:  # one rank's bad sample stops all of them at the same step
+            failed = all_reduce_sum(torch.tensor([float(problem is not None)], device=self.device), self.context)
+            if problem is None and failed.item() > 0:
+                problem = f'another process (of {self.context.world_size}) found a bad sample (its error names it)'
+        if problem is None:
+            return batch
+        self.save()
+        raise BadSampleError(
+            f'{problem}; stopped before step {self.step + 1} of {self.total_steps} with the training state of step '
+            f'{self.step} saved in {self.state_file}: fix or replace the file and rerun with --resume '
+            "(resume='auto'), or rerun with --resume --on-bad-sample skip to leave such samples out")
 
     def log_interval(self, interval: Tensor, steps: int, start: float, epoch: int, bar: tqdm) -> None:
         totals = all_reduce_sum(interval, self.context)
