@@ -1,4 +1,5 @@
-"""Inference throughput: timm_hrnet (eager, fused, fused + channels_last, fused + compile) vs timm's built-in HRNet.
+"""Inference throughput: timm_hrnet (eager, fused, fused + channels_last, fused + compile) vs timm's built-in HRNet,
+and vs onnxruntime / OpenVINO on exported files.
 
 Everything runs in ONE process and the variants are timed in interleaved rounds (the order rotates every round), so
 a slow phase of a shared machine hits all of them alike; each variant gets untimed warm-up calls first (that is
@@ -11,8 +12,15 @@ plain bf16 model's (`timm_eager`, `ours_eager`). FLOPs are counted once with tor
 (convolutions and matmuls, per image); the achieved GFLOP/s is compared with a square matmul of the same dtype
 timed in the same rounds.
 
+`--task pose` / `--task seg` time the task models instead (HRNetPose W32 with 17 COCO joints at 256x192, HRNetSeg
+W48 with 19 Cityscapes classes at 512x1024; random weights, random BatchNorm statistics). timm has no such models,
+so there are no `timm_*` variants: the deployer's baseline (`x OV`) is OpenVINO on a plain `torch.onnx.export` of
+the unfused task model (`openvino_plain_export`), and `diff` compares with that model run eagerly in float32.
+
     python benchmarks/bench_inference.py --quick                  # smoke run: hrnet_w18, batch 8, 2 rounds, no compile
     python benchmarks/bench_inference.py                          # CPU bf16 + fp32, hrnet_w18 + hrnet_w48, batch 1, 8
+    python benchmarks/bench_inference.py --task pose              # pose W32 256x192, CPU bf16 + fp32, batch 1, 8
+    python benchmarks/bench_inference.py --task seg               # seg W48 512x1024 (--img-size H W to change)
     python benchmarks/bench_inference.py --device cuda            # CUDA bf16, batch 1 and 256 (see run_cuda.sh)
 """
 from __future__ import annotations
@@ -27,7 +35,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import timm
@@ -38,28 +46,39 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import timm_hrnet  # noqa: F401  (registers our hrnet_* entrypoints in timm)
+from timm_hrnet import HRNetPose, HRNetSeg
 from timm_hrnet.export import export
 from timm_hrnet.fused import optimize_for_inference
 from timm_hrnet.tools.benchmark import DTYPES
+from timm_hrnet.variants import resolve_variant
 
 VARIANTS = (
     'timm_eager', 'timm_channels_last', 'timm_compile', 'timm_compile_cudagraphs',
     'ours_eager', 'ours_fused', 'ours_fused_channels_last', 'ours_fused_compile',
     'ours_fused_cudagraph', 'ours_fused_compile_cudagraphs',
     'ours_padded_channels_last', 'ours_padded_compile', 'ours_padded_cudagraph',
-    'ort_timm_export', 'ort_ours', 'ort_ours_int8', 'openvino_timm_export', 'openvino_ours', 'openvino_ours_int8',
+    'ort_timm_export', 'ort_plain_export', 'ort_ours', 'ort_ours_int8',
+    'openvino_timm_export', 'openvino_plain_export', 'openvino_ours', 'openvino_ours_int8',
+    'openvino_timm_export_static', 'openvino_plain_export_static', 'openvino_ours_static', 'openvino_ours_int8_static',
 )
+TASKS = ('classify', 'pose', 'seg')
+# per task: the variants that apply (timm has no pose/seg HRNet, so tasks compare with a plain ONNX export of the
+# unfused model instead), the default models and input size (height, width)
+TASK_VARIANTS = {'classify': tuple(v for v in VARIANTS if 'plain_export' not in v)}
+TASK_VARIANTS['pose'] = TASK_VARIANTS['seg'] = tuple(v for v in VARIANTS if 'timm' not in v and 'padded' not in v)
+TASK_MODELS = {'classify': ['hrnet_w18', 'hrnet_w48'], 'pose': ['hrnet_w32'], 'seg': ['hrnet_w48']}
+TASK_IMG_SIZE = {'classify': (224, 224), 'pose': (256, 192), 'seg': (512, 1024)}
 # deployment runtimes on CPU, run on exported files (skipped with a note when the runtime is not installed):
 # onnxruntime in float32 only (it has no bf16 convolutions on CPU), OpenVINO in the case's dtype (bf16 as its
-# precision hint), int8 from random calibration inputs (speed only; accuracy: benchmarks/bench_int8_accuracy.py)
+# precision hint), int8 from random calibration inputs (speed only; accuracy: benchmarks/bench_int8_accuracy.py);
+# `_static`: the batch and size fixed to the case's (ours: `export(..., dynamic=False, batch_size=...)`, the plain
+# exports reshaped when compiled), as a deployment serving one shape would run them
 RUNTIME_VARIANTS = tuple(v for v in VARIANTS if v.startswith(('ort_', 'openvino_')))
 RUNTIME_MODULE = {'ort': 'onnxruntime', 'openvino': 'openvino'}
-DEPLOY_BASELINE = 'openvino_timm_export'  # what a deployer would pick: OpenVINO on the built-in's ONNX export
+# what a deployer would pick: OpenVINO on the built-in's ONNX export, or on the unfused task model's
+DEPLOY_BASELINE = {'classify': 'openvino_timm_export', 'pose': 'openvino_plain_export', 'seg': 'openvino_plain_export'}
 CUDA_ONLY = tuple(v for v in VARIANTS if v.endswith(('cudagraph', 'cudagraphs')))
 BASELINES = ('timm_compile', 'timm_compile_cudagraphs')  # the built-in's compiled modes; the fastest is the baseline
-# zero-padded branches (branch_widths) feed GPU tensor cores better; on CPU they only add work, so not by default
-CPU_DEFAULT = tuple(v for v in VARIANTS if v not in CUDA_ONLY and 'padded' not in v)
-QUICK_VARIANTS = tuple(v for v in CPU_DEFAULT if 'compile' not in v)
 
 
 @dataclass
@@ -84,11 +103,15 @@ class Result:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--models', nargs='+', default=['hrnet_w18', 'hrnet_w48'])
+    parser.add_argument('--task', choices=TASKS, default='classify',
+                        help='classifiers (vs timm\'s built-in), pose (HRNetPose, COCO) or seg (HRNetSeg, Cityscapes)')
+    parser.add_argument('--models', nargs='+',
+                        help='default: hrnet_w18 hrnet_w48 (classify), hrnet_w32 (pose), hrnet_w48 (seg)')
     parser.add_argument('--batch-sizes', nargs='+', type=int, help='default: 1 8 on CPU, 1 256 on CUDA')
     parser.add_argument('--dtypes', '--dtype', nargs='+', choices=list(DTYPES),
                         help='default: bfloat16 float32 on CPU, bfloat16 on CUDA')
-    parser.add_argument('--img-size', type=int, default=224)
+    parser.add_argument('--img-size', nargs='+', type=int,
+                        help='H [W] (one value: square); default 224 (classify), 256 192 (pose), 512 1024 (seg)')
     parser.add_argument('--device', default='cpu', help="'cpu', 'cuda' or 'cuda:N'")
     parser.add_argument('--variants', nargs='+', choices=VARIANTS,
                         help='default: all on CUDA; on CPU all but CUDA graphs and padding (--quick: no compile)')
@@ -106,14 +129,23 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--json', help='also write the results to this JSON file')
     args = parser.parse_args()
     on_cuda = args.device.startswith('cuda')
+    if args.img_size is not None and len(args.img_size) not in (1, 2):
+        parser.error('--img-size takes one or two values: H [W]')
+    args.img_size = TASK_IMG_SIZE[args.task] if args.img_size is None else tuple((args.img_size * 2)[:2])
+    args.models = args.models or TASK_MODELS[args.task]
+    applicable = TASK_VARIANTS[args.task]
+    if wrong := [v for v in args.variants or () if v not in applicable]:
+        parser.error(f'{", ".join(wrong)}: not a --task {args.task} variant')
+    # zero-padded branches (branch_widths) feed GPU tensor cores better; on CPU they only add work, so not by default
+    cpu_default = [v for v in applicable if v not in CUDA_ONLY and 'padded' not in v]
     if args.quick:
         args.models = args.models[:1]
         args.batch_sizes = args.batch_sizes or [64 if on_cuda else 8]
         args.rounds, args.iters, args.warmup = 2, 1, 1
-        args.variants = args.variants or list(QUICK_VARIANTS)
+        args.variants = args.variants or [v for v in cpu_default if 'compile' not in v]
     args.batch_sizes = args.batch_sizes or ([1, 256] if on_cuda else [1, 8])
     args.dtypes = args.dtypes or (['bfloat16'] if on_cuda else ['bfloat16', 'float32'])
-    args.variants = args.variants or list(VARIANTS if on_cuda else CPU_DEFAULT)
+    args.variants = args.variants or list(applicable if on_cuda else cpu_default)
     missing = {v for v in args.variants if v in RUNTIME_VARIANTS and not _installed(RUNTIME_MODULE[v.split('_')[0]])}
     if missing:
         print(f'skipped (runtime not installed): {", ".join(sorted(missing))}')
@@ -129,31 +161,33 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def runtime_variant(variant: str, builtin: nn.Module, ours: nn.Module, dtype_name: str, work: Path,
-                    batch_size: int, img_size: int) -> Callable[[Tensor], Tensor] | None:
-    """An exported file of the built-in model (plain ONNX export, as a deployer would make it) or of ours
-    (`timm_hrnet.export`: fused) running in onnxruntime / OpenVINO on float32 NCHW input; None where the variant
-    does not apply to this dtype (onnxruntime has no CPU bf16)."""
+def runtime_variant(variant: str, reference: nn.Module, ours: nn.Module, dtype_name: str, work: Path,
+                    batch_size: int, img_size: tuple[int, int]) -> Callable[[Tensor], Tensor] | None:
+    """An exported file of the reference model (the built-in classifier or the unfused task model: plain ONNX
+    export, as a deployer would make it) or of ours (`timm_hrnet.export`: fused) running in onnxruntime / OpenVINO
+    on float32 NCHW input; None where the variant does not apply to this dtype (onnxruntime has no CPU bf16)."""
     runtime, source = variant.split('_', 1)
+    static = source.endswith('_static')
+    source = source.removesuffix('_static')
     if runtime == 'ort' and dtype_name != 'float32' and not source.endswith('int8'):
         return None
     int8 = source.endswith('int8')
     path = work / f'{variant}.{"onnx" if runtime == "ort" else "xml"}'
     fmt = 'onnx' if runtime == 'ort' else 'openvino'
-    if source == 'timm_export':
+    if source in ('timm_export', 'plain_export'):
         onnx_path = work / f'{variant}.onnx'
-        example = torch.randn(1, 3, img_size, img_size)
+        example = torch.randn(1, 3, *img_size)
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
-            torch.onnx.export(copy.deepcopy(builtin).float().cpu(), (example,), str(onnx_path), dynamo=False,
+            torch.onnx.export(copy.deepcopy(reference).float().cpu(), (example,), str(onnx_path), dynamo=False,
                               input_names=['image'], dynamic_axes={'image': {0: 'batch'}})
         if fmt == 'openvino':
             import openvino
             openvino.save_model(openvino.convert_model(str(onnx_path)), str(path))
     else:
-        calibration = [torch.randn(1, 3, img_size, img_size) for _ in range(8)] if int8 else None
-        export(ours, path, fmt, dtype='int8' if int8 else 'float32', input_size=(img_size, img_size),
-               calibration=calibration, check=False)
+        calibration = [torch.randn(1, 3, *img_size) for _ in range(max(8, batch_size))] if int8 else None
+        export(ours, path, fmt, dtype='int8' if int8 else 'float32', input_size=img_size, dynamic=not static,
+               batch_size=batch_size if static else 1, calibration=calibration, check=False)
     threads = torch.get_num_threads()
     if fmt == 'onnx':
         import onnxruntime
@@ -162,9 +196,16 @@ def runtime_variant(variant: str, builtin: nn.Module, ours: nn.Module, dtype_nam
         session = onnxruntime.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
         return lambda x: torch.from_numpy(session.run(None, {'image': x.numpy()})[0])
     import openvino
+    core = openvino.Core()
+    ov_model = core.read_model(str(path))
+    if static and ov_model.inputs[0].get_partial_shape().is_dynamic:
+        ov_model.reshape([batch_size, 3, *img_size])
     precision = 'bf16' if dtype_name == 'bfloat16' else 'f32'
-    compiled = openvino.Core().compile_model(str(path), 'CPU', {
+    compiled = core.compile_model(ov_model, 'CPU', {
         'INFERENCE_PRECISION_HINT': precision, 'INFERENCE_NUM_THREADS': threads})
+    actual = compiled.get_property('INFERENCE_PRECISION_HINT').to_string()
+    if actual != precision:  # a CPU without bf16 instructions runs the bf16 hint in f32
+        print(f'{variant}: OpenVINO runs precision {actual} for the requested {precision} on this CPU')
     return lambda x: torch.from_numpy(compiled(x.numpy())[0])
 
 
@@ -200,16 +241,44 @@ def tensor_core_widths(model: nn.Module) -> list[int]:
     return [math.ceil(c / (8 << i)) * (8 << i) for i, c in enumerate(model.spec.stages[-1].channels)]
 
 
+def randomize_batchnorm(model: nn.Module, seed: int = 1) -> nn.Module:
+    """Non-trivial BatchNorm statistics and affine params (as tests/helpers.py), so that folding them is real work."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2, generator=g)
+                m.running_var.uniform_(0.5, 2.0, generator=g)
+                m.weight.uniform_(0.5, 1.5, generator=g)
+                m.bias.uniform_(-0.2, 0.2, generator=g)
+    return model
+
+
+def build_models(task: str, name: str) -> tuple[nn.Module, nn.Module]:
+    """Ours and the reference, in eval mode: for classifiers timm's built-in HRNet with our weights, for tasks the
+    unfused task model itself (random weights; pose: 17 COCO joints, seg: 19 Cityscapes classes)."""
+    if task == 'classify':
+        ours = timm.create_model(name).eval()
+        builtin = getattr(timm_builtin_hrnet, name)().eval()
+        builtin.load_state_dict(ours.state_dict())
+        return ours, builtin
+    spec = resolve_variant(name)
+    if task == 'pose':
+        model: nn.Module = HRNetPose(replace(spec, multi_scale_output=False), num_joints=17)
+    else:
+        model = HRNetSeg(replace(spec, upsample='bilinear'), num_classes=19)
+    model = randomize_batchnorm(model).eval()
+    return model, model
+
+
 def build_variants(
-        name: str, variants: list[str], device: torch.device, dtype: torch.dtype, example: Tensor,
+        task: str, name: str, variants: list[str], device: torch.device, dtype: torch.dtype, example: Tensor,
         branch_widths: list[int] | None, work: Path,
 ) -> tuple[dict[str, tuple[Callable[[Tensor], Tensor], str]], nn.Module]:
     """Each variant as (callable, its input: 'nchw', 'channels_last' or 'float32' for the runtimes), all with the
-    same weights, and the built-in model in float32 (the reference). `example` is a channels_last input, for the
+    same weights, and the reference model in float32 (`build_models`). `example` is a channels_last input, for the
     CUDA graph capture."""
-    ours = timm.create_model(name).eval()
-    builtin = getattr(timm_builtin_hrnet, name)().eval()
-    builtin.load_state_dict(ours.state_dict())
+    ours, reference = build_models(task, name)  # the built-in classifier (timm_*) or the unfused task model
     widths = branch_widths or tensor_core_widths(ours)
 
     def prepared(model: nn.Module, channels_last: bool) -> nn.Module:
@@ -224,11 +293,11 @@ def build_variants(
         return torch.compile(model, dynamic=False, mode=mode)
 
     builders: dict[str, Callable[[], tuple[Callable[[Tensor], Tensor], bool]]] = {
-        'timm_eager': lambda: (prepared(copy.deepcopy(builtin), False), False),
-        'timm_channels_last': lambda: (prepared(copy.deepcopy(builtin), True), True),
-        'timm_compile': lambda: (compiled(prepared(copy.deepcopy(builtin), True)), True),
+        'timm_eager': lambda: (prepared(copy.deepcopy(reference), False), False),
+        'timm_channels_last': lambda: (prepared(copy.deepcopy(reference), True), True),
+        'timm_compile': lambda: (compiled(prepared(copy.deepcopy(reference), True)), True),
         'timm_compile_cudagraphs': lambda: (
-            compiled(prepared(copy.deepcopy(builtin), True), 'reduce-overhead'), True),
+            compiled(prepared(copy.deepcopy(reference), True), 'reduce-overhead'), True),
         'ours_eager': lambda: (prepared(copy.deepcopy(ours), False), False),
         'ours_fused': lambda: (fused(False), False),
         'ours_fused_channels_last': lambda: (fused(True), True),
@@ -243,13 +312,14 @@ def build_variants(
     dtype_name = next(key for key, value in DTYPES.items() if value == dtype)
     for variant in variants:
         if variant in RUNTIME_VARIANTS:
-            run = runtime_variant(variant, builtin, ours, dtype_name, work, example.shape[0], example.shape[-1])
+            run = runtime_variant(variant, reference, ours, dtype_name, work, example.shape[0],
+                                  (example.shape[-2], example.shape[-1]))
             if run is not None:
                 built[variant] = (run, 'float32')
         else:
             model, channels_last = builders[variant]()
             built[variant] = (model, 'channels_last' if channels_last else 'nchw')
-    return built, builtin.to(device)
+    return built, reference.to(device)
 
 
 def count_flops_per_image(model: Callable[[Tensor], Tensor], x: Tensor) -> float:
@@ -288,14 +358,14 @@ def ratio(median: dict[str, float], reference: str | None, variant: str) -> floa
 def bench_case(name: str, batch_size: int, dtype_name: str, args: argparse.Namespace) -> list[Result]:
     """All variants of one model at one batch size and dtype, interleaved."""
     device, dtype = torch.device(args.device), DTYPES[dtype_name]
-    x = torch.randn(batch_size, 3, args.img_size, args.img_size, device=device)
+    x = torch.randn(batch_size, 3, *args.img_size, device=device)
     inputs = {'nchw': x.to(dtype), 'channels_last': x.to(dtype).contiguous(memory_format=torch.channels_last),
               'float32': x.float().contiguous()}
     with tempfile.TemporaryDirectory() as work:
-        variants, reference_model = build_variants(name, args.variants, device, dtype, inputs['channels_last'],
-                                                   args.branch_widths, Path(work))
+        variants, reference_model = build_variants(args.task, name, args.variants, device, dtype,
+                                                   inputs['channels_last'], args.branch_widths, Path(work))
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # cuDNN would round float32 convs to TF32
-        reference = reference_model(x)  # the built-in model, eager float32
+        reference = reference_model(x)  # the built-in (classifiers) or unfused task model, eager float32
     flops_per_image = count_flops_per_image(reference_model, x)
     del reference_model
     matmul, matmul_flops = matmul_call(device, dtype)
@@ -318,26 +388,27 @@ def bench_case(name: str, batch_size: int, dtype_name: str, args: argparse.Names
     median = {key: statistics.median(values) for key, values in seconds.items()}
     matmul_flops_per_second = matmul_flops / median['matmul']
     baseline = min((v for v in BASELINES if v in median), key=median.__getitem__, default=None)
+    label = name if args.task == 'classify' else f'{args.task}_{name}'  # pose_hrnet_w32, seg_hrnet_w48
 
     results = []
     for variant in variants:
         images_per_second = batch_size / median[variant]
         flops_per_second = flops_per_image * images_per_second
         results.append(Result(
-            model=name, variant=variant, batch_size=batch_size, dtype=dtype_name, device=str(device),
+            model=label, variant=variant, batch_size=batch_size, dtype=dtype_name, device=str(device),
             ms_per_batch=1000 * median[variant],
             images_per_second=images_per_second,
             baseline=baseline,
             speedup_vs_baseline=ratio(median, baseline, variant),
             speedup_vs_timm_eager=ratio(median, 'timm_eager', variant),
             speedup_vs_timm_channels_last=ratio(median, 'timm_channels_last', variant),
-            speedup_vs_openvino=ratio(median, DEPLOY_BASELINE, variant),
+            speedup_vs_openvino=ratio(median, DEPLOY_BASELINE[args.task], variant),
             gflops_per_second=flops_per_second / 1e9,
             fraction_of_matmul_peak=flops_per_second / matmul_flops_per_second,
             max_rel_diff_vs_fp32=diffs[variant],
             warmup_seconds=warmup_seconds[variant],
         ))
-    print(f'\n{name}, batch {batch_size}, {dtype_name} on {device}: {flops_per_image / 1e9:.2f} GFLOP/image, '
+    print(f'\n{label}, batch {batch_size}, {dtype_name} on {device}: {flops_per_image / 1e9:.2f} GFLOP/image, '
           f'matmul peak {matmul_flops_per_second / 1e9:.0f} GFLOP/s, {args.rounds} rounds x {args.iters} calls; '
           f'x base: vs {baseline or "nothing (no compiled built-in variant in this run)"}')
     print(f'{"variant":<30}{"ms/batch":>10}{"img/s":>10}{"x base":>8}{"x eager":>9}{"x cl":>7}{"x OV":>7}'
@@ -362,7 +433,7 @@ def main() -> None:
         torch._inductor.config.freezing = True
     device = torch.device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'
-    print(f'torch {torch.__version__}, timm {timm.__version__}, {where}, input {args.img_size}x{args.img_size}')
+    print(f'torch {torch.__version__}, timm {timm.__version__}, {where}, input {args.img_size[0]}x{args.img_size[1]}')
     results: list[Result] = []
     for name in args.models:
         for dtype_name in args.dtypes:

@@ -55,6 +55,24 @@ def test_static_export_is_checked_at_its_size_only(classifier: torch.nn.Module, 
     assert [c.size for c in report.checks] == [(160, 128)] and report.max_rel_diff <= 1e-4
 
 
+def test_static_batch_openvino_int8(classifier: torch.nn.Module, calibration: Path, tmp_path: Path) -> None:
+    """A static export fixes the batch a deployment runs: calibration images are regrouped into that batch."""
+    pytest.importorskip('openvino')
+    pytest.importorskip('nncf')
+    report = export(classifier, tmp_path / 'b4.xml', 'openvino', dtype='int8', dynamic=False, batch_size=4,
+                    input_size=(96, 128), calibration=calibration)
+    assert report.batch_size == 4 and [c.size for c in report.checks] == [(96, 128)]
+    assert '4,3,96,128' in report.path.read_text().replace(' ', '') and 0 < report.max_rel_diff < 1
+    (logits,) = run_exported(report.path, 'openvino', 'int8')(torch.randn(4, 3, 96, 128))
+    assert logits.shape == (4, classifier.num_classes)
+    with pytest.raises(ExportError, match='6 calibration images for a static batch of 8'):
+        export(classifier, tmp_path / 'b8.xml', 'openvino', dtype='int8', dynamic=False, batch_size=8,
+               calibration=calibration)
+    with pytest.raises(ExportError, match='batch_size=4: a static export'):
+        export(classifier, tmp_path / 'dynamic.onnx', 'onnx', batch_size=4)
+    assert _leftovers(tmp_path) == ['b4.bin', 'b4.xml']
+
+
 def test_features_pose_and_segmentation(tmp_path: Path) -> None:
     features = timm.create_model(NAME, features_only=True).eval()
     report = export(features, tmp_path / 'features.onnx', 'onnx')

@@ -31,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--img-size', type=image_size, nargs='+', metavar='SIZE',
                         help='export size: one value (square) or height width; default: the model\'s')
     parser.add_argument('--static', action='store_true', help='fixed batch and size instead of dynamic ones')
+    parser.add_argument('--batch-size', type=int, default=1, help='with --static: the fixed batch')
     parser.add_argument('--no-check', action='store_true', help='skip running the file against the model')
     parser.add_argument('--json', action='store_true', help='print the report as JSON')
 
@@ -54,7 +55,8 @@ def _model(args: argparse.Namespace) -> nn.Module:
 
 def _print(report: ExportReport) -> None:
     print(f'wrote {report.path} ({report.format}, {report.dtype}, export size {report.input_size[0]}x'
-          f'{report.input_size[1]}, {"dynamic" if report.dynamic else "static"} batch and size, '
+          f'{report.input_size[1]}, {"dynamic" if report.dynamic else f"static (batch {report.batch_size})"} '
+          f'batch and size, '
           f'outputs {", ".join(report.outputs)})')
     for check in report.checks:
         agreement = '' if check.agreement is None else f', argmax agreement {100 * check.agreement:.2f} %'
@@ -67,13 +69,13 @@ def run(args: argparse.Namespace) -> int:
     size = None if args.img_size is None else (args.img_size * 2)[:2]
     try:
         report = export(model, args.out, args.format, dtype=args.dtype, input_size=size, dynamic=not args.static,
-                        calibration=args.calibration, check=not args.no_check)
+                        batch_size=args.batch_size, calibration=args.calibration, check=not args.no_check)
     except ExportError as error:
         raise CliError(str(error)) from error
     if args.json:
         print(json.dumps(dict(
             path=str(report.path), format=report.format, dtype=report.dtype, input_size=list(report.input_size),
-            dynamic=report.dynamic, outputs=list(report.outputs),
+            dynamic=report.dynamic, batch_size=report.batch_size, outputs=list(report.outputs),
             checks=[dict(size=list(c.size), max_rel_diff=c.max_rel_diff, agreement=c.agreement)
                     for c in report.checks],
         ), indent=2))
