@@ -18,6 +18,11 @@ from helpers import randomize_batchnorm  # noqa: E402
 
 REFDATA = Path(__file__).resolve().parents[2] / 'shared' / 'refdata'
 
+# Under pytest-xdist the workers share the cores: torch's default (one thread per core in every worker)
+# oversubscribes them, and OpenMP hand-offs between busy cores cost more than the threads gain.
+if os.environ.get('PYTEST_XDIST_WORKER_COUNT'):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ['PYTEST_XDIST_WORKER_COUNT'])))
+
 
 @pytest.fixture(scope='session')
 def refdata() -> Path:
