@@ -252,8 +252,8 @@ def export(
     asks the CPU plugin for bf16 inference); 'int8' (static post-training quantization from `calibration`, a folder
     of images or a list of normalised input tensors: onnxruntime's for ONNX, NNCF's for OpenVINO). The model's
     input is the normalised NCHW float32 image named 'image' (float16 for a float16 ONNX graph); batch, height and
-    width are dynamic unless `dynamic=False`, which fixes them to `batch_size` and the input size: runtimes plan
-    their kernels for known shapes (OpenVINO measured about 10 % faster on HRNet-W18, benchmarks/README.md).
+    width are dynamic unless `dynamic=False`, which fixes them to `batch_size` and the input size (runtimes plan
+    their kernels for a known shape; docs/export.md says what it gains).
 
     With `check` the written file runs in its runtime against the PyTorch model at the export size and at
     `check_sizes` (only the export size when not dynamic); a float export whose largest relative difference

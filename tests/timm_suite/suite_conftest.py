@@ -12,6 +12,12 @@ import pytest
 
 BUILTIN = os.environ.get('TIMM_SUITE_BUILTIN') == '1'
 
+# as in tests/conftest.py: pytest-xdist workers (`-- -n 2`) split the cores instead of each taking all of them
+if os.environ.get('PYTEST_XDIST_WORKER_COUNT'):
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ['PYTEST_XDIST_WORKER_COUNT'])))
+
 if not BUILTIN:
     import timm
 
