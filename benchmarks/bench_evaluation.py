@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from bench_common import machine_line
 from PIL import Image
 
 from timm_hrnet.tasks.datasets import COCO_KEYPOINTS
@@ -126,9 +126,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    where = torch.cuda.get_device_name(device) if device.type == 'cuda' else (
-        f'{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads')
-    print(f'torch {torch.__version__} on {device} ({where}), random weights, {args.rounds} timed round(s)')
+    print(f'torch {torch.__version__} on {device} ({machine_line(device)}), random weights, '
+          f'{args.rounds} timed round(s)')
     torch.manual_seed(0)
     rows = []
     with tempfile.TemporaryDirectory(prefix='bench_evaluation_') as folder, torch.inference_mode():

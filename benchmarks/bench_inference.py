@@ -42,6 +42,7 @@ import timm
 import timm.models.hrnet as timm_builtin_hrnet
 import torch
 import torch._inductor.config
+from bench_common import machine_line, randomize_batchnorm
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -241,19 +242,6 @@ def tensor_core_widths(model: nn.Module) -> list[int]:
     return [math.ceil(c / (8 << i)) * (8 << i) for i, c in enumerate(model.spec.stages[-1].channels)]
 
 
-def randomize_batchnorm(model: nn.Module, seed: int = 1) -> nn.Module:
-    """Non-trivial BatchNorm statistics and affine params (as tests/helpers.py), so that folding them is real work."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2, generator=g)
-                m.running_var.uniform_(0.5, 2.0, generator=g)
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.uniform_(-0.2, 0.2, generator=g)
-    return model
-
-
 def build_models(task: str, name: str) -> tuple[nn.Module, nn.Module]:
     """Ours and the reference, in eval mode: for classifiers timm's built-in HRNet with our weights, for tasks the
     unfused task model itself (random weights; pose: 17 COCO joints, seg: 19 Cityscapes classes)."""
@@ -432,8 +420,8 @@ def main() -> None:
     if not args.no_freezing:
         torch._inductor.config.freezing = True
     device = torch.device(args.device)
-    where = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'
-    print(f'torch {torch.__version__}, timm {timm.__version__}, {where}, input {args.img_size[0]}x{args.img_size[1]}')
+    print(f'torch {torch.__version__}, timm {timm.__version__}, {machine_line(device)}, '
+          f'input {args.img_size[0]}x{args.img_size[1]}')
     results: list[Result] = []
     for name in args.models:
         for dtype_name in args.dtypes:

@@ -28,6 +28,7 @@ import timm
 import timm.models.hrnet as timm_builtin_hrnet
 import torch
 import torch.nn.functional as F
+from bench_common import machine_line
 from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile
 
@@ -131,7 +132,7 @@ def main() -> None:
         step()  # warm-up, and creates the .grad buffers the measured steps reuse
     peaks = {variant: peak_step_bytes(step, device) for variant, step in steps.items()}
     median = median_seconds(steps, args.rounds, device)
-    where = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'
+    where = machine_line(device)
     precision = 'AMP bf16' if args.amp else 'fp32'
     layout = ', channels_last' if args.channels_last else ''
     print(f'{args.model}, batch {args.batch_size}, {args.img_size}x{args.img_size}, {precision}{layout} on {device} '

@@ -21,10 +21,10 @@ import argparse
 import contextlib
 import copy
 import dataclasses
-import platform
 from collections.abc import Callable
 
 import torch
+from bench_common import machine_line
 from bench_train_memory import median_seconds, peak_step_bytes  # the same measurement as the classifier benchmark
 from torch import Tensor, nn
 
@@ -138,9 +138,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    where = torch.cuda.get_device_name(device) if device.type == 'cuda' else (
-        f'{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads')
-    print(f'torch {torch.__version__} on {device} ({where})')
+    print(f'torch {torch.__version__} on {device} ({machine_line(device)})')
     for task in args.tasks:
         bench_task(task, args, device)
 
