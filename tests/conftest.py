@@ -13,8 +13,8 @@ import pytest  # noqa: E402
 import safetensors.torch  # noqa: E402
 import timm  # noqa: E402
 import torch  # noqa: E402
-from checkpoints import SmallCheckpoints, write_small_checkpoints  # noqa: E402
 from helpers import randomize_batchnorm  # noqa: E402
+from small_checkpoints import SmallCheckpoints, write_small_checkpoints  # noqa: E402
 
 REFDATA = Path(__file__).resolve().parents[2] / 'shared' / 'refdata'
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from checkpoints import (
+from small_checkpoints import (
     NECK_CONV_BIAS,
     SMALL_MODEL,
     SmallCheckpoints,

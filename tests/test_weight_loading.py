@@ -15,8 +15,8 @@ import pytest
 import safetensors.torch
 import timm
 import torch
-from checkpoints import SMALL_MODEL, SmallCheckpoints, assert_state_dicts_equal
 from huggingface_hub import constants
+from small_checkpoints import SMALL_MODEL, SmallCheckpoints, assert_state_dicts_equal
 
 import timm_hrnet  # noqa: F401  (registers our hrnet_* entrypoints)
 from hub_upload.model_card import CardFacts

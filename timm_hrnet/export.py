@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import importlib
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from torch import Tensor, nn
 
 from .fused import is_inference_optimized, optimize_for_inference
 from .images import UnreadableImageError, image_to_tensor, list_images, open_image
+from .outputs import check_writable, temporary_folder
 
 __all__ = ['FORMATS', 'DTYPES', 'ExportError', 'ExportCheck', 'ExportReport', 'export', 'run_exported']
 
@@ -286,6 +286,7 @@ def export(
         target = target.with_suffix('.xml')
     if not target.parent.is_dir():
         raise ExportError(f'cannot write {target}: {target.parent} is not a folder')
+    check_writable(target)  # a read-only folder is found before the export's minutes
 
     reference = copy.deepcopy(model).float().eval()
     fused = reference if is_inference_optimized(reference) else optimize_for_inference(reference)
@@ -302,8 +303,7 @@ def export(
     with torch.no_grad():
         names = _output_names(fused(example))
 
-    with tempfile.TemporaryDirectory(prefix=f'.{target.stem}.', dir=target.parent) as work:
-        work_dir = Path(work)
+    with temporary_folder(target) as work_dir:
         onnx_path = work_dir / 'model.onnx'
         _export_onnx(copy.deepcopy(fused).half() if half_graph else fused, example.half() if half_graph else example,
                      onnx_path, names, dynamic, opset)

@@ -201,11 +201,6 @@ class HRModule(nn.Module):
             for i, row in enumerate(self.resize_paths)
         ]
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        """Old pickles load: `fill_one_step_resizes`."""
-        fill_one_step_resizes(state)
-        super().__setstate__(state)
-
     @staticmethod
     def _fuse_path(chs: list[int], i: int, j: int, res: Resolutions, dd: dict[str, Any]) -> nn.Module:
         """Path from branch j to branch i: 1x1 conv (then resize) from lower resolutions, strided 3x3s from higher."""
@@ -243,12 +238,6 @@ class HRModule(nn.Module):
             assert fused is not None
             out.append(act(fused))
         return out
-
-
-def fill_one_step_resizes(state: dict[str, Any]) -> None:
-    """The `stride_factors` an exchange unit pickled whole before they existed (timm_hrnet 0d4860f and earlier)
-    lacks: all 0, since every path was then resized in one step."""
-    state.setdefault('stride_factors', [[0] * len(row) for row in state['resize_paths']])
 
 
 def resize_to(y: Tensor, target: Tensor, stride_factor: int, mode: str, align_corners: bool | None) -> Tensor:

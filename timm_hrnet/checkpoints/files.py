@@ -29,7 +29,7 @@ def read_checkpoint_object(path: str | os.PathLike) -> Any:
         try:
             return safetensors.torch.load_file(path, device='cpu')
         except Exception as e:  # safetensors raises its own SafetensorError for corrupt headers
-            raise ValueError(f"'{path}' is not a readable safetensors file: {e}") from e
+            raise ValueError(f"'{path}' is not a readable safetensors file: {_one_line(e)}") from e
     if path.suffix not in PICKLE_SUFFIXES:
         raise ValueError(
             f"unsupported checkpoint extension '{path.suffix}' for '{path}'; expected .safetensors or one of "
@@ -42,15 +42,22 @@ def read_checkpoint_object(path: str | os.PathLike) -> Any:
     except pickle.UnpicklingError as e:
         try:
             unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-        except (ValueError, RuntimeError) as not_torch:
-            raise ValueError(f"'{path}' is not a readable PyTorch checkpoint: {not_torch}") from e
+        except Exception as not_torch:  # noqa: BLE001 - garbage fails in any of the unpickler's ways
+            raise ValueError(f"'{path}' is not a readable PyTorch checkpoint: {_one_line(not_torch)}") from e
         raise ValueError(
             f"refusing to load '{path}': the pickle needs more than torch.load(weights_only=True) allows "
             f"(it references {', '.join(unsafe) or 'arbitrary Python objects'}); only load trusted files "
             f"with weights_only=False yourself, then save their state dict as .safetensors"
         ) from e
-    except (RuntimeError, EOFError, OSError) as e:
-        raise ValueError(f"'{path}' is not a readable PyTorch checkpoint: {e}") from e
+    except Exception as e:  # noqa: BLE001 - truncated or garbage files raise KeyError, IndexError, EOFError, ...
+        raise ValueError(f"'{path}' is not a readable PyTorch checkpoint: {_one_line(e)}") from e
+
+
+def _one_line(error: BaseException, limit: int = 300) -> str:
+    """A loader's message (torch's run over several lines, a KeyError's is just the key) as one short line."""
+    text = ' '.join(str(error).split())
+    text = f'{type(error).__name__}: {text}' if isinstance(error, (KeyError, IndexError)) or not text else text
+    return text if len(text) <= limit else text[:limit - 3] + '...'
 
 
 def unwrap_state_dict(checkpoint: Any, source: str) -> dict[str, torch.Tensor]:

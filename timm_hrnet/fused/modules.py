@@ -2,13 +2,11 @@
 and an exchange unit that sums every path into one buffer per target branch, with the original's outputs."""
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..hrnet import BasicBlock, Bottleneck, HRModule, fill_one_step_resizes, resize_to
+from ..hrnet import BasicBlock, Bottleneck, HRModule, resize_to
 from .folding import _conv_bn_steps, _conv_bn_unit, _fold
 from .hooks import _with_hooks_of
 from .inference_only import InferenceOnlyMixin, refuse_training
@@ -172,11 +170,6 @@ class InferenceHRModule(InferenceOnlyMixin, nn.Module):
         self.align_corners = module.align_corners
         self.resize_paths = module.resize_paths
         self.stride_factors = module.stride_factors
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        """Old pickles load: `fill_one_step_resizes`."""
-        fill_one_step_resizes(state)
-        super().__setstate__(state)
 
     def _resize_per_path(self) -> bool:
         """Resize every upsampled path to its target on its own, as the original does: always when bilinear (those

@@ -1,22 +1,17 @@
 """What the pose and segmentation evaluations share: sharding over an initialised torch.distributed group, a bad
 file on one rank stopping every rank with the same error (rather than leaving the others waiting in a collective),
-bounded read-ahead of images, and atomic JSON writes."""
+bounded read-ahead of images."""
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
-__all__ = ['rank_and_world_size', 'gather_or_raise', 'broadcast_from_main', 'max_over_ranks', 'read_ahead',
-           'write_json_atomic']
+__all__ = ['rank_and_world_size', 'gather_or_raise', 'broadcast_from_main', 'max_over_ranks', 'read_ahead']
 
 T = TypeVar('T')
 R = TypeVar('R')
@@ -91,17 +86,3 @@ def read_ahead(function: Callable[[T], R], items: Iterable[T], depth: int) -> It
             item, future = pending.popleft()
             submit_next()
             yield item, future.result()
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON through a temporary file in the same folder and `os.replace`: a reader never sees half a file."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f'.{target.name}.', suffix='.tmp', dir=target.parent)
-    try:
-        with os.fdopen(handle, 'w') as file:
-            json.dump(data, file)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -82,11 +82,6 @@ class HRNetPose(HRNetTaskModel):
                                      padding=final_conv_kernel // 2, device=device, dtype=dtype)
         self.init_weights()
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        """A model pickled whole before `decoding` existed decoded by the official rule."""
-        state.setdefault('decoding', 'official')
-        super().__setstate__(state)
-
     def output_conv(self) -> nn.Conv2d:
         return self.final_layer
 

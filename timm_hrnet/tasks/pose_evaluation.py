@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ..images import UnreadableImageError, image_to_tensor
+from ..outputs import write_json
 from .datasets import (
     COCO_KEYPOINT_SIGMAS,
     KEYPOINT_SETS,
@@ -46,7 +47,6 @@ from .eval_common import (
     max_over_ranks,
     rank_and_world_size,
     read_ahead,
-    write_json_atomic,
 )
 from .pose import box_to_center_size, crop_boxes, decode_heatmaps, flip_back
 
@@ -412,10 +412,10 @@ def evaluate_pose(
     elapsed = max_over_ranks(elapsed)
     stats, summary = None, ''
     if rank == 0:
-        if results_file is not None:
-            write_json_atomic(results_file, results)
         stats, summary = coco_keypoint_stats(coco, results, sigmas)
     stats, summary = broadcast_from_main((stats, summary))
+    if rank == 0 and results_file is not None:  # after the broadcast: a failed write cannot leave a rank waiting
+        write_json(results_file, results, indent=None)
     num_images = sum(shard['images'] for shard in shards)
     num_boxes = sum(shard['boxes'] for shard in shards)
     return dict(

@@ -84,14 +84,6 @@ class HRNetSeg(HRNetTaskModel):
         )
         self.init_weights()
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        """A model pickled whole before the head's concatenation became `neck` (timm_hrnet 0d4860f and earlier)
-        lacks it, parameter free, and `head_bias`, which was always True then."""
-        state.setdefault('head_bias', True)
-        super().__setstate__(state)
-        if 'neck' not in self._modules:
-            self.neck = HRNetV2(self.branch_channels, align_corners=self.align_corners)
-
     def output_conv(self) -> nn.Conv2d:
         return self.last_layer[3]
 

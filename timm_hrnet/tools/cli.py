@@ -1,14 +1,15 @@
 """The `timm-hrnet` command: predict, validate, models, benchmark, pose, segment.
 
 `predict` lives here; validate.py, model_table.py and benchmark.py each expose `add_arguments(parser)` and
-`run(args)`, task_cli.py adds `pose` and `segment`. User errors (missing files, unknown model names) print one line
-on stderr and exit with code 2.
+`run(args)`, task_cli.py adds `pose` and `segment`. User errors (missing files, unknown model names, files
+that cannot be read or written) print one message on stderr and exit with code 2 (see `main`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -20,6 +21,7 @@ from timm_hrnet.tools.cli_common import (
     HelpFormatter,
     crop_fraction,
     device_or_fail,
+    error_message,
     image_size,
     load_model_or_fail,
     positive_int,
@@ -108,11 +110,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `timm-hrnet` console script; returns the exit code."""
+    """Entry point of the `timm-hrnet` console script; returns the exit code.
+
+    The one error path of every subcommand: a user error (`CliError`), bad input the library refuses
+    (`ValueError`), a file that cannot be read or written (`OSError`) and a missing optional package
+    (`ImportError`) print the whole message after the command's name on stderr and exit with 2, without a
+    traceback (`TIMM_HRNET_TRACEBACK=1` shows it).
+    """
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except CliError as error:
-        print(f'timm-hrnet {args.command}: error: {error}', file=sys.stderr)
+    except (CliError, ValueError, OSError, ImportError) as error:
+        if os.environ.get('TIMM_HRNET_TRACEBACK'):
+            raise
+        message = error_message(error)
+        if args.command.startswith('train-'):
+            message = train.in_flag_names(message)
+        print(f'timm-hrnet {args.command}: error: {message}', file=sys.stderr)
         return 2
 

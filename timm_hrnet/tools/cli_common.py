@@ -16,7 +16,7 @@ from timm_hrnet.download import FetchedFile, resolve_checkpoint
 from timm_hrnet.hrnet import MIN_INPUT_SIZE
 
 __all__ = [
-    'CliError', 'HelpFormatter', 'amp_autocast', 'checkpoint_file', 'crop_fraction',
+    'CliError', 'HelpFormatter', 'amp_autocast', 'checkpoint_file', 'crop_fraction', 'error_message',
     'device_or_fail', 'fitting_variant', 'image_size', 'load_model_or_fail', 'mismatch_summary',
     'non_negative_int', 'positive_int',
 ]
@@ -88,10 +88,10 @@ def amp_autocast(device: torch.device, enabled: bool) -> torch.autocast:
                           enabled=enabled)
 
 
-def _first_line(error: BaseException) -> str:
-    """Loaders (torch, safetensors) sometimes explain over many lines; the first says what is wrong."""
+def error_message(error: BaseException) -> str:
+    """What a library error says, all of it (the lines after the first name the files), or its type when silent."""
     text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    return text or type(error).__name__
 
 
 def checkpoint_file(checkpoint: str, allow_http: bool = False) -> FetchedFile:
@@ -99,7 +99,7 @@ def checkpoint_file(checkpoint: str, allow_http: bool = False) -> FetchedFile:
     try:
         return resolve_checkpoint(checkpoint, allow_http=allow_http)
     except (OSError, ValueError) as error:
-        raise CliError(_first_line(error)) from error
+        raise CliError(error_message(error)) from error
 
 
 def load_model_or_fail(name: str, checkpoint: str | None, allow_http: bool = False) -> nn.Module:
@@ -118,9 +118,9 @@ def load_model_or_fail(name: str, checkpoint: str | None, allow_http: bool = Fal
     except OSError as error:
         if checkpoint is None:
             raise CliError(f'cannot get the pretrained weights of {name} (offline or not cached?): '
-                           f'{_first_line(error)}') from error
-        raise CliError(f'cannot load checkpoint {checkpoint} into {name}: {_first_line(error)}') from error
+                           f'{error_message(error)}') from error
+        raise CliError(f'cannot load checkpoint {checkpoint} into {name}: {error_message(error)}') from error
     except (KeyError, ValueError, RuntimeError) as error:
         if checkpoint is None:
             raise
-        raise CliError(f'cannot load checkpoint {checkpoint} into {name}: {_first_line(error)}') from error
+        raise CliError(f'cannot load checkpoint {checkpoint} into {name}: {error_message(error)}') from error

@@ -20,7 +20,14 @@ from timm_hrnet.tasks.pose import create_pose_model
 from timm_hrnet.tasks.pose_evaluation import evaluate_pose
 from timm_hrnet.tasks.seg_evaluation import evaluate_seg
 from timm_hrnet.tasks.segmentation import create_seg_model
-from timm_hrnet.tools.cli_common import CliError, HelpFormatter, checkpoint_file, device_or_fail, positive_int
+from timm_hrnet.tools.cli_common import (
+    CliError,
+    HelpFormatter,
+    checkpoint_file,
+    device_or_fail,
+    error_message,
+    positive_int,
+)
 from timm_hrnet.tools.task_cli import _boolean, _size_hw
 
 __all__ = ['add_pose_parser', 'add_seg_parser', 'run_pose', 'run_seg', 'GT_BOXES_WARNING']
@@ -144,7 +151,7 @@ def _run_distributed(args: argparse.Namespace, evaluate: Callable[[Any], dict[st
         with process_group(device_or_fail(args.device)) as context:
             metrics = evaluate(context.device)
     except (ValueError, ImportError) as error:
-        raise CliError(str(error).splitlines()[0]) from error
+        raise CliError(error_message(error)) from error
     return metrics if context.is_main else None
 
 

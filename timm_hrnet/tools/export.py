@@ -9,9 +9,17 @@ from torch import nn
 
 from timm_hrnet.classification import UnknownModelError, get_model
 from timm_hrnet.export import DTYPES, FORMATS, ExportError, ExportReport, export
+from timm_hrnet.outputs import check_not_an_input, check_writable
 from timm_hrnet.tasks.pose import create_pose_model
 from timm_hrnet.tasks.segmentation import create_seg_model
-from timm_hrnet.tools.cli_common import CliError, checkpoint_file, image_size, load_model_or_fail
+from timm_hrnet.tools.cli_common import (
+    CliError,
+    checkpoint_file,
+    error_message,
+    image_size,
+    load_model_or_fail,
+    positive_int,
+)
 
 __all__ = ['add_arguments', 'run']
 
@@ -23,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument('--pose', metavar='CHECKPOINT', help='a pose checkpoint (path or URL), any layout')
     source.add_argument('--seg', metavar='CHECKPOINT', help='a segmentation checkpoint (path or URL), any layout')
     parser.add_argument('--checkpoint', help='with --model: weights to load (default: the published ones)')
+    parser.add_argument('--allow-http', action='store_true', help='accept a plain http:// checkpoint URL')
     parser.add_argument('--features-only', action='store_true', help='with --model: the multi-scale backbone')
     parser.add_argument('--out', required=True, help='output file (.onnx, or .xml + .bin for openvino)')
     parser.add_argument('--format', choices=FORMATS, default='onnx')
@@ -31,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--img-size', type=image_size, nargs='+', metavar='SIZE',
                         help='export size: one value (square) or height width; default: the model\'s')
     parser.add_argument('--static', action='store_true', help='fixed batch and size instead of dynamic ones')
-    parser.add_argument('--batch-size', type=int, default=1, help='with --static: the fixed batch')
+    parser.add_argument('--batch-size', type=positive_int, default=1, help='with --static: the fixed batch')
     parser.add_argument('--no-check', action='store_true', help='skip running the file against the model')
     parser.add_argument('--json', action='store_true', help='print the report as JSON')
 
@@ -39,18 +48,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _model(args: argparse.Namespace) -> nn.Module:
     try:
         if args.pose:
-            return create_pose_model(checkpoint_file(args.pose, allow_http=True).path)
+            return create_pose_model(checkpoint_file(args.pose, args.allow_http).path)
         if args.seg:
-            return create_seg_model(checkpoint_file(args.seg, allow_http=True).path)
+            return create_seg_model(checkpoint_file(args.seg, args.allow_http).path)
         if args.features_only:
             if args.checkpoint:
                 raise CliError('--features-only takes the published weights; export the classifier for a checkpoint')
             return get_model(args.model, pretrained=True, features_only=True)
-        return load_model_or_fail(args.model, args.checkpoint, allow_http=True)
+        return load_model_or_fail(args.model, args.checkpoint, args.allow_http)
     except UnknownModelError as error:
         raise CliError(str(error)) from error
     except (OSError, ValueError) as error:
-        raise CliError(str(error).splitlines()[0]) from error
+        raise CliError(error_message(error)) from error
 
 
 def _print(report: ExportReport) -> None:
@@ -65,6 +74,9 @@ def _print(report: ExportReport) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run `timm-hrnet export`."""
+    sources = [s for s in (args.pose, args.seg, args.checkpoint, args.calibration) if s and '://' not in s]
+    check_not_an_input(args.out, sources)
+    check_writable(args.out)  # a read-only or missing folder is found before the export's minutes
     model = _model(args)
     size = None if args.img_size is None else (args.img_size * 2)[:2]
     try:

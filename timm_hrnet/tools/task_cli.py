@@ -27,7 +27,14 @@ from timm_hrnet.tasks.media import Frame, UnreadableVideoError, is_video, read_f
 from timm_hrnet.tasks.pipeline import pose_frames, segment_frames
 from timm_hrnet.tasks.pose import HRNetPose, create_pose_model
 from timm_hrnet.tasks.segmentation import HRNetSeg, create_seg_model
-from timm_hrnet.tools.cli_common import CliError, HelpFormatter, checkpoint_file, device_or_fail, positive_int
+from timm_hrnet.tools.cli_common import (
+    CliError,
+    HelpFormatter,
+    checkpoint_file,
+    device_or_fail,
+    error_message,
+    positive_int,
+)
 
 __all__ = ['add_pose_parser', 'add_segment_parser', 'run_pose', 'run_segment']
 
@@ -147,7 +154,7 @@ def _person_detector(args: argparse.Namespace, device: torch.device) -> PersonDe
         if from_file:
             detector.model.load_state_dict(load_checkpoint_file(weights))
     except (OSError, RuntimeError, ValueError) as error:
-        raise CliError(f'cannot build the detector {args.detector}: {str(error).splitlines()[0]}') from error
+        raise CliError(f'cannot build the detector {args.detector}: {error_message(error)}') from error
     return detector
 
 
@@ -312,8 +319,7 @@ def _run_frames(args: argparse.Namespace, frames: _SourceFrames, results: Any, d
     except ImportError as error:
         raise CliError(str(error)) from error
     except ValueError as error:
-        reason = (str(error).strip() or type(error).__name__).splitlines()[0]
-        raise CliError(f'cannot run on {frames.where()}: {reason}') from error
+        raise CliError(f'cannot run on {frames.where()}: {error_message(error)}') from error
     finally:
         if out is not None:
             (out / f'.{source.stem}.partial.jsonl').unlink(missing_ok=True)

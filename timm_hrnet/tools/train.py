@@ -23,7 +23,7 @@ from timm_hrnet.tasks.training import (
     train_pose,
     train_seg,
 )
-from timm_hrnet.tasks.training.config import AMP_MODES, CHECKPOINTING_MODES, SCHEDULES
+from timm_hrnet.tasks.training.config import AMP_MODES, CHECKPOINTING_MODES, SCHEDULES, default_workers
 from timm_hrnet.tasks.training.losses import CITYSCAPES_CLASS_WEIGHTS
 from timm_hrnet.tasks.training.samples import BAD_SAMPLE_POLICIES
 from timm_hrnet.tools.cli_common import CliError, HelpFormatter, non_negative_int, positive_int
@@ -35,7 +35,7 @@ __all__ = ['add_pose_parser', 'add_seg_parser', 'run_pose', 'run_seg']
 _CONFIG_FIELDS = ('epochs', 'batch_size', 'workers', 'optimizer', 'lr', 'weight_decay', 'momentum', 'schedule',
                   'lr_steps', 'lr_factor', 'poly_power', 'warmup_steps', 'amp', 'compile', 'grad_checkpointing',
                   'channels_last', 'ema_decay', 'sync_bn', 'freeze_bn', 'seed', 'checkpoint_every', 'eval_every',
-                  'max_steps', 'resume', 'log_every', 'device', 'tensorboard', 'on_bad_sample')
+                  'max_steps', 'resume', 'log_every', 'device', 'tensorboard', 'on_bad_sample', 'overwrite')
 
 
 def _numbers(kind: type) -> Any:
@@ -65,6 +65,9 @@ def _training_arguments(parser: argparse.ArgumentParser, recipe: Recipe, init: s
     run.add_argument('--output', '-o', default='train-output', help='folder of the log, training state and model')
     run.add_argument('--resume', nargs='?', const='auto', metavar='STATE',
                      help='continue a run: bare --resume takes OUTPUT/last.pth if it exists, or name a state file')
+    run.add_argument('--overwrite', action='store_true',
+                     help='start over in an OUTPUT that holds a run (its log, state and model are removed first); '
+                          'without it such a folder is refused')
     run.add_argument('--max-steps', type=positive_int, help='stop after this many steps in all (resume later)')
     run.add_argument('--checkpoint-every', type=non_negative_int, default=0,
                      help='write OUTPUT/last.pth every N steps (0: after every epoch)')
@@ -72,7 +75,8 @@ def _training_arguments(parser: argparse.ArgumentParser, recipe: Recipe, init: s
                      help='evaluate on the validation split every N epochs (0: never)')
     run.add_argument('--log-every', type=positive_int, default=20, help='steps per log line')
     run.add_argument('--device', help="default: cuda (this rank's GPU under torchrun) when available, else cpu")
-    run.add_argument('--workers', type=non_negative_int, default=4, help='DataLoader worker processes')
+    run.add_argument('--workers', type=non_negative_int, default=default_workers(),
+                     help='DataLoader worker processes (default: the usable cores, at most 4)')
     run.add_argument('--seed', type=int, default=0, help='data order, augmentation and initial weights')
     run.add_argument('--no-progress', action='store_true', help='no progress bar')
     run.add_argument('--tensorboard', action=argparse.BooleanOptionalAction,
@@ -203,13 +207,25 @@ def add_seg_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
+# the library's messages name its Python arguments; a command-line user typed these flags
+_FLAGS = (("resume='auto'", '--resume'), ('overwrite=True', '--overwrite'), ('output_dir', '--output'),
+          ('init=', '--init '), ('pretrained_file', '--pretrained-file'), ('on_bad_sample', '--on-bad-sample'),
+          ('max_steps', '--max-steps'))
+
+
+def in_flag_names(message: str) -> str:
+    """A library message with the Python argument names it mentions replaced by the command's flags."""
+    for python_name, flag in _FLAGS:
+        message = message.replace(python_name, flag)
+    return message
+
+
 def _train(function: Any, *args: Any, **kwargs: Any) -> TrainResult:
-    """`function(*args, **kwargs)` with bad data and settings as one-line CliErrors."""
+    """`function(*args, **kwargs)` with bad data and settings as CliErrors, in flag names."""
     try:
         return function(*args, **kwargs)
     except (ValueError, OSError, ImportError) as error:
-        text = str(error).strip()
-        raise CliError(text.splitlines()[0] if text else type(error).__name__) from error
+        raise CliError(in_flag_names(str(error).strip() or type(error).__name__)) from error
 
 
 def _report(result: TrainResult, as_json: bool) -> int:

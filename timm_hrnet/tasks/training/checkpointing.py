@@ -7,33 +7,19 @@ while writing leaves the previous file intact.
 """
 from __future__ import annotations
 
-import json
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import safetensors.torch
 import torch
 
-__all__ = ['STATE_FILE', 'STATE_FORMAT', 'write_atomic', 'save_state', 'load_state', 'save_weights', 'save_sidecar']
+from ...outputs import write_atomic, write_json
+
+__all__ = ['STATE_FILE', 'STATE_FORMAT', 'save_state', 'load_state', 'save_weights', 'save_sidecar']
 
 STATE_FILE = 'last.pth'
 STATE_FORMAT = 'timm_hrnet.training/1'
-
-
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """`write(temporary)` in the target's folder, then os.replace onto `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
@@ -54,4 +40,4 @@ def save_weights(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
 
 
 def save_sidecar(path: Path, config: dict[str, Any]) -> None:
-    write_atomic(path, lambda temporary: temporary.write_text(json.dumps(config, indent=2) + '\n'))
+    write_json(path, config)

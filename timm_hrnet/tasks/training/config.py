@@ -3,6 +3,7 @@ one into the other. None in a config means "the recipe's value"."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,8 +19,14 @@ SCHEDULES = ('step', 'poly', 'cosine', 'constant')
 # differently, so a resumed run that changes them is no longer bit-identical, only equivalent)
 RESUMABLE_CHANGES = frozenset({
     'output_dir', 'workers', 'max_steps', 'resume', 'log_every', 'device', 'progress', 'tensorboard', 'eval_every',
-    'checkpoint_every', 'compile', 'amp', 'grad_checkpointing', 'channels_last', 'on_bad_sample',
+    'checkpoint_every', 'compile', 'amp', 'grad_checkpointing', 'channels_last', 'on_bad_sample', 'overwrite',
 })  # and every evaluation setting (fields named eval_*)
+
+
+def default_workers() -> int:
+    """Data-loading processes by default: one per usable core, at most 4 (more than the cores only competes)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+    return max(1, min(4, cores))
 
 
 @dataclass(frozen=True)
@@ -34,13 +41,15 @@ class TrainConfig:
     with a checkpoint (resume later: `resume='auto'` resumes from `<output_dir>/last.pth` if there is one, a path
     from that file). `grad_checkpointing`: 'full' or 'selective' recomputation (`set_grad_checkpointing`).
     `sync_bn` converts BatchNorm to SyncBatchNorm under torchrun (CUDA only); `freeze_bn` keeps BatchNorm in eval
-    mode (running statistics, affine parameters still trained). `on_bad_sample`: 'error' or 'skip'.
+    mode (running statistics, affine parameters still trained). `on_bad_sample`: 'error' or 'skip'. An
+    `output_dir` that holds a run is refused unless the run is resumed or `overwrite` says to start it over. `workers`
+    defaults to the cores this process may use, at most 4.
     """
 
     output_dir: str = 'train-output'
     epochs: int | None = None
     batch_size: int | None = None
-    workers: int = 4
+    workers: int = dataclasses.field(default_factory=default_workers)
     optimizer: str | None = None
     lr: float | None = None
     weight_decay: float | None = None
@@ -67,6 +76,7 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool | None = None
     on_bad_sample: str = 'error'
+    overwrite: bool = False
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ...checkpoints import PICKLE_SUFFIXES, Checkpoint, CheckpointMismatchError, key_differences
+from ...convert import convert_state_dict
 from ...download import is_url
 
 __all__ = ['ModelInit', 'is_checkpoint', 'classifier_state_dict', 'load_trunk']
@@ -31,10 +32,12 @@ def is_checkpoint(init: ModelInit) -> bool:
 
 
 def classifier_state_dict(name: str, pretrained_file: str | os.PathLike | None = None) -> dict[str, torch.Tensor]:
-    """The weights of an ImageNet classifier: timm's pretrained ones (downloaded by timm) or a local file given as
-    the pretrained config's file."""
-    overlay = dict(file=os.fspath(pretrained_file)) if pretrained_file is not None else None
-    return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay).state_dict()
+    """The weights of an ImageNet classifier: timm's pretrained ones (downloaded by timm), or a local file in any
+    classification layout, read by the one checkpoint reader (no pickled code runs; a bad file is one error naming
+    it) and checked against the variant."""
+    if pretrained_file is not None:
+        return convert_state_dict(pretrained_file, name)
+    return timm.create_model(name, pretrained=True).state_dict()
 
 
 def load_trunk(model: nn.Module, trunk: Mapping[str, torch.Tensor], head_prefix: str, source: str) -> list[str]:

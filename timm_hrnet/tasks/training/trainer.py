@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ...distributed import DistContext, all_reduce_sum, barrier, gather_objects
+from ...outputs import OutputError
 from .checkpointing import STATE_FILE, load_state, save_state
 from .config import Recipe, TrainConfig, resume_differences
 from .run_log import RunLog, json_safe
@@ -128,6 +130,29 @@ def resume_path(config: TrainConfig) -> Path | None:
     return path
 
 
+# what a run writes in its output folder; any of them there means the folder holds a run
+RUN_FILES = (STATE_FILE, 'log.jsonl', 'model.safetensors', 'config.json', 'tensorboard')
+
+
+def claim_output_dir(config: TrainConfig, is_main: bool) -> None:
+    """Refuse an output folder holding a run unless it is resumed or `overwrite` says to start over (then the old
+    run's files are removed first, so its log does not continue into the new one)."""
+    if config.resume is not None and config.overwrite:
+        raise ValueError("resume and overwrite=True contradict each other: resume continues the run in "
+                         f"{config.output_dir}, overwrite starts it over")
+    output_dir = Path(config.output_dir)
+    found = [name for name in RUN_FILES if (output_dir / name).exists()]
+    if not found or config.resume is not None:
+        return
+    if not config.overwrite:
+        raise OutputError(f"{output_dir} holds a training run ({', '.join(found)}): continue it with resume='auto', "
+                          'start it over with overwrite=True, or choose another output_dir')
+    if is_main:
+        for name in found:
+            path = output_dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
 def _metrics_record(metrics: dict[str, Any]) -> dict[str, Any]:
     """The numbers of an evaluation worth a log line (no confusion matrix, no printed summary)."""
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float, dict)) and not isinstance(v, bool)
@@ -212,7 +237,8 @@ class _Loop:
         changed = resume_differences(state['config'], json_safe(dataclasses.asdict(self.config)))
         if changed:
             raise ValueError(f'{path} was written by a run with other settings; resuming needs the same ones '
-                             f'(start a new output_dir to fine-tune from it instead): {"; ".join(changed)}')
+                             f'(to fine-tune from it instead, start a new output_dir with init={path}): '
+                             f'{"; ".join(changed)}')
         self.check_data(state.get('data'), path)
         self.model.load_state_dict(state['model'])
         self.optimizer.load_state_dict(state['optimizer'])
@@ -363,6 +389,8 @@ class _Loop:
 def run_training(task: TrainTask, config: TrainConfig, context: DistContext) -> TrainResult:
     """Train `task` as `config` says (already resolved against the task's recipe) on this rank."""
     torch.manual_seed(config.seed * 1000 + context.rank)  # dropout-like randomness only; the data has its own
+    claim_output_dir(config, context.is_main)
+    barrier(context)  # every rank sees the folder as rank 0 left it
     loop = _Loop(task, config, context)
     files: dict[str, str] = {}
     try:

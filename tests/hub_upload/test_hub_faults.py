@@ -16,10 +16,10 @@ import pytest
 import safetensors
 import safetensors.torch
 import torch
-from checkpoints import SMALL_MODEL, SmallCheckpoints
+from hub_common import leftovers, serve, sha256, snapshot, write_manifest
 from huggingface_hub import ModelCard
+from small_checkpoints import SMALL_MODEL, SmallCheckpoints
 from task_reference import official_shapes, random_checkpoint, tiny_extra
-from test_hub_common import leftovers, serve, sha256, snapshot, write_manifest
 
 import timm_hrnet.download
 from hub_upload.__main__ import main
@@ -27,7 +27,7 @@ from hub_upload.stage import convert_to_dir
 from timm_hrnet.tools.cli import main as cli_main
 
 pytestmark = pytest.mark.usefixtures('single_torch_thread')
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _error_line(capsys: pytest.CaptureFixture) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import timm.models.hrnet as builtin_hrnet
 import torch
-from checkpoints import SMALL_MODEL, SmallCheckpoints
+from small_checkpoints import SMALL_MODEL, SmallCheckpoints
 
 import hub_upload.classifier
 import hub_upload.reference

@@ -19,9 +19,9 @@ import safetensors
 import torch
 import yaml
 from helpers import relative_diff
+from hub_common import leftovers
 from huggingface_hub import ModelCard
 from task_reference import official_shapes, random_checkpoint, tiny_extra
-from test_hub_common import leftovers
 
 import hub_upload.stage
 import timm_hrnet.checkpoints.architecture

@@ -20,7 +20,7 @@ from timm_hrnet.checkpoints import files, reading
 from timm_hrnet.tools.cli import main
 from timm_hrnet.tools.validate import read_samples
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 NUM_CLASSES = 10
 NUM_IMAGES = 7  # odd, so two ranks get 4 and 3 samples
 IMG_SIZE = 64

@@ -15,9 +15,9 @@ import safetensors.torch
 import torch
 import yaml
 from helpers import relative_diff
+from hub_common import leftovers, sha256, snapshot
 from huggingface_hub import ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
-from test_hub_common import leftovers, sha256, snapshot
 
 from hub_upload.__main__ import MANIFEST_DIR, SOURCES, main
 from hub_upload.batch import load_manifest, run_batch

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from checkpoints import SMALL_MODEL, SmallCheckpoints
-from test_hub_common import leftovers, sha256, snapshot, write_manifest
+from hub_common import leftovers, sha256, snapshot, write_manifest
+from small_checkpoints import SMALL_MODEL, SmallCheckpoints
 
 import hub_upload.batch
 import hub_upload.safety
@@ -24,7 +24,7 @@ from hub_upload.safety import check_target
 from hub_upload.stage import convert_to_dir
 
 pytestmark = pytest.mark.usefixtures('single_torch_thread')
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(REPO_ROOT)}
 
 

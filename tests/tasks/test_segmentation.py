@@ -3,7 +3,6 @@ any input size and for the released W48 layouts; align_corners defaults, flip / 
 inference, and the fused model."""
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import pickle
@@ -16,7 +15,6 @@ import torch
 from helpers import assert_checkpointing_exact, relative_diff
 from PIL import Image
 from task_reference import official_extra, official_forward, official_shapes, random_checkpoint, tiny_extra
-from torch import nn
 
 from timm_hrnet import VARIANTS, HRNetSeg, create_seg_model, optimize_for_inference
 from timm_hrnet.checkpoints import SEGMENTATION, read_architecture, read_checkpoint
@@ -262,40 +260,3 @@ def test_datasets_and_task_config(tiny_checkpoint: dict) -> None:
     config = json.loads(json.dumps(model.task_config()))
     assert config['task'] == 'segmentation' and config['num_classes'] == 20 and config['align_corners'] is False
     assert config['dataset'] == 'lip' and config['architecture']['upsample'] == 'bilinear'
-
-
-def as_pickled_before_the_neck(model: nn.Module) -> nn.Module:
-    """A copy of `model` holding what timm_hrnet 0d4860f pickled: no `neck` (the head concatenated the branches
-    itself), no `head_bias`, exchange units without `stride_factors` (each path resized in one step)."""
-    old = copy.deepcopy(model)
-    del old._modules['neck']
-    del old.__dict__['head_bias']
-    for module in old.modules():
-        module.__dict__.pop('stride_factors', None)
-    return old
-
-
-@pytest.mark.filterwarnings('ignore:timm_hrnet.segmentation is deprecated:DeprecationWarning')
-@pytest.mark.parametrize('fused', [False, True], ids=['model', 'fused'])
-def test_a_model_pickled_whole_before_the_neck_computes_the_same(
-        tiny_checkpoint: dict, fused: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Unpickling adds what the old object lacks (the neck with the model's align_corners, True here so that a
-    wrong one would show), and the old object computes what a new one computes, at a size no multiple of 32."""
-    model = create_seg_model(tiny_checkpoint, align_corners=True)
-    model = optimize_for_inference(model) if fused else model
-    x = torch.randn(1, 3, 70, 100)
-    with torch.no_grad():
-        expected = model(x)
-    path = tmp_path / 'old.pt'
-    with monkeypatch.context() as patch:
-        patch.setattr(HRNetSeg, '__module__', 'timm_hrnet.segmentation')  # the class's module then
-        torch.save(as_pickled_before_the_neck(model), path)
-    with monkeypatch.context() as patch:  # the failure the old object gives without __setstate__
-        patch.setattr(HRNetSeg, '__setstate__', nn.Module.__setstate__)
-        with pytest.raises(AttributeError, match="has no attribute 'neck'"), torch.no_grad():
-            torch.load(path, weights_only=False)(x)  # a whole pickled module: trusted, written by this test
-    loaded = torch.load(path, weights_only=False)
-    assert type(loaded) is type(model) and loaded.neck.align_corners is True and loaded.head_bias is True
-    with torch.no_grad():
-        assert torch.equal(loaded(x), expected)
-    assert loaded.task_config() == model.task_config()

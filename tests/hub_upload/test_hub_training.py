@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import openmmlab_fixture
-from test_hub_common import leftovers
+from hub_common import leftovers
 from test_hub_openmmlab import as_the_card_says, bare_weights
-from test_training import FAST, JOINTS, POSE_INPUT, make_pose_data, make_seg_data
+from training_data import FAST, JOINTS, POSE_INPUT, make_pose_data, make_seg_data
 
 from hub_upload.__main__ import main
 from hub_upload.tasks import convert_task_to_dir, verify_task_dir

@@ -2,30 +2,17 @@
 from __future__ import annotations
 
 import copy
-import pickletools
 import warnings
-import zipfile
 from pathlib import Path
 
 import pytest
 import timm
 import torch
 from helpers import randomize_batchnorm
-from task_reference import official_shapes, random_checkpoint, tiny_extra
 from torch import nn
 
 import timm_hrnet  # noqa: F401  (registers our hrnet_* entrypoints)
-from timm_hrnet import create_pose_model, create_seg_model
-from timm_hrnet.fused import ConvAct, ConvChain, is_inference_optimized, optimize_for_inference
-from timm_hrnet.fused.inference_only import (
-    InferenceOnlyFeatureGetterNet,
-    InferenceOnlyFeatureHookNet,
-    InferenceOnlyHRNet,
-    InferenceOnlyHRNetFeatures,
-)
-from timm_hrnet.fused.modules import InferenceBasicBlock, InferenceBottleneck, InferenceHRModule
-from timm_hrnet.tasks.pose import InferenceOnlyHRNetPose
-from timm_hrnet.tasks.segmentation import InferenceOnlyHRNetSeg
+from timm_hrnet.fused import ConvAct, is_inference_optimized, optimize_for_inference
 from timm_hrnet.variants import VARIANTS
 
 SMALL = 'hrnet_w18_small'
@@ -214,45 +201,6 @@ def test_fused_model_saves_and_loads_whole(small_pair: tuple[nn.Module, nn.Modul
     _, fused = small_pair
     path = tmp_path / 'fused.pt'
     torch.save(fused, path)
-    loaded = torch.load(path, weights_only=False)  # a whole pickled module: trusted, written by this test
-    assert type(loaded) is type(fused) and is_inference_optimized(loaded)
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        assert torch.equal(loaded(x), fused(x))
-
-
-# the classes a fused model's parts had at 0d4860f, all in timm_hrnet.fuse, at their new homes
-OLD_FUSE_CLASSES = [
-    InferenceOnlyHRNet, InferenceOnlyHRNetFeatures, InferenceOnlyHRNetPose, InferenceOnlyHRNetSeg,
-    InferenceOnlyFeatureGetterNet, InferenceOnlyFeatureHookNet, InferenceBasicBlock, InferenceBottleneck,
-    InferenceHRModule, ConvAct, ConvChain,
-]
-
-
-def task_model(task: str) -> nn.Module:
-    """A tiny pose or segmentation model with random official weights."""
-    if task == 'pose':
-        return create_pose_model(random_checkpoint(official_shapes(tiny_extra(seg=False), 'pose', 17)))
-    return create_seg_model(random_checkpoint(official_shapes(tiny_extra(seg=True), 'seg', 20)))
-
-
-@pytest.mark.filterwarnings('ignore:timm_hrnet.fuse is deprecated:DeprecationWarning')
-@pytest.mark.parametrize('task', ['classification', 'pose', 'segmentation'])
-def test_fused_model_saved_before_the_split_loads(
-        small_pair: tuple[nn.Module, nn.Module], task: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A fused model saved whole when `timm_hrnet.fuse` held the fused classes names them `timm_hrnet.fuse.<class>`:
-    saved here with the classes that lived there renamed so, it loads as the new classes."""
-    fused = small_pair[1] if task == 'classification' else optimize_for_inference(task_model(task))
-    for cls in OLD_FUSE_CLASSES:
-        monkeypatch.setattr(cls, '__module__', 'timm_hrnet.fuse')
-    path = tmp_path / 'old_fused.pt'
-    torch.save(fused, path)
-    monkeypatch.undo()
-    with zipfile.ZipFile(path) as archive:
-        data = archive.read(next(name for name in archive.namelist() if name.endswith('data.pkl')))
-    names = {arg for op, arg, _ in pickletools.genops(data) if op.name == 'GLOBAL'}
-    assert f'timm_hrnet.fuse {type(fused).__name__}' in names
-    assert {'timm_hrnet.fuse InferenceHRModule', 'timm_hrnet.fuse ConvAct'} <= names
     loaded = torch.load(path, weights_only=False)  # a whole pickled module: trusted, written by this test
     assert type(loaded) is type(fused) and is_inference_optimized(loaded)
     x = torch.randn(1, 3, 64, 64)

@@ -12,9 +12,9 @@ import pytest
 import safetensors.torch
 import timm
 import torch
-from checkpoints import SMALL_MODEL, SmallCheckpoints
+from hub_common import FakeHfApi, serve, sha256, write_manifest
 from PIL import Image
-from test_hub_common import FakeHfApi, serve, sha256, write_manifest
+from small_checkpoints import SMALL_MODEL, SmallCheckpoints
 
 import hub_upload.batch
 import hub_upload.push

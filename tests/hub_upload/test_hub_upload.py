@@ -13,15 +13,15 @@ import pytest
 import safetensors
 import timm
 import torch
-from checkpoints import (
+from hub_common import FakeHfApi, cache_entry, leftovers, serve, sha256, snapshot, write_manifest
+from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub.repocard_data import model_index_to_eval_results
+from small_checkpoints import (
     SMALL_MODEL,
     SmallCheckpoints,
     canonical_to_mmpretrain,
     random_state_dict,
 )
-from huggingface_hub import ModelCard, ModelCardData
-from huggingface_hub.repocard_data import model_index_to_eval_results
-from test_hub_common import FakeHfApi, cache_entry, leftovers, serve, sha256, snapshot, write_manifest
 
 import hub_upload.batch
 import hub_upload.push
@@ -211,7 +211,7 @@ def test_push_to_unreachable_endpoint_fails_in_one_line(staged: Path, tmp_path: 
            'HF_HUB_OFFLINE': '0', 'HF_HUB_DISABLE_TELEMETRY': '1', 'OMP_NUM_THREADS': '1'}
     result = subprocess.run(
         [sys.executable, '-m', 'hub_upload', 'push', str(staged), '--repo-id', REPO_ID],
-        cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=120,
+        cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

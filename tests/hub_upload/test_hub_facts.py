@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from checkpoints import SMALL_MODEL, SmallCheckpoints
+from hub_common import sha256, write_manifest
 from huggingface_hub import ModelCard
-from test_hub_common import sha256, write_manifest
+from small_checkpoints import SMALL_MODEL, SmallCheckpoints
 
 from hub_upload.__main__ import MANIFEST_DIR, main
 from hub_upload.batch import load_manifest

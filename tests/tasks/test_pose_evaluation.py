@@ -46,7 +46,7 @@ from timm_hrnet.tools.evaluate import GT_BOXES_WARNING  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures('single_torch_thread')
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SIZES = {1: (80, 96), 2: (72, 64), 3: (64, 80)}  # image id: (width, height)
 # person boxes [x, y, w, h] and OKS areas (medium: 32^2..96^2, large: above; the image size does not matter)
 PEOPLE = {1: [([4, 6, 30, 60], 5000.0), ([44, 20, 30, 70], 20000.0)], 2: [([10, 8, 40, 50], 3000.0)],
@@ -631,7 +631,7 @@ def test_torchrun_gives_the_numbers_of_one_process(coco_set: dict[str, Path], ch
     assert main([*args, '--results', str(tmp_path / 'one.json')]) == 0
     single = json.loads(capsys.readouterr().out)
     process = torchrun(*args, '--device', 'cpu', '--results', str(tmp_path / 'two.json'),
-                       PYTHONPATH=str(Path(__file__).parent))
+                       PYTHONPATH=str(Path(__file__).parents[1]))
     assert process.returncode == 0, process.stderr[-2000:]
     double = json.loads(process.stdout)
     assert double['world_size'] == 2 and single['world_size'] == 1

@@ -2,7 +2,6 @@
 W32 / W48 layouts match, and heatmap decoding, flip test, cropping and `predict` follow the official evaluation."""
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -356,19 +355,3 @@ def test_exported_config_beside_the_weights(tiny_checkpoint: dict, tmp_path: Pat
     (folder / 'config.json').write_text(json.dumps(dict(config, decoding='dark')))
     with pytest.raises(ValueError, match="config.json: decoding must be one of official, mmpose, got 'dark'"):
         create_pose_model(folder / 'model.safetensors')
-
-
-def test_a_model_pickled_whole_before_decoding_loads(tiny_checkpoint: dict, tmp_path: Path) -> None:
-    """A model pickled before `decoding` and the exchange units' `stride_factors` existed decodes by the official
-    rule and computes what a new one computes."""
-    model = create_pose_model(tiny_checkpoint)
-    old = copy.deepcopy(model)
-    del old.__dict__['decoding']
-    for module in old.modules():
-        module.__dict__.pop('stride_factors', None)
-    torch.save(old, tmp_path / 'old.pt')
-    loaded = torch.load(tmp_path / 'old.pt', weights_only=False)  # a whole pickled module, written by this test
-    x = torch.randn(1, 3, 64, 48)
-    with torch.no_grad():
-        assert torch.equal(loaded(x), model(x))
-    assert loaded.decoding == 'official' and loaded.task_config() == model.task_config()
