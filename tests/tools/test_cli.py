@@ -17,8 +17,8 @@ from timm.data import create_transform, resolve_data_config
 
 import timm_hrnet  # noqa: F401  (registers our hrnet_* entrypoints with timm)
 from timm_hrnet.checkpoints import files, reading
+from timm_hrnet.tasks.classification_evaluation import read_samples
 from timm_hrnet.tools.cli import main
-from timm_hrnet.tools.validate import read_samples
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NUM_CLASSES = 10

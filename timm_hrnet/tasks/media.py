@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from ..images import IMAGE_SUFFIXES, list_images, open_image
+from ..outputs import atomic_path
 
 __all__ = ['VIDEO_SUFFIXES', 'IMAGE_SUFFIXES', 'UnreadableVideoError', 'Frame', 'is_video', 'list_images',
            'read_frames', 'video_fps', 'VideoWriter', 'write_video']
@@ -132,16 +133,10 @@ class VideoWriter:
 def write_video(path: str | os.PathLike, fps: float | Fraction = 25) -> Iterator[VideoWriter]:
     """A `VideoWriter` for `path`, renamed into place only when the block completes without an error."""
     av = _av()
-    path = Path(path)
-    partial = path.with_name(f'.{path.stem}.partial{path.suffix}')
     codec = next((c for c in ('libx264', 'h264', 'mpeg4') if c in av.codecs_available), None)
     if codec is None:
         raise RuntimeError('this FFmpeg build has no H.264 or MPEG-4 encoder')
-    try:
-        with av.open(str(partial), mode='w') as container:
-            writer = VideoWriter(container, Fraction(fps).limit_denominator(1001), codec)
-            yield writer
-            writer.finish()
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    with atomic_path(path) as partial, av.open(str(partial), mode='w') as container:
+        writer = VideoWriter(container, Fraction(fps).limit_denominator(1001), codec)
+        yield writer
+        writer.finish()

@@ -14,11 +14,12 @@ from timm_hrnet.classification import UnknownModelError, load_model, resolve_dev
 from timm_hrnet.convert import CheckpointMismatchError, fitting_variant, mismatch_summary
 from timm_hrnet.download import FetchedFile, resolve_checkpoint
 from timm_hrnet.hrnet import MIN_INPUT_SIZE
+from timm_hrnet.tasks.classification_evaluation import amp_autocast
 
 __all__ = [
     'CliError', 'HelpFormatter', 'amp_autocast', 'checkpoint_file', 'crop_fraction', 'error_message',
     'device_or_fail', 'fitting_variant', 'image_size', 'load_model_or_fail', 'mismatch_summary',
-    'non_negative_int', 'positive_int',
+    'flat_scales', 'non_negative_int', 'positive_int', 'scale_list',
 ]
 
 
@@ -62,6 +63,23 @@ def crop_fraction(text: str) -> float:
     return value
 
 
+def scale_list(text: str) -> list[float]:
+    """argparse type: test scales as 0.5,1.0,1.5; with nargs='+' also space-separated (the options that take scales
+    accept both, flattened by `flat_scales`)."""
+    try:
+        values = [float(part) for part in text.split(',') if part.strip()]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f'expected numbers such as 0.5,1.0,1.5, got {text!r}') from error
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f'scales must be positive, got {text!r}')
+    return values
+
+
+def flat_scales(groups: list[list[float]]) -> list[float]:
+    """The scales of a `scale_list` option with nargs='+': 0.5,1 1.5 is [0.5, 1.0, 1.5]."""
+    return [scale for group in groups for scale in group]
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """`--help` shows each option's default, except where there is none to show (None, False)."""
 
@@ -80,12 +98,6 @@ def device_or_fail(device: str | None) -> torch.device:
     if resolved.type == 'cuda' and not torch.cuda.is_available():
         raise CliError(f'--device {device} requested but CUDA is not available')
     return resolved
-
-
-def amp_autocast(device: torch.device, enabled: bool) -> torch.autocast:
-    """Mixed precision for `--amp`: float16 on CUDA, bfloat16 on CPU (where float16 kernels are slow or missing)."""
-    return torch.autocast(device.type, dtype=torch.float16 if device.type == 'cuda' else torch.bfloat16,
-                          enabled=enabled)
 
 
 def error_message(error: BaseException) -> str:

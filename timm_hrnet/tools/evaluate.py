@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from timm_hrnet.distributed import process_group
+from timm_hrnet.outputs import check_not_an_input, check_writable
 from timm_hrnet.tasks.datasets import SEG_DATASETS
 from timm_hrnet.tasks.label_maps import LABEL_FORMATS
 from timm_hrnet.tasks.pose import create_pose_model
@@ -26,7 +27,9 @@ from timm_hrnet.tools.cli_common import (
     checkpoint_file,
     device_or_fail,
     error_message,
+    flat_scales,
     positive_int,
+    scale_list,
 )
 from timm_hrnet.tools.task_cli import _boolean, _size_hw
 
@@ -34,17 +37,6 @@ __all__ = ['add_pose_parser', 'add_seg_parser', 'run_pose', 'run_seg', 'GT_BOXES
 
 GT_BOXES_WARNING = ('WARNING: GROUND-TRUTH PERSON BOXES. These numbers are NOT comparable with published COCO AP, '
                     'which is measured on detector boxes (--detections).')
-
-
-def _scales(text: str) -> list[float]:
-    """argparse type: scales as 0.5,1.0,1.5 (also space-separated through nargs)."""
-    try:
-        values = [float(part) for part in text.split(',') if part.strip()]
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f'expected numbers such as 0.5,1.0,1.5, got {text!r}') from error
-    if not values or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f'scales must be positive, got {text!r}')
-    return values
 
 
 def _sigmas(text: str) -> list[float]:
@@ -109,7 +101,7 @@ def add_seg_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument('--label-format', choices=LABEL_FORMATS, default='auto',
                         help='cityscapes: *_gtFine_labelIds.png mapped to the 19 train ids; index: pixel values are '
                              'classes; palette: RGB colours of the dataset palette; auto: by layout and image mode')
-    parser.add_argument('--scales', type=_scales, nargs='+', default=[[1.0]], metavar='S',
+    parser.add_argument('--scales', type=scale_list, nargs='+', default=[[1.0]], metavar='S',
                         help='multi-scale test, e.g. 0.5,1.0,1.5')
     parser.add_argument('--flip', action='store_true', help='average with the mirrored image')
     parser.add_argument('--window', type=_size_hw, metavar='HxW', help='sliding-window inference')
@@ -158,6 +150,9 @@ def _run_distributed(args: argparse.Namespace, evaluate: Callable[[Any], dict[st
 def run_pose(args: argparse.Namespace) -> int:
     """Evaluate, print the AP table (rank 0) and write the results file."""
     sigmas = None if args.sigmas is None else [s for group in args.sigmas for s in group]
+    if args.results:  # before the evaluation's minutes: not over an input, and writable
+        check_not_an_input(args.results, [p for p in (args.annotations, args.detections, args.checkpoint) if p])
+        check_writable(args.results)
 
     def evaluate(device: Any) -> dict[str, Any]:
         model = _load(create_pose_model, args, device, input_size=args.input_size)
@@ -181,7 +176,8 @@ def run_pose(args: argparse.Namespace) -> int:
           f'keypoint set {metrics["keypoint_set"]}, {metrics["images_per_second"]:.1f} images/s')
     names = ('AP', 'AP50', 'AP75', 'APm', 'APl', 'AR')
     print('  '.join(f'{name:>6}' for name in names))
-    print('  '.join(f'{100 * metrics[name]:6.1f}' for name in names))
+    # COCOeval gives -1 where an area range has no people (e.g. no medium-size ones): not a score
+    print('  '.join(f'{100 * metrics[name]:6.1f}' if metrics[name] >= 0 else f'{"n/a":>6}' for name in names))
     if args.gt_boxes:
         print(GT_BOXES_WARNING)
     if args.results:
@@ -191,7 +187,7 @@ def run_pose(args: argparse.Namespace) -> int:
 
 def run_seg(args: argparse.Namespace) -> int:
     """Evaluate and print the per-class IoU table, mIoU and aAcc (rank 0)."""
-    scales = [s for group in args.scales for s in group]
+    scales = flat_scales(args.scales)
 
     def evaluate(device: Any) -> dict[str, Any]:
         model = _load(create_seg_model, args, device, align_corners=args.align_corners, dataset=args.dataset)

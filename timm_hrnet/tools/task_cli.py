@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from timm_hrnet.checkpoints import load_checkpoint_file
 from timm_hrnet.images import UnreadableImageError, list_images, to_pil
+from timm_hrnet.outputs import atomic_path, check_not_an_input, check_writable, write_atomic, write_json
 from timm_hrnet.tasks.datasets import SEG_DATASETS
 from timm_hrnet.tasks.detection import PersonDetector, person_detector
 from timm_hrnet.tasks.drawing import draw_legend, draw_pose, overlay_labels
@@ -33,7 +35,9 @@ from timm_hrnet.tools.cli_common import (
     checkpoint_file,
     device_or_fail,
     error_message,
+    flat_scales,
     positive_int,
+    scale_list,
 )
 
 __all__ = ['add_pose_parser', 'add_segment_parser', 'run_pose', 'run_segment']
@@ -111,7 +115,8 @@ def add_segment_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument('--dataset', choices=sorted(SEG_DATASETS), help='class names and colours; default: by count')
     parser.add_argument('--alpha', type=float, default=0.5, help='mask opacity in --out (1: the mask alone)')
     parser.add_argument('--flip', action='store_true', help='average with the mirrored image')
-    parser.add_argument('--scales', type=float, nargs='+', default=[1.0], help='multi-scale test, e.g. 0.75 1 1.25')
+    parser.add_argument('--scales', type=scale_list, nargs='+', default=[[1.0]], metavar='S',
+                        help='multi-scale test, e.g. 0.75,1,1.25 (or 0.75 1 1.25)')
     parser.add_argument('--window', type=_size_hw, metavar='HxW', help='sliding-window inference for large images')
     parser.set_defaults(handler=run_segment)
     return parser
@@ -134,11 +139,32 @@ def _predict(model: Any, args: argparse.Namespace, **kwargs: Any) -> dict[str, A
         raise CliError(f'cannot run on {args.image}: {error}') from error
 
 
-def _save(image: Any, path: str) -> None:
-    try:
-        image.save(path)
-    except (OSError, ValueError) as error:
-        raise CliError(f'cannot write {path}: {error}') from error
+def _save(image: Any, path: str | Path) -> None:
+    """A drawn picture, written whole or not at all (format from the suffix, checked before the work)."""
+    write_atomic(path, image.save)
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Before any work: `--out` must not be (or, for a folder source, hold) an input, a picture needs a format
+    from its suffix, and the outputs of one run must not share a name (x.jpg and x.png would both give x.png)."""
+    if not args.out:
+        return
+    source, out = Path(args.image), Path(args.out)
+    if source.is_dir():
+        check_not_an_input(out, list_images(source), is_folder=True)
+        by_name: dict[str, Path] = {}
+        for image in list_images(source):
+            if image.stem in by_name:
+                raise CliError(f'{by_name[image.stem]} and {image} would both be drawn to {out / image.stem}.png '
+                               '(and .json): rename one of them, or run them from separate folders')
+            by_name[image.stem] = image
+    elif is_video(source):
+        check_not_an_input(out / f'{source.stem}.mp4', [source])
+    else:
+        check_not_an_input(out, [source])
+        if out.suffix.lower() not in Image.registered_extensions():
+            raise CliError(f'--out {out}: no image format for the suffix {out.suffix or "(none)"!r}; use .png or .jpg')
+        check_writable(out)
 
 
 def _person_detector(args: argparse.Namespace, device: torch.device) -> PersonDetector | None:
@@ -177,6 +203,7 @@ def _check_source(source: str) -> None:
 def run_pose(args: argparse.Namespace) -> int:
     """Print (and draw) the keypoints of each person."""
     _check_source(args.image)
+    _check_outputs(args)
     model = _load(create_pose_model, args, input_size=args.input_size)
     detector = _person_detector(args, next(model.parameters()).device)
     flip = False if args.no_flip else None
@@ -227,8 +254,8 @@ def run_segment(args: argparse.Namespace) -> int:
     _check_source(args.image)
     if not 0.0 <= args.alpha <= 1.0:
         raise CliError(f'--alpha must be in [0, 1], got {args.alpha}')
-    if min(args.scales) <= 0:
-        raise CliError(f'--scales must be positive, got {args.scales}')
+    args.scales = flat_scales(args.scales)
+    _check_outputs(args)
     model = _load(create_seg_model, args, align_corners=args.align_corners, dataset=args.dataset)
     if Path(args.image).is_dir() or is_video(args.image):
         frames = _SourceFrames(Path(args.image))
@@ -293,25 +320,24 @@ def _run_frames(args: argparse.Namespace, frames: _SourceFrames, results: Any, d
     if out is not None:
         if out.exists() and not out.is_dir():
             raise CliError(f'--out must be a directory for a folder or video source, {out} is a file')
-        out.mkdir(parents=True, exist_ok=True)
+        check_writable(out / f'{source.stem}.json')  # makes the folder; a read-only one is found before the work
     count = 0
     try:
         if out is not None and is_video(source):
-            partial = out / f'.{source.stem}.partial.jsonl'
-            with write_video(out / f'{source.stem}.mp4', video_fps(source)) as video, partial.open('w') as lines:
+            with (write_video(out / f'{source.stem}.mp4', video_fps(source)) as video,
+                  atomic_path(out / f'{source.stem}.jsonl') as partial, partial.open('w') as lines):
                 for frame, result in results:
                     record = _record(frame, describe(frame, result))
                     video.write(draw(frame, result))
                     lines.write(json.dumps(record) + '\n')
                     count += _report(args, record)
                     frames.reported(frame)
-            partial.replace(out / f'{source.stem}.jsonl')
         else:
             for frame, result in results:
                 record = _record(frame, describe(frame, result))
                 if out is not None:
                     _save(draw(frame, result), str(out / f'{frame.name}.png'))
-                    (out / f'{frame.name}.json').write_text(json.dumps(record, indent=2))
+                    write_json(out / f'{frame.name}.json', record)
                 count += _report(args, record)
                 frames.reported(frame)
     except (UnreadableImageError, UnreadableVideoError) as error:
@@ -320,9 +346,6 @@ def _run_frames(args: argparse.Namespace, frames: _SourceFrames, results: Any, d
         raise CliError(str(error)) from error
     except ValueError as error:
         raise CliError(f'cannot run on {frames.where()}: {error_message(error)}') from error
-    finally:
-        if out is not None:
-            (out / f'.{source.stem}.partial.jsonl').unlink(missing_ok=True)
     if not args.json:
         print(f'{source}: {count} frame(s)' + (f', wrote {out}' if out is not None else ''))
     return 0
