@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import importlib
 import os
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from .fused import is_inference_optimized, optimize_for_inference
 from .images import UnreadableImageError, image_to_tensor, list_images, open_image
@@ -110,7 +112,7 @@ def _normalization(model: nn.Module) -> tuple[Tensor, Tensor]:
 
 
 def calibration_inputs(model: nn.Module, folder: str | os.PathLike, size: tuple[int, int],
-                       limit: int = 300) -> list[Tensor]:
+                       limit: int = 300, progress: bool = False) -> list[Tensor]:
     """Normalised `size` inputs from the images of `folder` (int8 calibration); an unreadable image is an error."""
     try:
         files = list_images(folder)[:limit]
@@ -118,7 +120,7 @@ def calibration_inputs(model: nn.Module, folder: str | os.PathLike, size: tuple[
         raise ExportError(f'calibration folder unusable: {error}') from error
     mean, std = _normalization(model)
     inputs = []
-    for path in files:
+    for path in tqdm(files, desc='calibration images', unit='image', disable=not progress, file=sys.stderr):
         try:
             pixels = image_to_tensor(open_image(path), _in_chans(model))
         except UnreadableImageError as error:
@@ -158,7 +160,7 @@ def _export_onnx(model: nn.Module, example: Tensor, path: Path, names: tuple[str
                           dynamic_axes=dynamic_axes, opset_version=opset)
 
 
-def _quantize_onnx(source: Path, target: Path, calibration: list[Tensor]) -> None:
+def _quantize_onnx(source: Path, target: Path, calibration: list[Tensor], progress: bool) -> None:
     """Static QDQ int8 with onnxruntime (per-channel weights, as its x86 kernels prefer)."""
     _require('onnxruntime')
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -166,7 +168,8 @@ def _quantize_onnx(source: Path, target: Path, calibration: list[Tensor]) -> Non
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.items = iter(calibration)
+            self.items = iter(tqdm(calibration, desc='int8 calibration', unit='batch', disable=not progress,
+                                   file=sys.stderr))
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             item = next(self.items, None)
@@ -244,6 +247,7 @@ def export(
         check: bool = True,
         check_sizes: Sequence[tuple[int, int]] = CHECK_SIZES,
         opset: int = 17,
+        progress: bool = False,
 ) -> ExportReport:
     """Export an HRNet (classifier, `features_only` backbone, pose or segmentation model) fused, to `path`.
 
@@ -258,6 +262,7 @@ def export(
     With `check` the written file runs in its runtime against the PyTorch model at the export size and at
     `check_sizes` (only the export size when not dynamic); a float export whose largest relative difference
     exceeds its tolerance is removed and raises. int8 is reported, not judged: measure accuracy on your data.
+    `progress` shows bars (on stderr) while int8 calibration reads its images and runs them (NNCF shows its own).
     """
     if format not in FORMATS:
         raise ExportError(f'unknown export format {format!r}: choose one of {", ".join(FORMATS)}')
@@ -295,7 +300,7 @@ def export(
     pose = getattr(model, 'num_joints', None) is not None
     calibration_data: list[Tensor] | None = None
     if dtype == 'int8':
-        calibration_data = (calibration_inputs(model, calibration, size)
+        calibration_data = (calibration_inputs(model, calibration, size, progress=progress)
                             if isinstance(calibration, (str, os.PathLike)) else [t.float() for t in calibration])
         calibration_data = _batched(calibration_data, batch_size)
     half_graph = format == 'onnx' and dtype == 'float16'
@@ -311,7 +316,7 @@ def export(
             written = [onnx_path]
             if dtype == 'int8':
                 quantized = work_dir / 'model.int8.onnx'
-                _quantize_onnx(onnx_path, quantized, calibration_data)
+                _quantize_onnx(onnx_path, quantized, calibration_data, progress)
                 written = [quantized]
         else:
             xml = work_dir / 'model.xml'

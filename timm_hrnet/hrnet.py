@@ -26,7 +26,7 @@ from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selectiv
 
 from .convert import canonicalize_on_load, checkpoint_filter_fn
 from .pretrained_cfgs import default_cfgs
-from .registration import register_hrnet
+from .registration import register_hrnet, wrap_timm_checkpoint_loading
 from .timm_compat import feature_take_indices, pretrained_cfg_for_features
 from .variants import HRNetSpec, StageSpec, resolve_variant
 
@@ -776,6 +776,9 @@ def _create_hrnet(variant: str, pretrained: bool = False, **kwargs: Any) -> HRNe
     if own_features_class:
         model.pretrained_cfg = model.default_cfg = pretrained_cfg_for_features(model.pretrained_cfg)
     return model
+
+
+wrap_timm_checkpoint_loading()  # checkpoint_path= failures on our models: one line naming the file
 
 
 @register_hrnet

@@ -146,3 +146,41 @@ def test_export_takes_plain_http_only_with_allow_http(option: str, tmp_path: Pat
     assert main(['export', *source, 'http://127.0.0.1:9/model.pth', '--out', str(tmp_path / 'm.onnx')]) == 2
     err = one_line_error(capsys)
     assert 'refusing plain http:// download of http://127.0.0.1:9/model.pth' in err and '--allow-http' in err, err
+
+
+def test_json_stdout_holds_only_the_json_and_long_work_shows_progress(
+        checkpoints: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A library printing to stdout while the model loads (torch.hub's download line) goes to stderr under --json;
+    a multi-scale single image shows a bar over its passes on stderr."""
+    import timm_hrnet.tools.task_cli as task_cli
+    real = task_cli.create_seg_model
+
+    def chatty(*args, **kwargs):
+        print('Downloading: "https://example.invalid/weights.pth" to cache')
+        return real(*args, **kwargs)
+    monkeypatch.setattr(task_cli, 'create_seg_model', chatty)
+    [photo] = photos(tmp_path, 'x.png')
+    argv = ['segment', str(photo), '--checkpoint', str(checkpoints['seg']), '--scales', '0.75,1', '1.25']
+    assert main([*argv, '--json']) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)['size'] == [48, 40] and 'Downloading' in err
+    assert 'segment: 100%' in err and '3/3' in err
+    assert main([*argv, '--json', '--no-progress']) == 0
+    assert 'segment:' not in capsys.readouterr().err
+
+
+def test_create_model_checkpoint_path_failures_name_the_file(tmp_path: Path) -> None:
+    import timm
+    garbage = tmp_path / 'notes.pth'
+    garbage.write_text('eeee\nnot a checkpoint\n')
+    with pytest.raises(ValueError, match=r"^'.*notes\.pth' is not a readable PyTorch checkpoint"):
+        timm.create_model('hrnet_w18_small', checkpoint_path=str(garbage))
+    other = tmp_path / 'v2.pth'
+    torch.save(timm.create_model('hrnet_w18_small_v2').state_dict(), other)
+    with pytest.raises(ValueError, match=r"^checkpoint_path '.*v2\.pth' does not load into hrnet_w18_small: "
+                                         r'RuntimeError: Error\(s\) in loading state_dict') as raised:
+        timm.create_model('hrnet_w18_small', checkpoint_path=str(other))
+    assert '\n' not in str(raised.value)
+    with pytest.raises(RuntimeError):  # other timm models: timm's own behaviour, untouched
+        timm.create_model('resnet10t', checkpoint_path=str(other))

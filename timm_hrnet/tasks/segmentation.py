@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from ..checkpoints import MMSEG, SEGMENTATION, Checkpoint, CheckpointSource, check_task, read_checkpoint
 from ..fused import InferenceOnlyModel, register_inference_only
@@ -113,9 +115,11 @@ class HRNetSeg(HRNetTaskModel):
             scales: Sequence[float] = (1.0,),
             flip: bool = False,
             window: tuple[int, int] | None = None,
+            progress: bool = False,
     ) -> dict[str, Any]:
         """Label map of `image` at its own size: `labels` (H, W), `scores` (H, W) (the winning class's probability),
-        `class_names`.
+        `class_names`. `progress` shows a bar (on stderr) over the forward passes: a multi-scale, flipped or
+        sliding-window prediction of a large image runs many.
 
         Class probabilities are averaged over `scales` (the image resized by each factor), over the mirrored image
         with `flip` (swapping left/right classes, e.g. LIP's arms, legs and shoes) and, with `window` (height,
@@ -128,14 +132,18 @@ class HRNetSeg(HRNetTaskModel):
             raise ValueError(f'window must be at least {self.min_input_size}x{self.min_input_size}, got {window}')
         pixels = self.load_pixels(image)
         height, width = pixels.shape[-2:]
+        sizes = [(max(1, round(height * scale)), max(1, round(width * scale))) for scale in scales]
+        passes_per_size = [1 if window is None else len(_tile_starts(h, window[0])) * len(_tile_starts(w, window[1]))
+                           for h, w in sizes]
+        passes = sum(passes_per_size) * (2 if flip else 1)
+        bar = tqdm(total=passes, desc='segment', unit='pass', disable=not progress or passes < 2, file=sys.stderr)
         total: Tensor | None = None
-        with self.evaluating():
-            for scale in scales:
+        with self.evaluating(), bar:
+            for scale, size in zip(scales, sizes):
                 scaled = pixels if scale == 1 else F.interpolate(
-                    pixels[None], size=(max(1, round(height * scale)), max(1, round(width * scale))),
-                    mode='bilinear', align_corners=False)[0]
+                    pixels[None], size=size, mode='bilinear', align_corners=False)[0]
                 for mirrored in ((False, True) if flip else (False,)):
-                    probs = self._probabilities(scaled.flip(-1) if mirrored else scaled, window)
+                    probs = self._probabilities(scaled.flip(-1) if mirrored else scaled, window, bar)
                     if mirrored:
                         probs = self._unflip(probs)
                     if scale != 1:
@@ -143,8 +151,8 @@ class HRNetSeg(HRNetTaskModel):
                     total = probs if total is None else total + probs
         assert total is not None
         scores, labels = total.max(dim=0)
-        passes = len(scales) * (2 if flip else 1)
-        return dict(labels=labels.cpu(), scores=(scores / passes).cpu(), class_names=self.class_names)
+        averaged = len(scales) * (2 if flip else 1)  # tiles are averaged within each pass already
+        return dict(labels=labels.cpu(), scores=(scores / averaged).cpu(), class_names=self.class_names)
 
     def _unflip(self, probs: Tensor) -> Tensor:
         order = list(range(self.num_classes))
@@ -152,11 +160,13 @@ class HRNetSeg(HRNetTaskModel):
             order[a], order[b] = b, a
         return probs.flip(-1)[order]
 
-    def _probabilities(self, pixels: Tensor, window: tuple[int, int] | None) -> Tensor:
+    def _probabilities(self, pixels: Tensor, window: tuple[int, int] | None, bar: tqdm) -> Tensor:
         """(K, h, w) class probabilities of a (C, h, w) image in [0, 1], whole or tile by tile."""
         height, width = pixels.shape[-2:]
         if window is None:
-            return self._tile_probabilities(pixels, (height, width))
+            probs = self._tile_probabilities(pixels, (height, width))
+            bar.update()
+            return probs
         rows, cols = _tile_starts(height, window[0]), _tile_starts(width, window[1])
         total = pixels.new_zeros(self.num_classes, height, width)
         count = pixels.new_zeros(1, height, width)
@@ -166,6 +176,7 @@ class HRNetSeg(HRNetTaskModel):
                 probs = self._tile_probabilities(tile, window)
                 total[:, top:top + tile.shape[1], left:left + tile.shape[2]] += probs
                 count[:, top:top + tile.shape[1], left:left + tile.shape[2]] += 1
+                bar.update()
         return total / count
 
     def _tile_probabilities(self, pixels: Tensor, pad_to: tuple[int, int]) -> Tensor:

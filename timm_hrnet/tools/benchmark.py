@@ -19,7 +19,14 @@ from timm.data import resolve_data_config
 
 from timm_hrnet.classification import UnknownModelError, get_model
 from timm_hrnet.fused import optimize_for_inference
-from timm_hrnet.tools.cli_common import CliError, amp_autocast, device_or_fail, image_size, positive_int
+from timm_hrnet.tools.cli_common import (
+    CliError,
+    amp_autocast,
+    device_or_fail,
+    image_size,
+    positive_int,
+    print_json,
+)
 
 __all__ = ['add_arguments', 'benchmark', 'run']
 
@@ -137,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:  # the model refusing the input
         raise CliError(f'{args.model} cannot run on this input: {error}') from error
     if args.json:
-        print(json.dumps(result, indent=2))
+        print_json(json.dumps(result, indent=2))
     else:
         cuda_memory = result['peak_memory_kind'] == 'cuda_max_memory_allocated'
         memory_label = 'CUDA max allocated' if cuda_memory else 'peak RSS growth'

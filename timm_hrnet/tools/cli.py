@@ -25,6 +25,8 @@ from timm_hrnet.tools.cli_common import (
     image_size,
     load_model_or_fail,
     positive_int,
+    print_json,
+    stdout_for_json_only,
 )
 
 __all__ = ['build_parser', 'main', 'predict']
@@ -67,7 +69,7 @@ def predict(args: argparse.Namespace) -> int:
     except ValueError as error:  # the model refusing this input, e.g. a size the pretrained cfg cannot give
         raise CliError(f'{args.model} cannot run on these inputs: {error}') from error
     if args.json:
-        print(json.dumps([
+        print_json(json.dumps([
             {'path': path, 'pred_label': p['pred_label'], 'pred_score': p['pred_score'], 'pred_class': p['pred_class'],
              'topk': [{'label': label, 'class': name, 'score': score} for label, name, score in p['topk']]}
             for path, p in zip(paths, predictions, strict=True)
@@ -119,7 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(args)
+        with stdout_for_json_only(getattr(args, 'json', False)):
+            return args.handler(args)
     except (CliError, ValueError, OSError, ImportError) as error:
         if os.environ.get('TIMM_HRNET_TRACEBACK'):
             raise

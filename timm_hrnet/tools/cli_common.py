@@ -4,7 +4,11 @@ argument types, the help formatter, device choice, autocast, checkpoint argument
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import sys
+from collections.abc import Iterator
+from typing import TextIO
 
 import torch
 from torch import nn
@@ -17,10 +21,33 @@ from timm_hrnet.hrnet import MIN_INPUT_SIZE
 from timm_hrnet.tasks.classification_evaluation import amp_autocast
 
 __all__ = [
-    'CliError', 'HelpFormatter', 'amp_autocast', 'checkpoint_file', 'crop_fraction', 'error_message',
-    'device_or_fail', 'fitting_variant', 'image_size', 'load_model_or_fail', 'mismatch_summary',
-    'flat_scales', 'non_negative_int', 'positive_int', 'scale_list',
+    'CliError', 'HelpFormatter', 'amp_autocast', 'checkpoint_file', 'crop_fraction', 'device_or_fail',
+    'error_message', 'fitting_variant', 'flat_scales', 'image_size', 'load_model_or_fail', 'mismatch_summary',
+    'non_negative_int', 'positive_int', 'print_json', 'scale_list', 'stdout_for_json_only',
 ]
+
+
+_json_streams: list[TextIO] = []
+
+
+@contextlib.contextmanager
+def stdout_for_json_only(enabled: bool) -> Iterator[None]:
+    """With --json, stdout carries the JSON alone: whatever else prints to it meanwhile (a library's download
+    line, a warning printed by a dependency) goes to stderr; `print_json` writes to the real stdout."""
+    if not enabled:
+        yield
+        return
+    _json_streams.append(sys.stdout)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        _json_streams.pop()
+
+
+def print_json(text: str) -> None:
+    """A --json result on stdout (see `stdout_for_json_only`)."""
+    print(text, file=_json_streams[-1] if _json_streams else sys.stdout, flush=True)
 
 
 class CliError(Exception):

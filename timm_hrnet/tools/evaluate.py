@@ -29,6 +29,7 @@ from timm_hrnet.tools.cli_common import (
     error_message,
     flat_scales,
     positive_int,
+    print_json,
     scale_list,
 )
 from timm_hrnet.tools.task_cli import _boolean, _size_hw
@@ -168,7 +169,7 @@ def run_pose(args: argparse.Namespace) -> int:
     if args.gt_boxes:
         print(GT_BOXES_WARNING, file=sys.stderr)
     if args.json:
-        print(_json(metrics, 'summary'))
+        print_json(_json(metrics, 'summary'))
         return 0
     boxes = 'ground-truth boxes' if args.gt_boxes else f'detections from {args.detections}'
     print(f'{metrics["num_images"]} images, {metrics["num_boxes"]} person boxes ({boxes}), '
@@ -200,7 +201,7 @@ def run_seg(args: argparse.Namespace) -> int:
     if metrics is None:
         return 0
     if args.json:
-        print(_json(metrics, 'confusion_matrix'))
+        print_json(_json(metrics, 'confusion_matrix'))
         return 0
     print(f'{metrics["num_images"]} images ({metrics["label_format"]} labels), scales {scales}, flip '
           f'{"on" if args.flip else "off"}, {metrics["images_per_second"]:.2f} images/s')

@@ -19,6 +19,7 @@ from timm_hrnet.tools.cli_common import (
     image_size,
     load_model_or_fail,
     positive_int,
+    print_json,
 )
 
 __all__ = ['add_arguments', 'run']
@@ -43,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--batch-size', type=positive_int, default=1, help='with --static: the fixed batch')
     parser.add_argument('--no-check', action='store_true', help='skip running the file against the model')
     parser.add_argument('--json', action='store_true', help='print the report as JSON')
+    parser.add_argument('--no-progress', action='store_true', help='no progress bars during int8 calibration')
 
 
 def _model(args: argparse.Namespace) -> nn.Module:
@@ -81,11 +83,12 @@ def run(args: argparse.Namespace) -> int:
     size = None if args.img_size is None else (args.img_size * 2)[:2]
     try:
         report = export(model, args.out, args.format, dtype=args.dtype, input_size=size, dynamic=not args.static,
-                        batch_size=args.batch_size, calibration=args.calibration, check=not args.no_check)
+                        batch_size=args.batch_size, calibration=args.calibration, check=not args.no_check,
+                        progress=not args.no_progress)
     except ExportError as error:
         raise CliError(str(error)) from error
     if args.json:
-        print(json.dumps(dict(
+        print_json(json.dumps(dict(
             path=str(report.path), format=report.format, dtype=report.dtype, input_size=list(report.input_size),
             dynamic=report.dynamic, batch_size=report.batch_size, outputs=list(report.outputs),
             checks=[dict(size=list(c.size), max_rel_diff=c.max_rel_diff, agreement=c.agreement)

@@ -37,6 +37,7 @@ from timm_hrnet.tools.cli_common import (
     error_message,
     flat_scales,
     positive_int,
+    print_json,
     scale_list,
 )
 
@@ -118,6 +119,8 @@ def add_segment_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument('--scales', type=scale_list, nargs='+', default=[[1.0]], metavar='S',
                         help='multi-scale test, e.g. 0.75,1,1.25 (or 0.75 1 1.25)')
     parser.add_argument('--window', type=_size_hw, metavar='HxW', help='sliding-window inference for large images')
+    parser.add_argument('--no-progress', action='store_true',
+                        help='no progress bar (shown on stderr for a single image run in several passes)')
     parser.set_defaults(handler=run_segment)
     return parser
 
@@ -217,7 +220,7 @@ def run_pose(args: argparse.Namespace) -> int:
     if args.out:
         _save(_draw_people(model, to_pil(args.image), result, args.threshold), args.out)
     if args.json:
-        print(json.dumps(dict(image=args.image, checkpoint=args.checkpoint, input_size=list(model.input_size),
+        print_json(json.dumps(dict(image=args.image, checkpoint=args.checkpoint, input_size=list(model.input_size),
                               people=people, out=args.out), indent=2))
         return 0
     print(f'{args.image}: {len(people)} person box(es), {model.num_joints} keypoints, '
@@ -263,13 +266,14 @@ def run_segment(args: argparse.Namespace) -> int:
         return _run_frames(args, frames, results,
                            lambda frame, result: dict(classes=_class_shares(model, result['labels'])),
                            lambda frame, result: _draw_mask(model, frame.image, result['labels'], args.alpha))
-    result = _predict(model, args, scales=args.scales, flip=args.flip, window=args.window)
+    result = _predict(model, args, scales=args.scales, flip=args.flip, window=args.window,
+                      progress=not args.no_progress)
     labels = result['labels']
     classes = _class_shares(model, labels)
     if args.out:
         _save(_draw_mask(model, to_pil(args.image), labels, args.alpha), args.out)
     if args.json:
-        print(json.dumps(dict(image=args.image, checkpoint=args.checkpoint, size=list(labels.shape),
+        print_json(json.dumps(dict(image=args.image, checkpoint=args.checkpoint, size=list(labels.shape),
                               num_classes=model.num_classes, dataset=model.dataset.name if model.dataset else None,
                               align_corners=model.align_corners, classes=classes, out=args.out), indent=2))
         return 0
@@ -357,7 +361,7 @@ def _record(frame: Frame, described: dict[str, Any]) -> dict[str, Any]:
 
 def _report(args: argparse.Namespace, record: dict[str, Any]) -> int:
     if args.json:
-        print(json.dumps(record))
+        print_json(json.dumps(record))
     elif 'people' in record:
         print(f'{record["frame"]}: {len(record["people"])} person box(es)')
     else:

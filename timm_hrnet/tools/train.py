@@ -26,7 +26,13 @@ from timm_hrnet.tasks.training import (
 from timm_hrnet.tasks.training.config import AMP_MODES, CHECKPOINTING_MODES, SCHEDULES, default_workers
 from timm_hrnet.tasks.training.losses import CITYSCAPES_CLASS_WEIGHTS
 from timm_hrnet.tasks.training.samples import BAD_SAMPLE_POLICIES
-from timm_hrnet.tools.cli_common import CliError, HelpFormatter, non_negative_int, positive_int
+from timm_hrnet.tools.cli_common import (
+    CliError,
+    HelpFormatter,
+    non_negative_int,
+    positive_int,
+    print_json,
+)
 from timm_hrnet.tools.task_cli import _boolean, _size_hw
 
 __all__ = ['add_pose_parser', 'add_seg_parser', 'run_pose', 'run_seg']
@@ -237,7 +243,7 @@ def _report(result: TrainResult, as_json: bool) -> int:
                    final_loss=result.losses[-1] if result.losses else None,
                    metrics={k: v for k, v in result.metrics.items() if isinstance(v, (int, float))})
     if as_json:
-        print(json.dumps(summary, indent=2))
+        print_json(json.dumps(summary, indent=2))
         return 0
     state = 'finished' if result.finished else 'stopped at --max-steps (resume with --resume)'
     print(f'{state}: step {result.step}, epoch {result.epoch}, final loss {summary["final_loss"]}, '
