@@ -179,7 +179,8 @@ def test_people_get_distinct_colours_and_masks_a_legend() -> None:
 def test_a_model_error_in_a_folder_or_video_names_the_file(files: dict[str, Path], tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch,
                                                            capsys: pytest.CaptureFixture) -> None:
-    """A ValueError from predict is one line naming the image file (or video frame), not a traceback."""
+    """A ValueError from predict is the whole message after the image file (or video frame) it came from, not a
+    traceback."""
     real, calls = HRNetSeg.predict, []
 
     def fails_second(self: HRNetSeg, image: object, **kwargs: object) -> dict:
@@ -191,7 +192,7 @@ def test_a_model_error_in_a_folder_or_video_names_the_file(files: dict[str, Path
     assert cli_main(['segment', str(files['images']), '--checkpoint', str(files['seg'])]) == 2
     image = files['images'] / 'img1.png'
     assert capsys.readouterr().err == (f'timm-hrnet segment: error: cannot run on {image}: window (900, 900) does '
-                                       'not fit\n')
+                                       'not fit\nsecond line\n')
     calls.clear()
     out = tmp_path / 'out'
     assert cli_main(['segment', str(files['video']), '--checkpoint', str(files['seg']), '--out', str(out)]) == 2

@@ -184,3 +184,39 @@ def test_create_model_checkpoint_path_failures_name_the_file(tmp_path: Path) -> 
     assert '\n' not in str(raised.value)
     with pytest.raises(RuntimeError):  # other timm models: timm's own behaviour, untouched
         timm.create_model('resnet10t', checkpoint_path=str(other))
+
+
+def test_a_full_disk_during_export_is_one_line_and_leaves_nothing(
+        checkpoints: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def export_until_full(model, args, path, *rest, **kwargs) -> None:
+        Path(path).write_bytes(b'\x08' * 4096)  # part of the graph reached the disk
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(torch.onnx, 'export', export_until_full)
+    out = tmp_path / 'exports' / 'pose.onnx'
+    out.parent.mkdir()
+    assert main(['export', '--pose', str(checkpoints['pose']), '--out', str(out), '--no-check']) == 2
+    assert one_line_error(capsys).endswith(f'cannot write {out}: no space left on the device')
+    assert list(out.parent.iterdir()) == []
+
+
+def test_a_full_disk_while_saving_the_training_state_is_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    annotations, images, keypoints = make_pose_data(tmp_path / 'data', count=2)
+    out = tmp_path / 'run'
+    real_save = torch.save
+
+    def save_until_full(obj, f, *args, **kwargs) -> None:
+        if Path(f).name.startswith('.last.pth.'):
+            Path(f).write_bytes(b'half')
+            raise RuntimeError('[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0\n'
+                               'PytorchStreamWriter failed writing file data/0: file write failed')
+        real_save(obj, f, *args, **kwargs)
+    monkeypatch.setattr(torch, 'save', save_until_full)
+    assert main(['train-pose', '--annotations', str(annotations), '--images', str(images), '--keypoints',
+                 str(keypoints), '--output', str(out), '--init', FAST['init'], '--scratch', '--input-size', '64x48',
+                 '--batch-size', '2', '--workers', '0', '--no-progress', '--no-tensorboard', '--eval-every', '0',
+                 '--max-steps', '1']) == 2
+    err = one_line_error(capsys)
+    assert f'cannot write {out / "last.pth"}: RuntimeError: ' in err and 'file write failed' in err
+    assert not [p for p in out.iterdir() if p.name.startswith('.last.pth')]
