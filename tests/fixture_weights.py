@@ -2,14 +2,16 @@
 inputs, rebuilt from a manifest, and the outputs the reference code computed for them.
 
 HRNet's classification head has fixed widths (2048 channels, 9.4M weights: 19 MB in float16 whatever the trunk), so
-the fixtures store no weight tensors. Every tensor is a pseudo-random function of its key, shape and role (integer
-hashing, no random generator: the same values on every platform and torch version), rounded to float16. The
+the fixtures store no weight tensors. Every tensor is a pseudo-random function of its key, shape and role (32-bit
+integer hashing, no random generator: the same values on every platform and torch version), rounded to float16. The
 generators (run with the reference code, which imports this file) and the tests build the same tensors; the
 manifest keeps the keys, shapes and roles the reference code's own `state_dict()` had, and a digest of the values it
-ran with, so a rebuilt checkpoint is checked to be the one the reference code saw. Only torch is imported here.
+ran with, so a rebuilt checkpoint is checked to be the one the reference code saw. Only torch and numpy are
+imported here.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -19,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 FIXTURES = Path(__file__).resolve().parent / 'fixtures'
 
-_MASK32 = 0xFFFFFFFF
-_MIX = 0x45D9F3B  # an odd 27-bit multiplier: products of 32-bit values stay inside int64
+_MIX = np.uint32(0x45D9F3B)
 
 # value ranges by role (uniform): BatchNorm statistics away from the identity, so folding or skipping one shows
 ROLE_RANGES = {
@@ -38,19 +40,19 @@ ROLE_RANGES = {
 LINEAR_STD = 0.01
 
 
-def _mix(x: torch.Tensor) -> torch.Tensor:
-    x = ((x >> 16) ^ x) * _MIX & _MASK32
-    x = ((x >> 16) ^ x) * _MIX & _MASK32
+def _mix(x: np.ndarray) -> np.ndarray:
+    """A 32-bit integer hash (uint32 arithmetic wraps modulo 2**32)."""
+    x = ((x >> 16) ^ x) * _MIX
+    x = ((x >> 16) ^ x) * _MIX
     return (x >> 16) ^ x
 
 
 def pseudo_uniform(name: str, shape: Sequence[int], low: float, high: float) -> torch.Tensor:
     """float32 values in [low, high), a fixed function of `name` and the element index, rounded to float16."""
-    count = math.prod(shape)
-    seed = zlib.crc32(name.encode())
-    index = torch.arange(count, dtype=torch.int64)
-    bits = _mix(_mix(index ^ seed) + seed & _MASK32)
-    unit = bits.to(torch.float64) / 2.0**32
+    seed = np.uint32(zlib.crc32(name.encode()))
+    with np.errstate(over='ignore'):
+        bits = _mix(_mix(np.arange(math.prod(shape), dtype=np.uint32) ^ seed) + seed)
+    unit = torch.from_numpy(bits.astype(np.float64) / 2.0**32)
     return (low + (high - low) * unit).to(torch.float16).float().reshape(tuple(shape))
 
 
@@ -142,8 +144,10 @@ class ReferenceFixture:
         return path
 
 
+@functools.lru_cache(maxsize=None)
 def load_fixture(folder: str, name: str) -> ReferenceFixture:
-    """Rebuild tests/fixtures/<folder>/<name>: a ValueError if the tensors differ from what the reference code saw."""
+    """Rebuild tests/fixtures/<folder>/<name> (once per process: callers must not change it); a ValueError if the
+    tensors differ from what the reference code saw."""
     root = FIXTURES / folder
     manifest = json.loads((root / f'{name}.json').read_text())
     state_dict = make_state_dict(manifest['tensors'])
