@@ -131,9 +131,6 @@ class ReferenceFixture:
     def input(self, case: str) -> torch.Tensor:
         return make_input(f'{self.name}/{case}', self.cases[case]['input_shape'])
 
-    def float_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.float() if v.is_floating_point() else v for k, v in self.state_dict.items()}
-
     def write_checkpoint(self, folder: Path) -> Path:
         """The checkpoint file as the reference code saves it (`manifest['wrapper']`: none, or mmengine's
         `{'meta', 'state_dict'}`), named `manifest['checkpoint']`."""
@@ -144,7 +141,7 @@ class ReferenceFixture:
         return path
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_fixture(folder: str, name: str) -> ReferenceFixture:
     """Rebuild tests/fixtures/<folder>/<name> (once per process: callers must not change it); a ValueError if the
     tensors differ from what the reference code saw."""
