@@ -9,6 +9,7 @@ import pytest
 import timm
 import torch
 from PIL import Image
+from reference_sources import REFERENCE_SOURCES, reference_run
 from timm.data import ImageNetInfo, create_transform, resolve_data_config
 
 import timm_hrnet  # noqa: F401  (registers our hrnet_* entrypoints with timm)
@@ -158,17 +159,14 @@ def test_timm_names_with_and_without_tag_pass_through() -> None:
     assert resolve_model_name('hrnet_w18.ms_in1k') == 'hrnet_w18.ms_in1k'
 
 
-REFDATA = Path(__file__).resolve().parents[2] / 'shared' / 'refdata' / 'mmpretrain'
-
-
-@pytest.mark.skipif(not REFDATA.is_dir(), reason=f'reference fixtures not found at {REFDATA}')
-def test_extract_feat_mapping_documented_in_tools_md() -> None:
+@pytest.mark.parametrize('source', REFERENCE_SOURCES)
+def test_extract_feat_mapping_documented_in_tools_md(source: str, tmp_path: Path) -> None:
     """mmpretrain extract_feat(stage='backbone') == features_only(feature_location=''), stage='neck' == pre_logits."""
     from timm_hrnet.convert import convert_state_dict
 
-    reference = torch.load(REFDATA / 'ref_hrnet-w18_mmpretrain.pt', weights_only=True)
-    state_dict = convert_state_dict(REFDATA / 'hrnet-w18_mmpretrain_random.pth', 'hrnet_w18')
-    image = reference['input'][:1]
+    reference = reference_run(source, 'mmpretrain', tmp_path)
+    state_dict = convert_state_dict(reference.checkpoint, 'hrnet_w18')
+    image = reference.input
     with torch.device('meta'):  # no random init: every tensor is assigned from the checkpoint
         model = get_model('hrnet-w18_3rdparty_8xb32_in1k')
         backbone = get_model('hrnet-w18_3rdparty_8xb32_in1k', features_only=True, feature_location='',
@@ -180,10 +178,9 @@ def test_extract_feat_mapping_documented_in_tools_md() -> None:
     with torch.no_grad():
         pooled = model.forward_head(model.forward_features(image), pre_logits=True)
         branches = backbone(image)
-    torch.testing.assert_close(pooled, reference['neck_feat'][:1], rtol=1e-4, atol=1e-4)
-    assert len(branches) == len(reference['backbone_feats']) == 4
-    for mine, theirs in zip(branches, reference['backbone_feats'], strict=True):
-        torch.testing.assert_close(mine, theirs[:1], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(pooled, reference.outputs['neck_feat'], rtol=1e-4, atol=1e-4)
+    assert len(branches) == 4
+    assert max(reference.branch_diffs(branches, 'backbone_feats')) <= 1e-4
 
 
 def test_topk_below_one_is_a_value_error(model: torch.nn.Module, image_paths: list[str]) -> None:

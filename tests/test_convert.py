@@ -1,6 +1,7 @@
 """Checkpoint conversion: every release layout, wrappers and prefixes, the reference fixtures, and clear errors.
 
-The reference fixtures come from conftest's ``refdata`` fixture (../shared/refdata, skipped when absent).
+The reference outputs of mmpretrain and the official code come from reference_sources.py: the committed fixtures
+and ../shared/refdata (deselected where absent).
 
 Synthetic checkpoints of every layout come from checkpoints.py.
 """
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from reference_sources import REFERENCE_SOURCES, ReferenceRun, reference_run
 from small_checkpoints import (
     NECK_CONV_BIAS,
     SMALL_MODEL,
@@ -39,9 +41,15 @@ pytestmark = pytest.mark.usefixtures('single_torch_thread')
 
 # ---------------------------------------------------------------------------------------------------------------------
 
+@pytest.fixture(scope='module', params=REFERENCE_SOURCES)
+def mmpretrain_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> ReferenceRun:
+    """An mmpretrain 1.2.0 hrnet-w18 checkpoint (HRFuseScales neck) and what mmpretrain computed with it."""
+    return reference_run(request.param, 'mmpretrain', tmp_path_factory.mktemp('mmpretrain'))
+
+
 @pytest.fixture(scope='module')
-def mmpretrain_w18(refdata: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint_file(refdata / 'mmpretrain' / 'hrnet-w18_mmpretrain_random.pth')
+def mmpretrain_w18(mmpretrain_run: ReferenceRun) -> dict[str, torch.Tensor]:
+    return load_checkpoint_file(mmpretrain_run.checkpoint)
 
 
 def _run_reference(model_name: str, checkpoint: Path | dict, images: torch.Tensor):
@@ -56,24 +64,31 @@ def _run_reference(model_name: str, checkpoint: Path | dict, images: torch.Tenso
     return logits, pooled, branches['out']
 
 
-def test_mmpretrain_fixture_reproduces_reference_outputs(refdata: Path, mmpretrain_w18: dict) -> None:
-    reference = torch.load(refdata / 'mmpretrain' / 'ref_hrnet-w18_mmpretrain.pt', weights_only=True)
-    images = reference['input'][:1]  # eval-mode outputs are per image; one keeps the w18 forward cheap
-    logits, neck_feat, branches = _run_reference('hrnet_w18', mmpretrain_w18, images)
-    assert (logits - reference['logits'][:1]).abs().max() <= 1e-4
-    assert (neck_feat - reference['neck_feat'][:1]).abs().max() <= 1e-4
-    assert len(branches) == len(reference['backbone_feats']) == 4
-    for ours, theirs in zip(branches, reference['backbone_feats']):
-        assert (ours - theirs[:1]).abs().max() <= 1e-4
+def test_mmpretrain_fixture_reproduces_reference_outputs(mmpretrain_run: ReferenceRun, mmpretrain_w18: dict) -> None:
+    logits, neck_feat, branches = _run_reference('hrnet_w18', mmpretrain_w18, mmpretrain_run.input)
+    assert (logits - mmpretrain_run.outputs['logits']).abs().max() <= 1e-4
+    assert (neck_feat - mmpretrain_run.outputs['neck_feat']).abs().max() <= 1e-4
+    assert max(mmpretrain_run.branch_diffs(branches, 'backbone_feats')) <= 1e-4
 
 
-def test_official_fixture_reproduces_reference_outputs(refdata: Path) -> None:
-    reference = torch.load(refdata / 'official' / 'ref_hrnet_w18_small_official.pt', weights_only=True)
-    logits, _, branches = _run_reference(
-        SMALL_MODEL, refdata / 'official' / 'hrnet_w18_small_official_random.pth', reference['input'][:1])
-    assert (logits - reference['logits'][:1]).abs().max() <= 1e-4
-    for ours, theirs in zip(branches, reference['branch_feats'], strict=True):
-        assert (ours - theirs[:1]).abs().max() <= 1e-4
+@pytest.mark.parametrize('source, case', [('fixtures', '224x224'), ('fixtures', '160x288'),
+                                          pytest.param('refdata', None, marks=pytest.mark.refdata)])
+def test_official_fixture_reproduces_reference_outputs(source: str, case: str | None, tmp_path: Path) -> None:
+    """cls_hrnet's logits and stage-4 outputs at the released 224x224 and a non-square size (the official code
+    takes only multiples of 32: its exchange units upsample by a fixed factor)."""
+    official = reference_run(source, 'cls', tmp_path, case)
+    logits, _, branches = _run_reference(SMALL_MODEL, official.checkpoint, official.input)
+    assert (logits - official.outputs['logits']).abs().max() <= 1e-4
+    if 'branch_feats' in official.outputs:
+        assert max(official.branch_diffs(branches)) <= 1e-4
+
+
+def test_mmpretrain_fixture_at_a_non_square_size(tmp_path: Path) -> None:
+    """mmpretrain too takes only multiples of 32 (the generator records its error at 225x250)."""
+    run = reference_run('fixtures', 'mmpretrain', tmp_path, '160x288')
+    logits, neck_feat, _ = _run_reference('hrnet_w18', run.checkpoint, run.input)
+    assert (logits - run.outputs['logits']).abs().max() <= 1e-4
+    assert (neck_feat - run.outputs['neck_feat']).abs().max() <= 1e-4
 
 
 def test_mmpretrain_to_ssld_and_non_ssld_variants(mmpretrain_w18: dict) -> None:

@@ -14,10 +14,10 @@ import safetensors
 import safetensors.torch
 import torch
 import yaml
-from helpers import relative_diff
 from hub_common import leftovers, sha256, snapshot
 from huggingface_hub import ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
+from reference_sources import REFERENCE_SOURCES, copy_checkpoint, reference_run
 
 from hub_upload.__main__ import MANIFEST_DIR, SOURCES, main
 from hub_upload.batch import load_manifest, run_batch
@@ -41,19 +41,21 @@ def write_manifest(path: Path, entries: list[dict], **defaults: object) -> Path:
     return path
 
 
-@pytest.fixture(scope='module')
-def sources(refdata: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The reduced official checkpoints, the pose one named as the releases are (the name carries the input size)."""
+@pytest.fixture(scope='module', params=REFERENCE_SOURCES)
+def sources(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The reduced official checkpoints, the pose one named as the releases are (the name carries the input size),
+    and what the official code computed with them; the other files a test needs are kept in another folder."""
+    written = tmp_path_factory.mktemp('reference')
+    runs = {network: reference_run(request.param, network, written) for network in ('pose', 'seg', 'cls')}
     folder = tmp_path_factory.mktemp('downloads')
-    pose = folder / 'pose_hrnet_small_256x192.pth'
-    shutil.copyfile(refdata / 'pose_official' / 'pose_hrnet_small_official_random.pth', pose)
-    seg = folder / 'seg_hrnet_small_official_random.pth'
-    shutil.copyfile(refdata / 'seg_official' / 'seg_hrnet_small_official_random.pth', seg)
-    return dict(pose=pose, seg=seg, refdata=refdata)
+    pose = copy_checkpoint(runs['pose'], folder / 'pose_hrnet_small_256x192.pth')
+    seg = copy_checkpoint(runs['seg'], folder / 'seg_hrnet_small_official_random.pth')
+    unsized = copy_checkpoint(runs['pose'], written / 'pose_hrnet_small_official_random.pth')
+    return dict(pose=pose, seg=seg, pose_unsized=unsized, classifier=runs['cls'].checkpoint, runs=runs)
 
 
 @pytest.fixture(scope='module')
-def pose_repo(sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def pose_repo(sources: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
     facts = TaskFacts(source_title='the official HRNet pose estimation release', results_url=RESULTS_URL,
                       metrics=(('AP', 74.4),), eval_split='val2017', eval_protocol='flip test')
     result = convert_task_to_dir(sources['pose'], tmp_path_factory.mktemp('repos') / 'pose', repo_id=POSE_REPO,
@@ -65,13 +67,13 @@ def pose_repo(sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture(scope='module')
-def seg_repo(sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def seg_repo(sources: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp('repos') / 'seg'
     assert main(['convert', str(sources['seg']), '--out', str(out), *IMAGE]) == 0  # no results stated
     return out
 
 
-def test_pose_repo_is_official_float32_weights_and_a_task_config(pose_repo: Path, sources: dict[str, Path]) -> None:
+def test_pose_repo_is_official_float32_weights_and_a_task_config(pose_repo: Path, sources: dict) -> None:
     assert sorted(p.name for p in pose_repo.iterdir()) == ['.hub_upload.json', 'README.md', 'config.json',
                                                            'model.safetensors']
     config = json.loads((pose_repo / 'config.json').read_text())
@@ -91,22 +93,22 @@ def test_pose_repo_is_official_float32_weights_and_a_task_config(pose_repo: Path
 
 
 def test_staged_repos_rebuild_and_reproduce_the_official_outputs(
-        pose_repo: Path, seg_repo: Path, sources: dict[str, Path]) -> None:
+        pose_repo: Path, seg_repo: Path, sources: dict) -> None:
     """What the cards tell users to run gives what the official code computed (the fixtures' reference outputs)."""
     config = json.loads((pose_repo / 'config.json').read_text())
     pose = create_pose_model(pose_repo / 'model.safetensors', input_size=tuple(config['input_size'][1:]))
-    ref = torch.load(sources['refdata'] / 'pose_official' / 'ref_pose_hrnet_small_official.pt', weights_only=True)
+    official = sources['runs']['pose']
     with torch.no_grad():
-        assert relative_diff(pose(ref['input']), ref['output']) <= 1e-4
+        assert official.diff('output', pose(official.input)) <= 1e-4
     assert pose.input_size == (256, 192)
 
     config = json.loads((seg_repo / 'config.json').read_text())
     assert (config['architecture'], config['task'], config['num_classes']) == ('hrnet_seg', 'segmentation', 19)
     assert config['align_corners'] is False and config['dataset'] == 'cityscapes'  # the Cityscapes configs' value
     seg = create_seg_model(seg_repo / 'model.safetensors', align_corners=config['align_corners'])
-    ref = torch.load(sources['refdata'] / 'seg_official' / 'ref_seg_hrnet_small_official.pt', weights_only=True)
+    official = sources['runs']['seg']
     with torch.no_grad():
-        assert relative_diff(seg(ref['input']), ref['output']) <= 1e-4
+        assert official.diff('output', seg(official.input)) <= 1e-4
 
 
 def test_cards_carry_task_metadata_and_results_only_when_stated(pose_repo: Path, seg_repo: Path) -> None:
@@ -135,7 +137,7 @@ def test_cards_carry_task_metadata_and_results_only_when_stated(pose_repo: Path,
 
 
 def test_verify_passes_for_the_source_and_fails_on_a_planted_tensor(
-        seg_repo: Path, sources: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+        seg_repo: Path, sources: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(['verify', str(seg_repo), '--against', str(sources['seg']), *IMAGE]) == 0
     output = capsys.readouterr().out
     assert output.startswith('verify OK (self-consistency only)') and 'relative max diff 0 ' in output
@@ -146,7 +148,8 @@ def test_verify_passes_for_the_source_and_fails_on_a_planted_tensor(
     weights = planted / 'model.safetensors'
     with safetensors.safe_open(weights, framework='pt') as f:
         metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
-    tensors['stage3.0.branches.1.0.conv1.weight'][0, 0, 1, 1] += 0.5  # one weight deep in the trunk
+    # one tensor deep in the trunk (all its centre taps: a single weight can sit on a channel ReLU left at zero)
+    tensors['stage3.0.branches.1.0.conv1.weight'][:, :, 1, 1] += 0.5
     safetensors.torch.save_file(tensors, weights, metadata=metadata)
     assert main(['verify', str(planted), '--against', str(sources['seg']), *IMAGE]) == 1
     output = capsys.readouterr().out
@@ -162,7 +165,7 @@ def test_verify_passes_for_the_source_and_fails_on_a_planted_tensor(
 
 
 def test_force_replaces_only_an_unchanged_task_repo_and_never_the_source(
-        sources: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+        sources: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / 'pose'
     args = ['convert', str(sources['pose']), '--out', str(out), *IMAGE]
     assert main(args) == 0
@@ -183,14 +186,14 @@ def test_force_replaces_only_an_unchanged_task_repo_and_never_the_source(
 
 
 def test_convert_refuses_what_it_cannot_state_in_one_line(
-        sources: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    pose = sources['refdata'] / 'pose_official' / 'pose_hrnet_small_official_random.pth'  # no size in its name
+        sources: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    pose = sources['pose_unsized']  # no size in its name
     seg = sources['seg']
     state_dict = torch.load(seg, weights_only=True)
     odd = tmp_path / 'seg_7_classes.pth'  # no released model has 7 classes: align_corners is unknown
     torch.save({**state_dict, 'last_layer.3.weight': state_dict['last_layer.3.weight'][:7],
                 'last_layer.3.bias': state_dict['last_layer.3.bias'][:7]}, odd)
-    classifier = sources['refdata'] / 'official' / 'hrnet_w18_small_official_random.pth'
+    classifier = sources['classifier']
     cases = [
         ([str(pose)], 'does not say the input size it was trained at'),
         ([str(sources['pose']), '--model', 'hrnet_w18'], 'is an HRNet pose checkpoint'),
@@ -213,7 +216,7 @@ def test_convert_refuses_what_it_cannot_state_in_one_line(
 
 
 def test_batch_stages_task_entries_from_a_checkpoint_dir(
-        sources: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+        sources: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     manifest = write_manifest(tmp_path / 'tasks.yaml', [
         dict(file=sources['pose'].name, task='pose', repo='pose_small', input_size=[3, 256, 192], dataset='coco',
              metrics={'AP': 74.4}, eval_split='val2017', results_url=RESULTS_URL),

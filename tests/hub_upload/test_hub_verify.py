@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import timm.models.hrnet as builtin_hrnet
 import torch
+from reference_sources import REFERENCE_SOURCES, reference_run
 from small_checkpoints import SMALL_MODEL, SmallCheckpoints
 
 import hub_upload.classifier
@@ -140,17 +141,17 @@ def mmpretrain_stand_in(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     return built
 
 
+@pytest.mark.parametrize('source_name', REFERENCE_SOURCES)
 def test_mmpretrain_checkpoints_are_verified_by_mmpretrain_when_it_is_installed(
-        refdata: Path, tmp_path: Path, mmpretrain_stand_in: list[dict], wrong_mapping: None) -> None:
-    source = refdata / 'mmpretrain' / 'hrnet-w18_mmpretrain_random.pth'  # written by mmpretrain 1.2.0
+        source_name: str, tmp_path: Path, mmpretrain_stand_in: list[dict], wrong_mapping: None) -> None:
+    run = reference_run(source_name, 'mmpretrain', tmp_path)  # an mmpretrain 1.2.0 checkpoint and its outputs
+    source = run.checkpoint
     state_dict = hub_upload.reference.read_source_state_dict(source)
     reference = hub_upload.reference.build_reference(state_dict, 'hrnet_w18', 'mmpretrain')
     assert reference.independent and reference.description.startswith("mmpretrain's own ImageClassifier")
     assert mmpretrain_stand_in[0]['head'] == dict(type='LinearClsHead', in_channels=2048, num_classes=1000)
-    recorded = torch.load(refdata / 'mmpretrain' / 'ref_hrnet-w18_mmpretrain.pt', weights_only=True)
     with torch.no_grad():  # the reference computes what real mmpretrain computed for this checkpoint
-        torch.testing.assert_close(reference.model(recorded['input'][:1]), recorded['logits'][:1], rtol=1e-4,
-                                   atol=1e-4)
+        torch.testing.assert_close(reference.model(run.input), run.outputs['logits'], rtol=1e-4, atol=1e-4)
     with pytest.raises(VerificationError, match="through mmpretrain's own ImageClassifier"):
         convert_to_dir(source, 'hrnet_w18', tmp_path / 'w18', verify_image_size=32)
     assert not (tmp_path / 'w18').exists()

@@ -12,6 +12,7 @@ import safetensors.torch
 import torch
 from helpers import assert_checkpointing_exact, openmmlab_fixture, relative_diff
 from PIL import Image
+from reference_sources import REFERENCE_SOURCES, ReferenceRun, reference_run
 from task_reference import official_extra, official_forward, official_shapes, random_checkpoint, tiny_extra
 
 from timm_hrnet import VARIANTS, HRNetPose, create_pose_model, optimize_for_inference
@@ -27,19 +28,15 @@ pytestmark = pytest.mark.usefixtures('single_torch_thread')
 TOLERANCE = 1e-4  # relative max difference the issue allows; float32 rounding gives ~1e-7
 
 
-@pytest.fixture(scope='module')
-def fixture(refdata: Path) -> dict:
-    folder = refdata / 'pose_official'
-    meta = json.loads((folder / 'ref_pose_hrnet_small_official.json').read_text())
-    return dict(
-        checkpoint=folder / meta['checkpoint'], meta=meta,
-        ref=torch.load(folder / 'ref_pose_hrnet_small_official.pt', weights_only=True),
-    )
+@pytest.fixture(scope='module', params=REFERENCE_SOURCES)
+def official(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> ReferenceRun:
+    """A reduced pose_hrnet checkpoint and the heatmaps the official code computed with it at 256x192."""
+    return reference_run(request.param, 'pose', tmp_path_factory.mktemp('pose_official'))
 
 
 @pytest.fixture(scope='module')
-def official_model(fixture: dict) -> HRNetPose:
-    return create_pose_model(fixture['checkpoint'])
+def official_model(official: ReferenceRun) -> HRNetPose:
+    return create_pose_model(official.checkpoint)
 
 
 @pytest.fixture(scope='module')
@@ -47,31 +44,29 @@ def tiny_checkpoint() -> dict[str, torch.Tensor]:
     return random_checkpoint(official_shapes(tiny_extra(seg=False), 'pose', 17))
 
 
-def test_official_fixture_reproduced(fixture: dict, official_model: HRNetPose) -> None:
-    ref = fixture['ref']
+def test_official_fixture_reproduced(official: ReferenceRun, official_model: HRNetPose) -> None:
     assert not official_model.training and not official_model.spec.multi_scale_output
     assert (official_model.num_joints, official_model.final_conv_kernel, official_model.in_chans) == (17, 1, 3)
     with torch.no_grad():
-        heatmaps = official_model(ref['input'])
-        branches = HRNetTrunk.forward(official_model, ref['input'])
-    assert heatmaps.shape == ref['output'].shape == (2, 17, 64, 48)
-    assert len(branches) == len(ref['branch_feats']) == 1  # the last module outputs the stride-4 branch only
-    assert relative_diff(heatmaps, ref['output']) <= TOLERANCE
-    assert relative_diff(branches[0], ref['branch_feats'][0]) <= TOLERANCE
+        heatmaps = official_model(official.input)
+        branches = HRNetTrunk.forward(official_model, official.input)
+    assert heatmaps.shape == (1, 17, 64, 48)
+    assert len(branches) == 1  # the last module outputs the stride-4 branch only
+    assert official.diff('output', heatmaps) <= TOLERANCE
+    assert max(official.branch_diffs(branches)) <= TOLERANCE
 
 
-def test_state_dict_is_the_official_layout(fixture: dict, official_model: HRNetPose) -> None:
-    official = {k: tuple(v.shape) for k, v in torch.load(fixture['checkpoint'], weights_only=True).items()}
+def test_state_dict_is_the_official_layout(official: ReferenceRun, official_model: HRNetPose) -> None:
+    official_keys = {k: tuple(v.shape) for k, v in torch.load(official.checkpoint, weights_only=True).items()}
     ours = {k: tuple(v.shape) for k, v in official_model.state_dict().items()}
-    assert ours == official == official_shapes(fixture['meta']['extra'], 'pose', 17)
+    assert ours == official_keys == official_shapes(official.meta['extra'], 'pose', 17)
 
 
-def test_reference_oracle_reproduces_fixture(fixture: dict) -> None:
+def test_reference_oracle_reproduces_fixture(official: ReferenceRun) -> None:
     """The oracle that stands in for the official code below is itself checked against the official output."""
-    sd = {k: v.float() for k, v in torch.load(fixture['checkpoint'], weights_only=True).items()}
-    ref = fixture['ref']
-    out = official_forward(sd, fixture['meta']['extra'], 'pose', ref['input'][:1])
-    assert relative_diff(out, ref['output'][:1]) <= TOLERANCE
+    sd = {k: v.float() for k, v in torch.load(official.checkpoint, weights_only=True).items()}
+    out = official_forward(sd, official.meta['extra'], 'pose', official.input)
+    assert official.diff('output', out) <= TOLERANCE
 
 
 @pytest.mark.parametrize('width', [32, 48])

@@ -14,6 +14,7 @@ import safetensors.torch
 import torch
 from helpers import assert_checkpointing_exact, relative_diff
 from PIL import Image
+from reference_sources import REFERENCE_SOURCES, ReferenceRun, reference_run
 from task_reference import official_extra, official_forward, official_shapes, random_checkpoint, tiny_extra
 
 from timm_hrnet import VARIANTS, HRNetSeg, create_seg_model, optimize_for_inference
@@ -26,21 +27,20 @@ pytestmark = pytest.mark.usefixtures('single_torch_thread')
 TOLERANCE = 1e-4  # relative max difference the issue allows; float32 rounding gives ~1e-7
 
 
-@pytest.fixture(scope='module')
-def fixture(refdata: Path) -> dict:
-    folder = refdata / 'seg_official'
-    meta = json.loads((folder / 'ref_seg_hrnet_small_official.json').read_text())
-    checkpoint = folder / meta['checkpoint']
-    return dict(
-        checkpoint=checkpoint, meta=meta,
-        state_dict={k: v.float() for k, v in torch.load(checkpoint, weights_only=True).items()},
-        ref=torch.load(folder / 'ref_seg_hrnet_small_official.pt', weights_only=True),
-    )
+@pytest.fixture(scope='module', params=REFERENCE_SOURCES)
+def official(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> ReferenceRun:
+    """A reduced seg_hrnet checkpoint and the logits the official code computed with it (fixtures: 512x1024)."""
+    return reference_run(request.param, 'seg', tmp_path_factory.mktemp('seg_official'))
 
 
 @pytest.fixture(scope='module')
-def official_model(fixture: dict) -> HRNetSeg:
-    return create_seg_model(fixture['checkpoint'], align_corners=fixture['meta']['align_corners'])
+def official_state_dict(official: ReferenceRun) -> dict[str, torch.Tensor]:
+    return {k: v.float() for k, v in torch.load(official.checkpoint, weights_only=True).items()}
+
+
+@pytest.fixture(scope='module')
+def official_model(official: ReferenceRun) -> HRNetSeg:
+    return create_seg_model(official.checkpoint, align_corners=official.meta['align_corners'])
 
 
 @pytest.fixture(scope='module')
@@ -48,42 +48,57 @@ def tiny_checkpoint() -> dict[str, torch.Tensor]:
     return random_checkpoint(official_shapes(tiny_extra(seg=True), 'seg', 20))
 
 
-def test_official_fixture_reproduced(fixture: dict, official_model: HRNetSeg) -> None:
-    ref = fixture['ref']
+def stride4(size: tuple[int, ...]) -> tuple[int, int]:
+    return (size[-2] + 3) // 4, (size[-1] + 3) // 4
+
+
+def test_official_fixture_reproduced(official: ReferenceRun, official_model: HRNetSeg) -> None:
     assert not official_model.training and official_model.spec.upsample == 'bilinear'
     assert (official_model.num_classes, official_model.align_corners) == (19, False)
     with torch.no_grad():
-        logits = official_model(ref['input'])
-        branches = HRNetTrunk.forward(official_model, ref['input'])
-    assert logits.shape == ref['output'].shape == (2, 19, 64, 128)
-    assert relative_diff(logits, ref['output']) <= TOLERANCE
-    for ours, theirs in zip(branches, ref['branch_feats'], strict=True):
-        assert relative_diff(ours, theirs) <= TOLERANCE
+        logits = official_model(official.input)
+        branches = HRNetTrunk.forward(official_model, official.input)
+    assert logits.shape == (1, 19, *stride4(official.input.shape))
+    assert official.diff('output', logits) <= TOLERANCE
+    assert max(official.branch_diffs(branches)) <= TOLERANCE
 
 
-def test_state_dict_is_the_official_layout(fixture: dict, official_model: HRNetSeg) -> None:
-    official = {k: tuple(v.shape) for k, v in fixture['state_dict'].items()}
+@pytest.mark.parametrize('case', ['250x330', '250x330_align_corners'])
+def test_official_outputs_at_sizes_not_multiples_of_32(case: str, tmp_path: Path) -> None:
+    """What the official code computed at 250x330 (its exchange units resize to the target's actual size), with
+    align_corners False (the released configs) and True (the config default)."""
+    official = reference_run('fixtures', 'seg', tmp_path, case)
+    model = create_seg_model(official.checkpoint, align_corners=official.outputs['align_corners'])
+    with torch.no_grad():
+        logits = model(official.input)
+    assert logits.shape == (1, 19, 63, 83)
+    assert official.diff('output', logits) <= TOLERANCE
+
+
+def test_state_dict_is_the_official_layout(official_state_dict: dict, official: ReferenceRun,
+                                           official_model: HRNetSeg) -> None:
+    official_keys = {k: tuple(v.shape) for k, v in official_state_dict.items()}
     ours = {k: tuple(v.shape) for k, v in official_model.state_dict().items()}
-    assert ours == official == official_shapes(fixture['meta']['extra'], 'seg', 19)
+    assert ours == official_keys == official_shapes(official.meta['extra'], 'seg', 19)
 
 
-def test_reference_oracle_reproduces_fixture(fixture: dict) -> None:
+def test_reference_oracle_reproduces_fixture(official_state_dict: dict, official: ReferenceRun) -> None:
     """The oracle that stands in for the official code below is itself checked against the official output."""
-    ref = fixture['ref']
-    out = official_forward(fixture['state_dict'], fixture['meta']['extra'], 'seg', ref['input'][:1])
-    assert relative_diff(out, ref['output'][:1]) <= TOLERANCE
+    out = official_forward(official_state_dict, official.meta['extra'], 'seg', official.input)
+    assert official.diff('output', out) <= TOLERANCE
 
 
 @pytest.mark.parametrize(('size', 'align_corners'), [((70, 100), False), ((97, 131), False), ((64, 96), True)])
-def test_any_input_size_and_align_corners(fixture: dict, size: tuple[int, int], align_corners: bool) -> None:
+def test_any_input_size_and_align_corners(official_state_dict: dict, official: ReferenceRun, size: tuple[int, int],
+                                          align_corners: bool) -> None:
     """The official code runs on any size (exchange units resize to the target's actual size): so do we."""
-    model = create_seg_model(fixture['checkpoint'], align_corners=align_corners)
+    model = create_seg_model(official.checkpoint, align_corners=align_corners)
     x = torch.randn(1, 3, *size)
-    expected = official_forward(fixture['state_dict'], fixture['meta']['extra'], 'seg', x, align_corners)
+    expected = official_forward(official_state_dict, official.meta['extra'], 'seg', x, align_corners)
     with torch.no_grad():
         logits = model(x)
         upsampled = model.logits_at_input_size(x)
-    assert logits.shape[-2:] == expected.shape[-2:] == ((size[0] + 3) // 4, (size[1] + 3) // 4)
+    assert logits.shape[-2:] == expected.shape[-2:] == stride4(size)
     assert relative_diff(logits, expected) <= TOLERANCE
     assert upsampled.shape == (1, 19, *size)
 
@@ -222,9 +237,9 @@ def test_flip_swaps_left_and_right_classes(tiny_checkpoint: dict) -> None:
 
 
 @pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated:FutureWarning')
-def test_optimize_for_inference(fixture: dict) -> None:
+def test_optimize_for_inference(official: ReferenceRun) -> None:
     """Bilinear exchange units and the conv-BN-ReLU-conv head fuse; any size still matches; TorchScript compiles."""
-    model = create_seg_model(fixture['checkpoint'])
+    model = create_seg_model(official.checkpoint)
     fused = optimize_for_inference(model)
     x = torch.randn(1, 3, 70, 100)
     with torch.no_grad():
