@@ -220,3 +220,16 @@ def test_a_full_disk_while_saving_the_training_state_is_one_line(
     err = one_line_error(capsys)
     assert f'cannot write {out / "last.pth"}: RuntimeError: ' in err and 'file write failed' in err
     assert not [p for p in out.iterdir() if p.name.startswith('.last.pth')]
+
+
+def test_a_bad_training_set_names_every_file_in_flag_names(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The library lists the bad samples over several lines; the command prints them all, not the first line."""
+    annotations, images, keypoints = make_pose_data(tmp_path / 'data', count=3)
+    (images / '001.png').unlink()
+    assert main(['train-pose', '--annotations', str(annotations), '--images', str(images), '--keypoints',
+                 str(keypoints), '--output', str(tmp_path / 'run'), '--init', FAST['init'], '--scratch',
+                 '--workers', '0', '--no-progress']) == 2
+    err = capsys.readouterr().err
+    assert '1 missing images' in err and str(images / '001.png') in err
+    assert '--on-bad-sample skip' in err and 'on_bad_sample' not in err
+    assert not (tmp_path / 'run').exists()

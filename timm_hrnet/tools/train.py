@@ -215,6 +215,7 @@ def add_seg_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 # the library's messages name its Python arguments; a command-line user typed these flags
 _FLAGS = (("resume='auto'", '--resume'), ('overwrite=True', '--overwrite'), ('output_dir', '--output'),
+          ('on_bad_sample="skip"', '--on-bad-sample skip'),
           ('init=', '--init '), ('pretrained_file', '--pretrained-file'), ('on_bad_sample', '--on-bad-sample'),
           ('max_steps', '--max-steps'))
 

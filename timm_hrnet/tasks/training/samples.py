@@ -36,7 +36,7 @@ def check_policy(on_bad_sample: str) -> None:
         raise ValueError(f"on_bad_sample must be 'error' or 'skip', got {on_bad_sample!r}")
 
 
-_SKIP_HINT = '(on_bad_sample="skip" / --on-bad-sample skip leaves such samples out, counted in the log)'
+_SKIP_HINT = '(on_bad_sample="skip" leaves such samples out, counted in the log)'
 
 
 class Problems:
