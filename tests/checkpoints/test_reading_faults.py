@@ -92,3 +92,28 @@ def test_a_pickle_that_would_run_code_is_refused_naming_what_it_references(tmp_p
     torch.save({'state_dict': {'w': torch.zeros(1)}, 'payload': Evil()}, path)
     with pytest.raises(ValueError, match=r'refusing to load .*evil\.pth.*builtins\.print'):
         read_checkpoint(path)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ('this would have run',))
+
+
+@pytest.mark.parametrize('option', ['--checkpoint', '--pretrained-file'])
+def test_a_pickle_that_would_run_code_is_one_line_from_every_option(
+        option: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    evil = tmp_path / 'evil.pth'
+    torch.save({'state_dict': {'conv1.weight': torch.zeros(1)}, 'payload': _RunsCode()}, evil)
+    if option == '--checkpoint':
+        image = tmp_path / 'photo.png'
+        Image.new('RGB', (64, 48)).save(image)
+        argv = ['pose', str(image), '--checkpoint', str(evil)]
+    else:
+        annotations, images, keypoints = make_pose_data(tmp_path / 'data', count=2)
+        argv = ['train-pose', '--annotations', str(annotations), '--images', str(images), '--keypoints',
+                str(keypoints), '--output', str(tmp_path / 'run'), '--init', 'hrnet_w18_small', '--pretrained-file',
+                str(evil), '--workers', '0', '--no-progress']
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert 'this would have run' not in out + err
+    assert len(err.strip().splitlines()) == 1 and f"refusing to load '{evil}'" in err and 'builtins.print' in err, err
