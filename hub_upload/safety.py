@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from timm_hrnet.download import file_sha256
+from timm_hrnet.outputs import process_gone
 
 __all__ = [
     'MARKER_NAME',
@@ -122,19 +123,6 @@ def replace_dir(staging: Path, out_dir: Path) -> None:
         holding.rmdir()
         raise
     shutil.rmtree(holding, ignore_errors=True)  # what remains is removed by the next run's recover_interrupted
-
-
-def process_gone(pid: int) -> bool:
-    """Whether no process has this id (POSIX); elsewhere nothing is presumed gone, so nothing is cleaned up."""
-    if os.name != 'posix' or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # exists, owned by someone else
-        return False
-    return False
 
 
 def recover_interrupted(out_dir: Path, log: Callable[[str], None]) -> None:
