@@ -82,4 +82,4 @@ def test_task_checkpoint_alias_reads_as_before(tmp_path: Path) -> None:
     assert checkpoint_task({'conv1.weight': None}) is None  # a trunk without a head
     assert checkpoint_task({'encoder.weight': None}) is None  # not HRNet: None, as before, not an error
     assert checkpoint_task({}) is None
-    assert checkpoint_task({'backbone.conv1.weight': None, 'decode_head.0.conv.weight': None}) is None  # OCRNet
+    assert checkpoint_task({'backbone.conv1.weight': None, 'decode_head.0.conv.weight': None}) is None  # 1 of 2
