@@ -32,10 +32,12 @@ from .base import HRNetTaskModel, init_head_conv, load_task_weights, resize
 from .datasets import SegDatasetInfo, dataset_for_classes, generic_palette, seg_dataset, seg_dataset_for
 from .saved_config import config_beside
 
-__all__ = ['HRNetSeg', 'HRNetOCR', 'create_seg_model', 'OUTPUT_STRIDE', 'fcn_head', 'OFFICIAL_OCR_CHANNELS']
+__all__ = ['HRNetSeg', 'HRNetOCR', 'create_seg_model', 'OUTPUT_STRIDE', 'fcn_head', 'OFFICIAL_OCR_CHANNELS',
+           'OFFICIAL_OCR_ALIGN_CORNERS']
 
 OUTPUT_STRIDE = 4
 OFFICIAL_OCR_CHANNELS = (512, 256)  # MODEL.OCR.MID_CHANNELS, KEY_CHANNELS of every official and mmseg OCR config
+OFFICIAL_OCR_ALIGN_CORNERS = True  # MODEL.ALIGN_CORNERS' default, which no config of the HRNet-OCR branch changes
 
 
 def fcn_head(channels: int, num_classes: int, kernel: int, bias: bool, dd: dict[str, Any]) -> nn.Sequential:
@@ -334,7 +336,7 @@ def create_seg_model(
             'them), in official keys: how its exchange units resize is not in the weights; load the mmseg file itself, '
             'or keep the config.json written with these weights beside them')
     elif align_corners is None and arch.head == OCR:
-        align_corners = True  # the default of MODEL.ALIGN_CORNERS, which no official OCR config changes
+        align_corners = OFFICIAL_OCR_ALIGN_CORNERS
     elif align_corners is None:
         trained = labels if labels is not None and classes == arch.num_outputs else seg_dataset_for(arch.num_outputs)
         if trained is None:
