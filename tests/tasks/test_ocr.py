@@ -219,3 +219,34 @@ def test_ocr_exports_with_dynamic_size(fmt: str, tmp_path: Path) -> None:
     assert (128, 256) in sizes and (250, 330) in sizes
     assert max(c.max_rel_diff for c in report.checks) < 1e-4
     assert min(c.agreement for c in report.checks) > 0.999
+
+
+# --- the command line: segment (folder) and evaluate-seg run the OCR logits ---
+
+def test_segment_and_evaluate_seg_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from timm_hrnet.tools.cli import main
+    rng = np.random.default_rng(0)
+    for sub in ('images', 'labels'):
+        (tmp_path / sub).mkdir()
+    for k in range(2):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(tmp_path / 'images' / f'{k}.png')
+        Image.fromarray(rng.integers(0, 19, (40, 48)).astype(np.uint8), mode='L').save(tmp_path / 'labels' / f'{k}.png')
+    out = tmp_path / 'out'
+    assert main(['segment', str(tmp_path / 'images'), '--checkpoint', str(OFFICIAL), '--out', str(out)]) == 0
+    capsys.readouterr()
+    model = create_seg_model(OFFICIAL)
+    labels = model.predict(Image.open(tmp_path / 'images' / '0.png'))['labels']
+    saved = json.loads((out / '0.json').read_text())
+    assert saved['classes'] and all(  # the OCR logits' label map, as predict gives it
+        entry['fraction'] == pytest.approx((labels == entry['label']).float().mean().item(), abs=1e-5)
+        for entry in saved['classes'])
+    assert main(['evaluate-seg', '--checkpoint', str(MMSEG_OCR), '--images', str(tmp_path / 'images'), '--labels',
+                 str(tmp_path / 'labels'), '--no-progress', '--scales', '0.75,1.0', '--flip', '--window', '32x32',
+                 '--json']) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics['num_images'] == 2 and 0.0 <= metrics['mIoU'] <= 1.0
