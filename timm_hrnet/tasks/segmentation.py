@@ -246,6 +246,8 @@ class HRNetOCR(HRNetSeg):
 
     def build_head(self, channels: int, dd: dict[str, Any], ocr_channels: tuple[int, int] = OFFICIAL_OCR_CHANNELS,
                    ) -> None:
+        if len(ocr_channels) != 2 or min(ocr_channels) < 1:
+            raise ValueError(f'ocr_channels must be two positive widths (mid, key), got {list(ocr_channels)}')
         mid, key = ocr_channels
         self.ocr_channels = (mid, key)
         self.aux_head = fcn_head(channels, self.num_classes, 1, self.head_bias, dd)

@@ -23,7 +23,7 @@ from ..datasets import SegDatasetInfo, generic_palette, seg_dataset, seg_dataset
 from ..label_maps import LabelMapError
 from ..saved_config import CONFIG_FILE, WEIGHTS_FILE, config_beside, read_model_config
 from ..seg_evaluation import evaluate_seg, find_seg_samples
-from ..segmentation import HRNetOCR, HRNetSeg, create_seg_model
+from ..segmentation import OFFICIAL_OCR_CHANNELS, HRNetOCR, HRNetSeg, create_seg_model
 from .checkpointing import save_sidecar, save_weights
 from .config import Recipe, TrainConfig, resolve_config
 from .losses import SegCrossEntropy
@@ -45,8 +45,9 @@ class SegTrainConfig(TrainConfig):
     (threshold, pixels kept: None keeps the official share), per-class loss weights, `ignore_index`,
     `reduce_zero_label` (label 0 ignored, k -> k - 1), the label format, `check_labels` (decode every label map
     before training to find bad values up front), the evaluation's scales, flip and sliding window, the `head` of a
-    new model ('fcn' or 'ocr'; None: a checkpoint's own, 'fcn' for a variant) and the weight of an OCR model's
-    auxiliary loss (`aux_weight`, the official 0.4)."""
+    new model ('fcn' or 'ocr'; None: a checkpoint's own, 'fcn' for a variant), a new OCR model's (mid, key)
+    `ocr_channels` (the official 512, 256) and the weight of an OCR model's auxiliary loss (`aux_weight`, the
+    official 0.4)."""
 
     crop_size: tuple[int, int] = (512, 1024)
     augmentation: SegAugmentation = SegAugmentation()
@@ -64,6 +65,7 @@ class SegTrainConfig(TrainConfig):
     eval_window: tuple[int, int] | None = None
     head: str | None = None
     aux_weight: float = 0.4
+    ocr_channels: tuple[int, int] = OFFICIAL_OCR_CHANNELS
 
 
 def label_set(num_classes: int | None = None, dataset: str | SegDatasetInfo | None = None,
@@ -90,12 +92,13 @@ def _head_of(model: HRNetSeg) -> str:
 
 def build_seg_model(init: ModelInit, num_classes: int, labels: SegDatasetInfo | None = None,
                     align_corners: bool | None = None, pretrained: bool = True,
-                    pretrained_file: str | PathLike | None = None, head: str | None = None) -> HRNetSeg:
+                    pretrained_file: str | PathLike | None = None, head: str | None = None,
+                    ocr_channels: tuple[int, int] = OFFICIAL_OCR_CHANNELS) -> HRNetSeg:
     """The model to train: a given `HRNetSeg` (or `HRNetOCR`); a segmentation checkpoint (`create_seg_model`, the
     class convs re-initialised when the class count differs); or a variant name (`hrnet_w48`, `hrnet_w18.ms_in1k`,
-    ...) with bilinear exchange units, the `head` asked for ('fcn', the default, or 'ocr') and the trunk of its
-    ImageNet classifier (`pretrained`, optionally from `pretrained_file`) or from scratch. A model or checkpoint
-    keeps its own head: another `head` is an error."""
+    ...) with bilinear exchange units, the `head` asked for ('fcn', the default, or 'ocr' with `ocr_channels`) and
+    the trunk of its ImageNet classifier (`pretrained`, optionally from `pretrained_file`) or from scratch. A model
+    or checkpoint keeps its own head: another `head` is an error."""
     if head is not None and head not in SEG_HEADS:
         raise ValueError(f"unknown segmentation head {head!r}: choose one of {', '.join(SEG_HEADS)}")
     if isinstance(init, nn.Module):
@@ -108,7 +111,7 @@ def build_seg_model(init: ModelInit, num_classes: int, labels: SegDatasetInfo | 
         spec = dataclasses.replace(resolve_variant(os.fspath(init)), upsample='bilinear', multi_scale_output=True,
                                    align_corners=bool(align_corners))
         if head == OCR:
-            model = HRNetOCR(spec, num_classes, dataset=labels)
+            model = HRNetOCR(spec, num_classes, tuple(ocr_channels), dataset=labels)
         else:
             model = HRNetSeg(spec, num_classes, dataset=labels)
         if pretrained:
@@ -198,7 +201,7 @@ def train_seg(
         torch.manual_seed(config.seed)  # the same initial weights on every rank and in every run
         resuming = resume_path(config) is not None  # the trunk's weights would be overwritten: not fetched
         model = build_seg_model(init, num_classes, labels, align_corners, pretrained and not resuming,
-                                pretrained_file, config.head)
+                                pretrained_file, config.head, config.ocr_channels)
         train_data = SegTrainDataset(
             samples, num_classes, config.crop_size, model.mean, model.std, config.augmentation,
             palette=model.palette, flip_pairs=model.dataset.flip_pairs if model.dataset else (),
