@@ -184,6 +184,14 @@ def test_mmseg_ocr_in_official_keys_needs_its_config(mmseg_state: dict) -> None:
     _one_line_error(canonical, "without conv biases, as mmseg's OCRNet")
 
 
+def test_a_dataset_of_another_class_count_is_named() -> None:
+    """The class count is the tensors': a file of 19 classes asked to be PASCAL-Context (60) is an error naming
+    it (as the official README's 60-class OCR row, which links a 59-class file, would be)."""
+    with pytest.raises(ValueError, match=r"official_ocr_reduced.pth' has 19 classes .*'pascal_context' 60"):
+        create_seg_model(OFFICIAL, dataset='pascal_context')
+    assert create_seg_model(OFFICIAL, dataset='pascal_context', num_classes=60).num_classes == 60
+
+
 def test_mismatched_class_counts_are_named(official_state: dict) -> None:
     other = dict(official_state)
     other['model.aux_head.3.weight'] = other['model.aux_head.3.weight'][:5]

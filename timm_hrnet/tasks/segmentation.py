@@ -321,6 +321,10 @@ def create_seg_model(
         align_corners = config.align_corners
     if dataset:
         labels = seg_dataset(dataset)
+        if labels.num_classes != classes:  # e.g. a 59-class file linked as a 60-class PASCAL-Context model
+            raise ValueError(f'{loaded.source} has {classes} classes (read from its tensors), the dataset {dataset!r} '
+                             f'{labels.num_classes}: pass num_classes={labels.num_classes} to fine-tune it for that '
+                             'dataset, or the dataset it was trained on')
     elif config is not None and config.labels is not None and classes == arch.num_outputs:
         labels = config.labels
     elif loaded.class_names is not None and classes == len(loaded.class_names):
