@@ -201,7 +201,9 @@ def _ocr_architecture(state_dict: Mapping[str, Tensor], spec: HRNetSpec, in_chan
         else:
             parts = sorted({what for _, what in missing})
             problem = (f"a truncated OCR head: missing {', '.join(parts)} ({missing[0][0]}"
-                       + (f' and {len(missing) - 1} more' if len(missing) > 1 else '') + ')')
+                       + (f' and {len(missing) - 1} more' if len(missing) > 1 else '')
+                       + ("; mmseg's decode_head.0/1.* keys named as the official ones" if layout == MMSEG else '')
+                       + ')')
         raise ValueError(f'{source} has {problem}')
     aux = _conv(state_dict, 'aux_head.3.weight', 1, source)
     cls = _conv(state_dict, 'cls_head.weight', 1, source)
