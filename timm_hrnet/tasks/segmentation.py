@@ -7,6 +7,9 @@ config), and the head concatenates the four branches upsampled bilinearly to str
 (1x1 conv, BatchNorm, ReLU, conv to the classes). Logits stay at stride 4; `logits_at_input_size` upsamples them
 as the official test does, and `predict` adds flip, multi-scale and sliding-window inference.
 
+`HRNetOCR` replaces that head with HRNet + OCR's (the HRNet-OCR branch's `seg_hrnet_ocr`, mmseg's OCRNet): the
+same head as the auxiliary one, then object-contextual representations (`timm_hrnet.ocr`) and a class conv.
+
 `align_corners` is not stored in checkpoints, yet changes every output. The official configs set False for
 Cityscapes, LIP and PASCAL-Context and keep the code's default True for ADE20K and COCO-Stuff, so
 `create_seg_model` takes it from the class count of a released model and asks for it otherwise.
@@ -56,6 +59,7 @@ class HRNetSeg(HRNetTaskModel):
 
     `spec` must upsample bilinearly and keep all four branches (`upsample='bilinear'`, `multi_scale_output=True`).
     `dataset` names the classes and colours; by default the released dataset with `num_classes` classes, if any.
+    The head is made by `build_head` (a subclass's own, with its `head_options`).
     """
 
     __jit_unused_properties__ = ['class_names', 'palette']  # Python-side metadata, not part of the scripted model
