@@ -20,6 +20,12 @@ HRNET_CITATION = """@article{WangSCJDZLMTWLX19,
   journal={IEEE Transactions on Pattern Analysis and Machine Intelligence},
   year={2019}
 }"""
+OCR_CITATION = """@inproceedings{YuanCW20,
+  title={Object-Contextual Representations for Semantic Segmentation},
+  author={Yuan, Yuhui and Chen, Xilin and Wang, Jingdong},
+  booktitle={ECCV},
+  year={2020}
+}"""
 POSE_CITATION = """@inproceedings{sun2019deep,
   title={Deep High-Resolution Representation Learning for Human Pose Estimation},
   author={Sun, Ke and Xiao, Bin and Liu, Dong and Wang, Jingdong},
@@ -325,6 +331,13 @@ _TASK_TEXT = {
         '[Deep High-Resolution Representation Learning for Visual Recognition](https://arxiv.org/abs/1908.07919)',
         HRNET_CITATION),
 }
+# HRNet + OCR repos (config.json's head 'ocr'): the HRNet-OCR branch's seg_hrnet_ocr, both papers
+_OCR_TEXT = _TaskText(
+    'image-segmentation', 'Image Segmentation', 'Semantic segmentation (HRNetV2 + OCR)', 'seg_hrnet_ocr',
+    'https://github.com/HRNet/HRNet-Semantic-Segmentation/tree/HRNet-OCR',
+    '[Deep High-Resolution Representation Learning for Visual Recognition](https://arxiv.org/abs/1908.07919); '
+    '[Object-Contextual Representations for Semantic Segmentation](https://arxiv.org/abs/1909.11065)',
+    f'{HRNET_CITATION}\n\n{OCR_CITATION}')
 
 
 # the model a task repo's weights come from, by the layout config.json records; OpenMMLab's code where it is theirs
@@ -333,6 +346,22 @@ _LAYOUT_MODELS = {
     'mmpose': ("OpenMMLab mmpose's top-down heatmap HRNet", 'https://github.com/open-mmlab/mmpose'),
     'mmseg': ("OpenMMLab mmseg's HRNet + FCNHead, fcn_hr", 'https://github.com/open-mmlab/mmsegmentation'),
 }
+_MMSEG_OCR_MODEL = "OpenMMLab mmseg's OCRNet (HRNet, FCNHead + OCRHead in a cascade), ocrnet_hr"
+
+
+def _is_ocr(config: Mapping[str, Any]) -> bool:
+    return config.get('head') == 'ocr'
+
+
+def _seg_numerics(config: Mapping[str, Any], code: str) -> str:
+    """Whose numbers an OCR repo's model computes: what its weights do not show and its config.json records."""
+    if config['hrnet_spec'].get('upsample_by_stride'):
+        return ("mmseg 1.x OCRNet's: exchange units upsample nearest by the stride ratio, then bilinearly to the "
+                'exact size; every resize with align_corners False; no biases in the auxiliary and OCR 3x3 convs')
+    align = config['align_corners']
+    return (f"the official {code}'s: exchange units, the branch concatenation and the final resize bilinear with "
+            f'align_corners {align}' + ('; conv biases in the auxiliary and OCR 3x3 convs' if config['head_bias']
+                                        else ''))
 
 
 def _task_results(task: str, facts: TaskFacts) -> list[EvalResult] | None:
@@ -386,7 +415,8 @@ def build_task_model_card(
     ``config`` is the repo's config.json; ``verification`` says how the staged weights were checked.
     """
     task = config['task']
-    text = _TASK_TEXT[task]
+    ocr = task == 'segmentation' and _is_ocr(config)
+    text = _OCR_TEXT if ocr else _TASK_TEXT[task]
     model_name = repo_id.split('/')[-1]
     results = _task_results(task, facts)
     card_data = ModelCardData(
@@ -402,6 +432,8 @@ def build_task_model_card(
     )
     layout = config.get('source_layout', 'official')
     model_text, layout_code_url = _LAYOUT_MODELS[layout]
+    if ocr and layout == 'mmseg':
+        model_text = _MMSEG_OCR_MODEL
     model_text = model_text or f'the official {text.code}'
     source = facts.source_title or (f'a checkpoint in the official {text.code} layout' if layout == 'official'
                                     else f'a checkpoint in the {layout} layout')
@@ -434,8 +466,12 @@ def build_task_model_card(
               if _own_label_set(config) else []),
             ('Preprocessing', f'RGB in [0, 1], normalize mean {mean} std {std}'),
             ('align_corners', f'{config["align_corners"]} (bilinear upsampling, as in training)'),
+            *([('Numerics', _seg_numerics(config, text.code)),
+               ('OCR head', f'mid / key channels {config["ocr_channels"][0]} / {config["ocr_channels"][1]}; '
+                            '`model(x, aux=True)` also returns the auxiliary logits')] if ocr else []),
         ]
-        what = f'An HRNetV2 semantic segmentation model ({model_text}) predicting {labels}'
+        what = (f'An HRNetV2 {"+ OCR " if ocr else ""}semantic segmentation model ({model_text}) predicting '
+                f'{labels}')
     rows = [
         ('Model type', text.model_type),
         ('Architecture', f'`{config["architecture"]}`, HRNet-W{_width(config["hrnet_spec"])}'),
@@ -579,6 +615,10 @@ def _seg_usage(repo_id: str, config: Mapping[str, Any]) -> str:
         f'\n\n`create_seg_model(weights, align_corners={align})` on the weights alone builds the official exchange '
         f"units, which give {resizes}'s numbers at input sizes that are multiples of 32 and slightly different ones "
         'elsewhere; `timm-hrnet segment` reads the resizes from the config.json downloaded beside the weights.')
+    if resizes != 'official' and _is_ocr(config):
+        note = ("\n\nOn the weights alone `create_seg_model` refuses this OCR model: its bias-free head marks it as "
+                "mmseg's, whose resizes the weights do not show; `timm-hrnet segment` reads them from the "
+                'config.json downloaded beside the weights.')
     return f"""```python
 {stdlib}from huggingface_hub import hf_hub_download
 

@@ -29,6 +29,7 @@ from typing import Any
 from timm_hrnet.checkpoints import (
     CANONICAL,
     LAYOUT_NAMES,
+    OCR,
     POSE,
     SEGMENTATION,
     Checkpoint,
@@ -41,7 +42,7 @@ from timm_hrnet.download import FetchedFile
 from timm_hrnet.tasks.datasets import KEYPOINT_SETS, SEG_DATASETS, seg_dataset_for
 from timm_hrnet.tasks.pose import HRNetPose, create_pose_model, input_size_from_name
 from timm_hrnet.tasks.saved_config import ModelConfig, config_beside, label_fields
-from timm_hrnet.tasks.segmentation import HRNetSeg, create_seg_model
+from timm_hrnet.tasks.segmentation import OFFICIAL_OCR_ALIGN_CORNERS, HRNetSeg, create_seg_model
 
 from .kinds import Comparison, Prepared, RepoKind, float32_tensors
 from .model_card import Complexity, TaskFacts, build_task_model_card
@@ -211,15 +212,16 @@ class TaskKind:
         params, macs = model_params_and_macs(model, size)
         return Complexity(params=params, macs=macs, input_size=size)
 
-    def _code(self, layout: str) -> str:
-        """The code that wrote the source: the official pose_hrnet / seg_hrnet, or OpenMMLab's."""
-        return f'the official {self.code}' if layout == _OFFICIAL else f"{layout}'s"
+    def _code(self, layout: str, config: Mapping[str, Any] | None = None) -> str:
+        """The code that wrote the source: the official pose_hrnet / seg_hrnet / seg_hrnet_ocr, or OpenMMLab's."""
+        code = 'seg_hrnet_ocr' if config is not None and config.get('head') == OCR else self.code
+        return f'the official {code}' if layout == _OFFICIAL else f"{layout}'s"
 
-    def _verification_sentence(self, report: VerifyReport, layout: str) -> str:
+    def _verification_sentence(self, report: VerifyReport, layout: str, config: Mapping[str, Any]) -> str:
         return (f'hub_upload could check this conversion only for self-consistency: the model rebuilt from this '
                 f"repo's model.safetensors and config.json reproduces timm_hrnet's model of the source checkpoint "
                 f'(relative difference {report.relative_diff:.2g}); no independent implementation of '
-                f'{self._code(layout)} code was available to compare with.')
+                f'{self._code(layout, config)} code was available to compare with.')
 
     def prepare(self, source: Source, options: TaskOptions, repo_id: str, log: Callable[[str], None]) -> Prepared:
         checkpoint, src = source.checkpoint, source.path
@@ -242,7 +244,7 @@ class TaskKind:
 
         def card(report: VerifyReport):
             return build_task_model_card(repo_id, config, complexity, facts, src.name, source.fetched.sha256,
-                                         self._verification_sentence(report, layout))
+                                         self._verification_sentence(report, layout, config))
 
         def write_config(path: Path) -> None:
             path.write_text(json.dumps(config, indent=2) + '\n', encoding='utf-8')
@@ -379,6 +381,9 @@ class SegmentationKind(TaskKind):
             return None, trained, f"align_corners {trained} from '{exported.path}'"
         if stated is not None:
             return None, stated, f'align_corners {stated} as stated'
+        if arch.head == OCR:
+            return None, OFFICIAL_OCR_ALIGN_CORNERS, (f'align_corners {OFFICIAL_OCR_ALIGN_CORNERS}: every official '
+                                                      'HRNet-OCR config (MODEL.ALIGN_CORNERS left at its default)')
         outputs = arch.num_outputs
         released = seg_dataset_for(outputs)
         if released is None:

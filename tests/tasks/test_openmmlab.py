@@ -85,12 +85,13 @@ def test_mmseg_align_corners_cannot_be_overridden() -> None:
         create_seg_model(fixture(SEG), align_corners=True)
 
 
-def test_ocrnet_is_refused_by_name() -> None:
+def test_a_cascade_other_than_ocrnet_is_refused_by_name() -> None:
+    """Two FCNHeads in a cascade: not OCRNet (tests/tasks/test_ocr.py loads that), refused rather than renamed."""
     state_dict = torch.load(fixture(SEG), weights_only=True)['state_dict']
-    ocr = {k.replace('decode_head.', 'decode_head.1.'): v for k, v in state_dict.items()}
-    ocr.update({k.replace('decode_head.', 'decode_head.0.'): v for k, v in state_dict.items() if 'decode' in k})
-    with pytest.raises(ValueError, match='OCR'):
-        create_seg_model(ocr)
+    cascade = {k.replace('decode_head.', 'decode_head.1.'): v for k, v in state_dict.items()}
+    cascade.update({k.replace('decode_head.', 'decode_head.0.'): v for k, v in state_dict.items() if 'decode' in k})
+    with pytest.raises(ValueError, match='not OCRNet'):
+        create_seg_model(cascade)
 
 
 def test_a_key_from_another_network_is_named() -> None:

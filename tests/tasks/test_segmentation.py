@@ -154,7 +154,7 @@ def test_wrong_checkpoints_are_named(tiny_checkpoint: dict) -> None:
     mmseg = {'backbone.conv1.weight': torch.zeros(1), 'decode_head.conv_seg.weight': torch.zeros(1)}
     with pytest.raises(ValueError, match='conv1.weight has shape'):  # mmseg's layout, read as such, named
         create_seg_model(mmseg)
-    with pytest.raises(ValueError, match='OCRNet'):
+    with pytest.raises(ValueError, match='missing the OCRHead'):  # OCRNet's first head alone
         create_seg_model({'backbone.conv1.weight': torch.zeros(1), 'decode_head.0.conv_seg.weight': torch.zeros(1)})
     unlike = dict(tiny_checkpoint)
     for key in [k for k in unlike if k.startswith('stage4.1.branches.3.0.')]:

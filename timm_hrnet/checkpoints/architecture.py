@@ -17,12 +17,17 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from ..variants import HRNetSpec, StageSpec
-from .layouts import CANONICAL, CLASSIFICATION, MMPOSE, MMSEG, POSE, SEGMENTATION
+from .layouts import CANONICAL, CLASSIFICATION, MMPOSE, MMSEG, OCR_ROOTS, POSE, SEGMENTATION
 
-__all__ = ['TaskArchitecture', 'read_architecture', 'check_task', 'DECODINGS']
+__all__ = ['TaskArchitecture', 'read_architecture', 'check_task', 'DECODINGS', 'SEG_HEADS', 'FCN', 'OCR']
 
 # heatmap decoding rules: the official code's, and mmpose 1.x's (its MSRAHeatmap codec) for mmpose checkpoints
 DECODINGS = ('official', 'mmpose')
+# segmentation heads: HRNetV2's conv -> BN -> ReLU -> conv (seg_hrnet's last_layer, mmseg's FCNHead), and
+# object-contextual representations (seg_hrnet_ocr, mmseg's OCRNet)
+FCN = 'fcn'
+OCR = 'ocr'
+SEG_HEADS = (FCN, OCR)
 
 
 @dataclass(frozen=True)
@@ -33,7 +38,9 @@ class TaskArchitecture:
     first conv has a bias (the official head does, mmseg's FCNHead conv, followed by BatchNorm, does not).
     `align_corners` is known for layouts that fix it (mmseg: False) and None where the training config decides.
     `decoding` (pose) names the heatmap decoding rule of the code the layout comes from: 'mmpose' for mmpose files,
-    'official' otherwise (`timm_hrnet.tasks.pose.decode_heatmaps`).
+    'official' otherwise (`timm_hrnet.tasks.pose.decode_heatmaps`). `head` (segmentation) is 'fcn' or 'ocr'; an OCR
+    head's `ocr_channels` are its (mid, key) widths (official W48: 512, 256), its `head_bias` says whether its
+    aux_head and conv3x3_ocr convs have biases (the official code's do, mmseg's OCRNet's do not).
     """
 
     task: str
@@ -44,10 +51,13 @@ class TaskArchitecture:
     head_bias: bool = True
     align_corners: bool | None = None
     decoding: str | None = None
+    head: str = FCN
+    ocr_channels: tuple[int, int] | None = None
 
 
 _HEAD_KEYS = {POSE: 'final_layer.weight (a conv to the joint heatmaps)',
-              SEGMENTATION: 'last_layer.0/1/3.* (conv, BatchNorm, conv to the classes)'}
+              SEGMENTATION: 'last_layer.0/1/3.* (conv, BatchNorm, conv to the classes) or an OCR head (aux_head.*, '
+                            'conv3x3_ocr.*, ocr_distri_head.*, cls_head.*)'}
 _CREATE = {POSE: 'timm_hrnet.create_pose_model', SEGMENTATION: 'timm_hrnet.create_seg_model',
            CLASSIFICATION: "timm.create_model('hrnet_wNN', checkpoint_path=...)"}
 
@@ -135,6 +145,10 @@ def read_architecture(
     else:
         if not multi_scale:
             raise ValueError(f'{source}: the last module of stage 4 outputs one branch; segmentation needs all four')
+        if any(k.startswith(OCR_ROOTS) for k in state_dict):
+            spec = HRNetSpec(stages=stages, stem_width=stem_width, upsample='bilinear',
+                             upsample_by_stride=layout == MMSEG)
+            return _ocr_architecture(state_dict, spec, in_chans, source, layout)
         head = _require(state_dict, 'last_layer.3.weight', 4, source)
         spec = HRNetSpec(stages=stages, stem_width=stem_width, upsample='bilinear', upsample_by_stride=layout == MMSEG)
     kernel = head.shape[-1]
@@ -151,3 +165,60 @@ def read_architecture(
                             align_corners)
 
 
+# the OCR head's weights, each (key, what it is): a file lacking any of them is truncated or not an OCR model
+_BLOCK = 'ocr_distri_head.object_context_block'
+_OCR_WEIGHTS = (
+    ('aux_head.0.weight', 'the auxiliary head'), ('aux_head.1.running_var', 'the auxiliary head'),
+    ('aux_head.3.weight', 'the auxiliary class conv'),
+    ('conv3x3_ocr.0.weight', 'the OCR 3x3 conv'), ('conv3x3_ocr.1.running_var', 'the OCR 3x3 conv'),
+    *((f'{_BLOCK}.{name}.{k}', 'the object attention block') for name in ('f_pixel', 'f_object')
+      for k in ('0.weight', '1.0.running_var', '2.weight', '3.0.running_var')),
+    *((f'{_BLOCK}.{name}.{k}', 'the object attention block') for name in ('f_down', 'f_up')
+      for k in ('0.weight', '1.0.running_var')),
+    ('ocr_distri_head.conv_bn_dropout.0.weight', 'the OCR fusion conv'),
+    ('ocr_distri_head.conv_bn_dropout.1.0.running_var', 'the OCR fusion conv'),
+    ('cls_head.weight', 'the OCR class conv'),
+)
+
+
+def _conv(state_dict: Mapping[str, Tensor], key: str, kernel: int, source: str) -> Tensor:
+    weight = _require(state_dict, key, 4, source)
+    if tuple(weight.shape[-2:]) != (kernel, kernel):
+        raise ValueError(f'{source}: {key} has kernel {list(weight.shape[-2:])}, the OCR head has {kernel}x{kernel}')
+    return weight
+
+
+def _ocr_architecture(state_dict: Mapping[str, Tensor], spec: HRNetSpec, in_chans: int, source: str,
+                      layout: str) -> TaskArchitecture:
+    """The OCR head (official seg_hrnet_ocr, or mmseg's OCRNet renamed to it): class count, (mid, key) widths and
+    conv biases, after checking that every part of it is there."""
+    missing = [(key, what) for key, what in _OCR_WEIGHTS if key not in state_dict]
+    if missing:
+        present = [key for key, _ in _OCR_WEIGHTS if key in state_dict]
+        if present and all(key.startswith('aux_head.') for key in present):
+            problem = ('only the auxiliary head (aux_head.*, mmseg: decode_head.0.*) of an HRNet-OCR model, not its '
+                       'OCR head (conv3x3_ocr, ocr_distri_head, cls_head; mmseg: decode_head.1.*)')
+        else:
+            parts = sorted({what for _, what in missing})
+            problem = (f"a truncated OCR head: missing {', '.join(parts)} ({missing[0][0]}"
+                       + (f' and {len(missing) - 1} more' if len(missing) > 1 else '')
+                       + ("; mmseg's decode_head.0/1.* keys named as the official ones" if layout == MMSEG else '')
+                       + ')')
+        raise ValueError(f'{source} has {problem}')
+    aux = _conv(state_dict, 'aux_head.3.weight', 1, source)
+    cls = _conv(state_dict, 'cls_head.weight', 1, source)
+    _conv(state_dict, 'aux_head.0.weight', 1, source)
+    mid = _conv(state_dict, 'conv3x3_ocr.0.weight', 3, source).shape[0]
+    key_channels = _conv(state_dict, f'{_BLOCK}.f_pixel.0.weight', 1, source).shape[0]
+    if aux.shape[0] != cls.shape[0]:
+        raise ValueError(f'{source}: the auxiliary head has {aux.shape[0]} classes, the OCR head {cls.shape[0]}')
+    biases = {key: key in state_dict for key in ('aux_head.0.bias', 'conv3x3_ocr.0.bias')}
+    if len(set(biases.values())) > 1:
+        raise ValueError(f'{source}: of the convs aux_head.0 and conv3x3_ocr.0 only one has a bias; the official OCR '
+                         'head gives both one, mmseg\'s OCRNet neither')
+    head_bias = biases['aux_head.0.bias']
+    if layout == MMSEG and head_bias:
+        raise ValueError(f'{source} is read as mmseg\'s OCRNet, but its aux_head.0 / conv3x3_ocr.0 convs have biases, '
+                         'as only the official seg_hrnet_ocr has: load it as an official HRNet-OCR checkpoint')
+    return TaskArchitecture(SEGMENTATION, spec, in_chans, cls.shape[0], 1, head_bias,
+                            False if layout == MMSEG else None, head=OCR, ocr_channels=(mid, key_channels))

@@ -3,11 +3,15 @@
 * ``canonical``: the official releases (HRNet-Image-Classification, deep-high-resolution-net's pose_hrnet,
   HRNet-Semantic-Segmentation's seg_hrnet, the latter inside its `model.` training wrapper with `loss.*` buffers)
   and timm's hub weights: ``conv1.*`` ... ``stage4.*`` plus the head (``incre_modules.*`` ... ``classifier.*``,
-  ``final_layer.weight``, ``last_layer.*``).
+  ``final_layer.weight``, ``last_layer.*``), and the HRNet-OCR branch's ``seg_hrnet_ocr``: the trunk plus
+  ``aux_head.*``, ``conv3x3_ocr.*``, ``ocr_distri_head.*`` and ``cls_head.*``.
 * ``mmpretrain``: ``backbone.*``, the HRFuseScales neck under ``neck.0.*`` and ``head.fc.*``.
 * ``mmpose``: ``backbone.*`` and the heatmap head's ``head.final_layer.*`` (1.x) or ``keypoint_head.final_layer.*``
   (0.x).
-* ``mmseg``: ``backbone.*`` and an FCNHead, ``decode_head.convs.0.{conv,bn}.*`` and ``decode_head.conv_seg.*``.
+* ``mmseg``: ``backbone.*`` and an FCNHead, ``decode_head.convs.0.{conv,bn}.*`` and ``decode_head.conv_seg.*``;
+  or OCRNet's cascade, the FCNHead as ``decode_head.0.*`` and the OCRHead as ``decode_head.1.*``, renamed to the
+  official OCR model's keys (its FCNHead is the official ``aux_head``, its query / key / value / out projections
+  the official ``f_pixel`` / ``f_object`` / ``f_down`` / ``f_up``).
 
 OpenMMLab's backbones name BatchNorms ``normN`` where the canonical layout says ``bnN``; that is renamed. Layouts
 differ in what they compute too (see `TaskArchitecture` and the task models); the key names alone never decide it.
@@ -40,9 +44,28 @@ SEGMENTATION = 'segmentation'
 _CANONICAL_ROOTS = frozenset({
     'conv1', 'bn1', 'conv2', 'bn2', 'layer1', 'transition1', 'transition2', 'transition3', 'stage2', 'stage3',
     'stage4', 'incre_modules', 'downsamp_modules', 'final_layer', 'classifier', 'last_layer',
+    *('aux_head', 'conv3x3_ocr', 'ocr_distri_head', 'cls_head'),
 })
+OCR_ROOTS = ('aux_head.', 'conv3x3_ocr.', 'ocr_distri_head.', 'cls_head.')  # the official OCR head's modules
 _OFFICIAL_SEG_PREFIX = 'model.'  # HRNet-Semantic-Segmentation saves its FullModel(model, loss) wrapper
 _TRAINING_ONLY = ('loss.', 'auxiliary_head.')  # the criterion's class weights; mmseg's training-time auxiliary head
+_OCR_DISTRI = 'ocr_distri_head'
+
+
+def _ocr_projections() -> list[tuple[re.Pattern[str], str]]:
+    """mmseg's ObjectAttentionBlock projections (ConvModules: `.conv`, `.bn`; two in a Sequential for query and
+    key) -> the official _ObjectAttentionBlock's Sequentials of conv and BNReLU (`Sequential(BN, ReLU)`)."""
+    renames = []
+    block = r'^decode_head\.1\.object_context_block'
+    for mmseg_name, official in (('query', 'f_pixel'), ('key', 'f_object'), ('value', 'f_down'), ('out', 'f_up')):
+        target = f'{_OCR_DISTRI}.object_context_block.{official}'
+        for k in ((0, 1) if mmseg_name in ('query', 'key') else (None,)):
+            source = f'{block}\\.{mmseg_name}_project' + ('' if k is None else f'\\.{k}')
+            step = 2 * (k or 0)
+            renames.append((re.compile(source + r'\.conv\.'), f'{target}.{step}.'))
+            renames.append((re.compile(source + r'\.bn\.'), f'{target}.{step + 1}.0.'))
+    return renames
+
 
 _NORM = (re.compile(r'(^|\.)norm(\d)\.'), r'\1bn\2.')  # OpenMMLab's norm1/norm2 are the canonical bn1/bn2
 _BACKBONE = (re.compile(r'^backbone\.'), '')
@@ -65,6 +88,16 @@ _RENAMES: dict[str, tuple[tuple[re.Pattern[str], str], ...]] = {
         (re.compile(r'^decode_head\.convs\.0\.conv\.'), 'last_layer.0.'),
         (re.compile(r'^decode_head\.convs\.0\.bn\.'), 'last_layer.1.'),
         (re.compile(r'^decode_head\.conv_seg\.'), 'last_layer.3.'),
+        # OCRNet: FCNHead (the official aux_head) then OCRHead
+        (re.compile(r'^decode_head\.0\.convs\.0\.conv\.'), 'aux_head.0.'),
+        (re.compile(r'^decode_head\.0\.convs\.0\.bn\.'), 'aux_head.1.'),
+        (re.compile(r'^decode_head\.0\.conv_seg\.'), 'aux_head.3.'),
+        (re.compile(r'^decode_head\.1\.bottleneck\.conv\.'), 'conv3x3_ocr.0.'),
+        (re.compile(r'^decode_head\.1\.bottleneck\.bn\.'), 'conv3x3_ocr.1.'),
+        (re.compile(r'^decode_head\.1\.conv_seg\.'), 'cls_head.'),
+        *_ocr_projections(),
+        (re.compile(r'^decode_head\.1\.object_context_block\.bottleneck\.conv\.'), f'{_OCR_DISTRI}.conv_bn_dropout.0.'),
+        (re.compile(r'^decode_head\.1\.object_context_block\.bottleneck\.bn\.'), f'{_OCR_DISTRI}.conv_bn_dropout.1.0.'),
     ),
 }
 
@@ -89,11 +122,29 @@ def strip_training_wrapper(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict
 def _canonical_task(state_dict: Mapping[str, torch.Tensor]) -> str | None:
     if any(k.startswith(('incre_modules.', 'classifier.')) for k in state_dict):
         return CLASSIFICATION
-    if 'last_layer.3.weight' in state_dict:
+    if 'last_layer.3.weight' in state_dict or any(k.startswith(OCR_ROOTS) for k in state_dict):
         return SEGMENTATION
     if 'final_layer.weight' in state_dict:
         return POSE
     return None
+
+
+def _check_mmseg_heads(state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """mmseg's decode heads supported: one FCNHead (fcn_hr*), or OCRNet's cascade of an FCNHead and an OCRHead
+    (ocrnet_hr*); any other cascade, or a part of one, is refused by what it lacks."""
+    stages = sorted({int(m.group(1)) for k in state_dict if (m := re.match(r'decode_head\.(\d+)\.', k))})
+    if not stages:
+        return
+    if stages == [0]:
+        raise ValueError(
+            f'{source} is an mmseg cascade with only its first decode head (decode_head.0.*, the FCNHead whose '
+            'class maps OCRNet gathers objects by): missing the OCRHead, decode_head.1.*')
+    ocr_head = any(k.startswith('decode_head.1.object_context_block.') for k in state_dict)
+    if stages != [0, 1] or not ocr_head:
+        raise ValueError(
+            f'{source} is an mmseg checkpoint with a cascade of decode heads (decode_head.{", ".join(map(str, stages))}'
+            '.*) that is not OCRNet (an FCNHead, then an OCRHead with object_context_block.*); only HRNet + FCNHead '
+            '(fcn_hr*) and HRNet + OCR (ocrnet_hr*) models are supported')
 
 
 def detect_layout(state_dict: Mapping[str, torch.Tensor], source: str = 'state dict') -> Layout:
@@ -101,11 +152,7 @@ def detect_layout(state_dict: Mapping[str, torch.Tensor], source: str = 'state d
     roots = {key.split('.', 1)[0] for key in state_dict}
     if 'backbone' in roots:
         if 'decode_head' in roots:
-            if any(k.startswith('decode_head.0.') for k in state_dict):
-                raise ValueError(
-                    f'{source} is an mmseg checkpoint with a cascade of decode heads (decode_head.0.*, '
-                    'decode_head.1.*: OCRNet); only HRNet + FCNHead models (fcn_hr*) are supported'
-                )
+            _check_mmseg_heads(state_dict, source)
             return Layout(MMSEG, SEGMENTATION)
         if any(k.startswith(('head.final_layer.', 'keypoint_head.')) for k in state_dict):
             return Layout(MMPOSE, POSE)

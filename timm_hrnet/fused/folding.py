@@ -60,14 +60,30 @@ def _conv_bn_unit(module: nn.Module) -> nn.Module | None:
     return steps[0] if len(steps) == 1 else ConvChain(steps)
 
 
+def _layers(module: nn.Sequential) -> list[nn.Module] | None:
+    """The convs, BatchNorms and ReLUs of a Sequential in order, nested Sequentials (the OCR head's BN -> ReLU
+    pairs) flattened and dropout (an identity in inference) left out; None if it holds anything else."""
+    layers: list[nn.Module] = []
+    for m in module:
+        if isinstance(m, nn.Sequential):
+            inner = _layers(m)
+            if inner is None:
+                return None
+            layers.extend(inner)
+        elif isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.ReLU)):
+            layers.append(m)
+        elif not isinstance(m, nn.modules.dropout._DropoutNd):
+            return None
+    return layers
+
+
 def _fold_sequential(module: nn.Module) -> nn.Sequential | None:
     """A Sequential of convs, BatchNorms and ReLUs (a task head, e.g. the segmentation head's conv -> BN -> ReLU
-    -> conv) with each BN folded into the conv before it."""
-    if not isinstance(module, nn.Sequential):
+    -> conv, or the OCR head's conv -> (BN -> ReLU) pairs) with each BN folded into the conv before it."""
+    items = _layers(module) if isinstance(module, nn.Sequential) else None
+    if items is None:
         return None
-    if not all(isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.ReLU)) for m in module):
-        return None
-    items, out, k = list(module), [], 0
+    out, k = [], 0
     while k < len(items):
         if isinstance(items[k], nn.Conv2d) and k + 1 < len(items) and isinstance(items[k + 1], nn.BatchNorm2d):
             relu = k + 2 < len(items) and isinstance(items[k + 2], nn.ReLU)

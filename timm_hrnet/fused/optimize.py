@@ -14,7 +14,8 @@
   straight into the buffer from their last conv, the last with ReLU; bilinear exchange units (segmentation), and
   any export, resize each path to the target as the original does, so exported graphs hold no sizes,
 * the task models work too: the pose model's single-output last module, the segmentation head's conv -> BN -> ReLU
-  -> conv (`last_layer`, folded like any such Sequential),
+  -> conv (`last_layer`, folded like any such Sequential), the OCR head's convs with their nested BN -> ReLU pairs
+  (the attention block's projections, the fusion conv; its dropout goes),
 * optionally (`branch_widths`) the branches of stages 2-4 are zero-padded to widths GPU tensor cores prefer,
 * dropout goes, parameters stop requiring gradients, gradient checkpointing is switched off.
 The result refuses training: `.train()` and a forward pass in training mode raise a RuntimeError.

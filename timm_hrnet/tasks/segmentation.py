@@ -7,6 +7,9 @@ config), and the head concatenates the four branches upsampled bilinearly to str
 (1x1 conv, BatchNorm, ReLU, conv to the classes). Logits stay at stride 4; `logits_at_input_size` upsamples them
 as the official test does, and `predict` adds flip, multi-scale and sliding-window inference.
 
+`HRNetOCR` replaces that head with HRNet + OCR's (the HRNet-OCR branch's `seg_hrnet_ocr`, mmseg's OCRNet): the
+same head as the auxiliary one, then object-contextual representations (`timm_hrnet.ocr`) and a class conv.
+
 `align_corners` is not stored in checkpoints, yet changes every output. The official configs set False for
 Cityscapes, LIP and PASCAL-Context and keep the code's default True for ADE20K and COCO-Stuff, so
 `create_seg_model` takes it from the class count of a released model and asks for it otherwise.
@@ -17,25 +20,40 @@ import dataclasses
 import math
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ..checkpoints import MMSEG, SEGMENTATION, Checkpoint, CheckpointSource, check_task, read_checkpoint
+from ..checkpoints import MMSEG, OCR, SEGMENTATION, Checkpoint, CheckpointSource, check_task, read_checkpoint
 from ..fused import InferenceOnlyModel, register_inference_only
 from ..images import ImageInput
 from ..necks import HRNetV2
+from ..ocr import SpatialGather, SpatialOCR
 from ..variants import HRNetSpec
-from .base import HRNetTaskModel, load_task_weights, resize
+from .base import HRNetTaskModel, init_head_conv, load_task_weights, resize
 from .datasets import SegDatasetInfo, dataset_for_classes, generic_palette, seg_dataset, seg_dataset_for
 from .saved_config import config_beside
 
-__all__ = ['HRNetSeg', 'create_seg_model', 'OUTPUT_STRIDE']
+__all__ = ['HRNetSeg', 'HRNetOCR', 'create_seg_model', 'OUTPUT_STRIDE', 'fcn_head', 'OFFICIAL_OCR_CHANNELS',
+           'OFFICIAL_OCR_ALIGN_CORNERS']
 
 OUTPUT_STRIDE = 4
+OFFICIAL_OCR_CHANNELS = (512, 256)  # MODEL.OCR.MID_CHANNELS, KEY_CHANNELS of every official and mmseg OCR config
+OFFICIAL_OCR_ALIGN_CORNERS = True  # MODEL.ALIGN_CORNERS' default, which no config of the HRNet-OCR branch changes
+
+
+def fcn_head(channels: int, num_classes: int, kernel: int, bias: bool, dd: dict[str, Any]) -> nn.Sequential:
+    """HRNetV2's head: 1x1 conv (`bias`: the official code's has one, mmseg's FCNHead conv not), BatchNorm, ReLU,
+    conv to the classes (`kernel` 1 or 3)."""
+    return nn.Sequential(
+        nn.Conv2d(channels, channels, 1, bias=bias, **dd),
+        nn.BatchNorm2d(channels, **dd),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(channels, num_classes, kernel, padding=kernel // 2, **dd),
+    )
 
 
 class HRNetSeg(HRNetTaskModel):
@@ -43,6 +61,7 @@ class HRNetSeg(HRNetTaskModel):
 
     `spec` must upsample bilinearly and keep all four branches (`upsample='bilinear'`, `multi_scale_output=True`).
     `dataset` names the classes and colours; by default the released dataset with `num_classes` classes, if any.
+    The head is made by `build_head` (a subclass's own, with its `head_options`).
     """
 
     __jit_unused_properties__ = ['class_names', 'palette']  # Python-side metadata, not part of the scripted model
@@ -58,6 +77,7 @@ class HRNetSeg(HRNetTaskModel):
             drop_path_rate: float = 0.0,
             device: torch.device | str | None = None,
             dtype: torch.dtype | None = None,
+            **head_options: Any,
     ) -> None:
         if spec.upsample != 'bilinear' or not spec.multi_scale_output:
             raise ValueError(
@@ -77,14 +97,13 @@ class HRNetSeg(HRNetTaskModel):
         self.dataset = dataset
         self.head_bias = head_bias
         self.neck = HRNetV2(self.branch_channels, align_corners=self.align_corners)
-        channels = self.neck.out_channels
-        self.last_layer = nn.Sequential(
-            nn.Conv2d(channels, channels, 1, bias=head_bias, **dd),
-            nn.BatchNorm2d(channels, **dd),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(channels, num_classes, final_conv_kernel, padding=final_conv_kernel // 2, **dd),
-        )
+        self.build_head(self.neck.out_channels, dd, **head_options)
         self.init_weights()
+
+    def build_head(self, channels: int, dd: dict[str, Any]) -> None:
+        """The head on the `channels`-wide HRNetV2 concatenation: `last_layer`. A subclass with another head (e.g.
+        `HRNetOCR`) overrides it; `head_options` of the constructor come here."""
+        self.last_layer = fcn_head(channels, self.num_classes, self.final_conv_kernel, self.head_bias, dd)
 
     def output_conv(self) -> nn.Conv2d:
         return self.last_layer[3]
@@ -204,6 +223,72 @@ class HRNetSeg(HRNetTaskModel):
         )
 
 
+class HRNetOCR(HRNetSeg):
+    """HRNetV2 + OCR (object-contextual representations), as the official `seg_hrnet_ocr` and mmseg's OCRNet compute
+    it: `forward(x)` maps images to (N, K, H/4, W/4) class logits, `forward(x, aux=True)` to (logits, auxiliary
+    logits), the latter the coarse class map the OCR head gathers objects by (trained with weight 0.4).
+
+    On the HRNetV2 concatenation: `aux_head` (conv, BN, ReLU, conv to the classes: the FCN head), `conv3x3_ocr`
+    (3x3 conv to `ocr_channels[0]`, BN, ReLU), `ocr_gather_head` (one representation per class, weighted by the
+    auxiliary logits), `ocr_distri_head` (pixel-object attention with `ocr_channels[1]` key channels, fused with the
+    pixel features) and `cls_head` (1x1 conv to the classes). `head_bias`: whether the aux_head and conv3x3_ocr
+    convs have biases (the official code's do, mmseg's not). `predict` and everything built on it use the main
+    logits.
+    """
+
+    def __init__(
+            self,
+            spec: HRNetSpec,
+            num_classes: int,
+            ocr_channels: tuple[int, int] = OFFICIAL_OCR_CHANNELS,
+            in_chans: int = 3,
+            dataset: SegDatasetInfo | None = None,
+            head_bias: bool = True,
+            drop_path_rate: float = 0.0,
+            device: torch.device | str | None = None,
+            dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(spec, num_classes, 1, in_chans, dataset, head_bias, drop_path_rate, device, dtype,
+                         ocr_channels=ocr_channels)
+
+    def build_head(self, channels: int, dd: dict[str, Any], ocr_channels: tuple[int, int] = OFFICIAL_OCR_CHANNELS,
+                   ) -> None:
+        if len(ocr_channels) != 2 or min(ocr_channels) < 1:
+            raise ValueError(f'ocr_channels must be two positive widths (mid, key), got {list(ocr_channels)}')
+        mid, key = ocr_channels
+        self.ocr_channels = (mid, key)
+        self.aux_head = fcn_head(channels, self.num_classes, 1, self.head_bias, dd)
+        self.conv3x3_ocr = nn.Sequential(
+            nn.Conv2d(channels, mid, 3, padding=1, bias=self.head_bias, **dd),
+            nn.BatchNorm2d(mid, **dd),
+            nn.ReLU(inplace=True),
+        )
+        self.ocr_gather_head = SpatialGather()
+        self.ocr_distri_head = SpatialOCR(mid, key, mid, **dd)
+        self.cls_head = nn.Conv2d(mid, self.num_classes, 1, **dd)
+
+    def output_conv(self) -> nn.Conv2d:
+        return self.cls_head
+
+    def reset_head(self) -> None:
+        """Both class convs (main and auxiliary) initialised afresh, e.g. before fine-tuning."""
+        init_head_conv(self.cls_head)
+        init_head_conv(self.aux_head[3])
+
+    def forward(self, x: Tensor, aux: bool = False) -> Union[Tensor, tuple[Tensor, Tensor]]:  # noqa: UP007 (TorchScript)
+        features = self.forward_features(x)
+        aux_logits = self.aux_head(features)
+        pixels = self.conv3x3_ocr(features)
+        objects = self.ocr_gather_head(pixels, aux_logits)
+        logits = self.cls_head(self.ocr_distri_head(pixels, objects))
+        if aux:
+            return logits, aux_logits
+        return logits
+
+    def task_config(self) -> dict[str, Any]:
+        return dict(super().task_config(), head=OCR, ocr_channels=list(self.ocr_channels))
+
+
 def _tile_starts(length: int, window: int) -> list[int]:
     """Top (left) edges of tiles covering `length` with stride 2/3 of `window`, the last one flush with the end."""
     stride = max(1, int(window * 2 / 3))
@@ -219,15 +304,17 @@ def create_seg_model(
         device: torch.device | str | None = None,
 ) -> HRNetSeg:
     """An `HRNetSeg` with the architecture and weights of a segmentation checkpoint: official seg_hrnet or mmseg's
-    HRNet + FCNHead (fcn_hr*); a path, an https URL, a state dict or a `Checkpoint`.
+    HRNet + FCNHead (fcn_hr*), or an `HRNetOCR` for official seg_hrnet_ocr (HRNet-OCR branch, _torch04 and
+    _torch11 files) or mmseg's OCRNet (ocrnet_hr*); a path, an https URL, a state dict or a `Checkpoint`.
 
     `align_corners` must match the training config. mmseg's models always resize with False (their exchange units,
     head and final resize), so for them it is known. For official checkpoints, left out, it is the official config's
-    value for the released model with the checkpoint's class count (False: Cityscapes 19, LIP 20, PASCAL-Context
-    59/60; True: ADE20K 150, COCO-Stuff 171), and any other class count is an error. `num_classes` different from the
-    checkpoint's gives a freshly initialised class conv (the rest is loaded) for fine-tuning. `dataset` names the
-    label set (see `timm_hrnet.tasks.datasets.SEG_DATASETS`); by default the class names an mmseg checkpoint carries,
-    else the released dataset with that many classes. What the weights do not store and the arguments leave out
+    value for the released model with the checkpoint's class count (seg_hrnet: False for Cityscapes 19, LIP 20,
+    PASCAL-Context 59/60; True for ADE20K 150, COCO-Stuff 171; any other class count is an error), and True for
+    every official OCR model (no OCR config changes MODEL.ALIGN_CORNERS from its default). `num_classes` different
+    from the checkpoint's gives freshly initialised class convs (the rest is loaded) for fine-tuning. `dataset` names
+    the label set (see `timm_hrnet.tasks.datasets.SEG_DATASETS`); by default the class names an mmseg checkpoint
+    carries, else the released dataset with that many classes. What the weights do not store and the arguments leave out
     comes first from the config.json that `train_seg` / `hub_upload` wrote beside them (`align_corners`, the label
     set, and whether the exchange units resize in mmseg's two steps, which a model fine-tuned from an mmseg
     checkpoint keeps). The model is returned in eval mode.
@@ -241,6 +328,10 @@ def create_seg_model(
         align_corners = config.align_corners
     if dataset:
         labels = seg_dataset(dataset)
+        if labels.num_classes != classes:  # e.g. a 59-class file linked as a 60-class PASCAL-Context model
+            raise ValueError(f'{loaded.source} has {classes} classes (read from its tensors), the dataset {dataset!r} '
+                             f'{labels.num_classes}: pass num_classes={labels.num_classes} to fine-tune it for that '
+                             'dataset, or the dataset it was trained on')
     elif config is not None and config.labels is not None and classes == arch.num_outputs:
         labels = config.labels
     elif loaded.class_names is not None and classes == len(loaded.class_names):
@@ -252,6 +343,13 @@ def create_seg_model(
             raise ValueError(f'{loaded.source} is an {MMSEG} checkpoint: its model resizes with '
                              f'align_corners={arch.align_corners} throughout, not {align_corners}')
         align_corners = arch.align_corners
+    elif arch.head == OCR and not arch.head_bias and (config is None or config.upsample_by_stride is None):
+        raise ValueError(
+            f"{loaded.source} has an OCR head without conv biases, as mmseg's OCRNet (the official seg_hrnet_ocr has "
+            'them), in official keys: how its exchange units resize is not in the weights; load the mmseg file itself, '
+            'or keep the config.json written with these weights beside them')
+    elif align_corners is None and arch.head == OCR:
+        align_corners = OFFICIAL_OCR_ALIGN_CORNERS
     elif align_corners is None:
         trained = labels if labels is not None and classes == arch.num_outputs else seg_dataset_for(arch.num_outputs)
         if trained is None:
@@ -264,11 +362,21 @@ def create_seg_model(
     spec = dataclasses.replace(arch.spec, align_corners=align_corners)
     if config is not None and config.upsample_by_stride is not None:  # the weights do not show how it resizes
         spec = dataclasses.replace(spec, upsample_by_stride=config.upsample_by_stride)
-    model = HRNetSeg(spec, classes, arch.final_conv_kernel, arch.in_chans, labels, arch.head_bias)
-    load_task_weights(model, loaded, reinit_prefixes=('last_layer.3.',) if classes != arch.num_outputs else ())
+    if arch.head == OCR:
+        model: HRNetSeg = HRNetOCR(spec, classes, arch.ocr_channels, arch.in_chans, labels, arch.head_bias)
+        class_convs: tuple[str, ...] = ('aux_head.3.', 'cls_head.')
+    else:
+        model = HRNetSeg(spec, classes, arch.final_conv_kernel, arch.in_chans, labels, arch.head_bias)
+        class_convs = ('last_layer.3.',)
+    load_task_weights(model, loaded, reinit_prefixes=class_convs if classes != arch.num_outputs else ())
     return model.to(device).eval()
 
 
 @register_inference_only(HRNetSeg)
 class InferenceOnlyHRNetSeg(InferenceOnlyModel, HRNetSeg):
     """A fused segmentation model (module level, so fused models pickle and `torch.save` whole)."""
+
+
+@register_inference_only(HRNetOCR)
+class InferenceOnlyHRNetOCR(InferenceOnlyModel, HRNetOCR):
+    """A fused HRNet + OCR model (module level, so fused models pickle and `torch.save` whole)."""

@@ -11,6 +11,7 @@ import json
 import os
 from typing import Any
 
+from timm_hrnet.checkpoints import SEG_HEADS
 from timm_hrnet.tasks.datasets import SEG_DATASETS
 from timm_hrnet.tasks.label_maps import LABEL_FORMATS
 from timm_hrnet.tasks.training import (
@@ -195,6 +196,12 @@ def add_seg_parser(subparsers: Any) -> argparse.ArgumentParser:
     aug.add_argument('--base-size', type=positive_int, help='long side the scale refers to (default: the image\'s)')
     aug.add_argument('--flip-prob', type=float, default=defaults.flip_prob)
     loss = parser.add_argument_group('model and loss')
+    loss.add_argument('--head', choices=SEG_HEADS,
+                      help="a new model's head: fcn (HRNetV2) or ocr (HRNet + OCR; default: fcn, a checkpoint's own)")
+    loss.add_argument('--ocr-channels', type=_numbers(int), default=(512, 256), metavar='MID,KEY',
+                      help="a new OCR model's mid / key channels (the official 512,256)")
+    loss.add_argument('--aux-weight', type=float, default=0.4,
+                      help="weight of an OCR model's auxiliary loss (the official 0.4; the OCR logits' is 1)")
     loss.add_argument('--align-corners', type=_boolean, metavar='{true,false}',
                       help='the model\'s resize rule (default: false for a new model, a checkpoint\'s own)')
     loss.add_argument('--ohem', action='store_true', help='online hard example mining (OhemCrossEntropy)')
@@ -290,5 +297,6 @@ def run_seg(args: argparse.Namespace) -> int:
         ohem_threshold=args.ohem_thresh, ohem_min_kept=args.ohem_min_kept, class_weights=args.class_weights,
         ignore_index=args.ignore_index, reduce_zero_label=args.reduce_zero_label, label_format=args.label_format,
         check_labels=args.check_labels, eval_scales=args.eval_scales, eval_flip=args.eval_flip,
-        eval_window=args.eval_window, **_config_options(args))
+        eval_window=args.eval_window, head=args.head, aux_weight=args.aux_weight,
+        ocr_channels=args.ocr_channels, **_config_options(args))
     return _report(result, args.json)

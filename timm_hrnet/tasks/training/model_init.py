@@ -40,8 +40,10 @@ def classifier_state_dict(name: str, pretrained_file: str | os.PathLike | None =
     return timm.create_model(name, pretrained=True).state_dict()
 
 
-def load_trunk(model: nn.Module, trunk: Mapping[str, torch.Tensor], head_prefix: str, source: str) -> list[str]:
-    """Copy a classifier's tensors into every key of `model` but its head (`head_prefix`, left as initialised); a
+def load_trunk(model: nn.Module, trunk: Mapping[str, torch.Tensor], head_prefix: str | tuple[str, ...],
+               source: str) -> list[str]:
+    """Copy a classifier's tensors into every key of `model` but its head (`head_prefix`, or several, left as
+    initialised); a
     missing or mis-shaped trunk tensor is an error listing each. Returns the classifier keys not used (its own
     head and the branches a task model does not have)."""
     own = model.state_dict()

@@ -1,7 +1,8 @@
 """`train_seg`: semantic segmentation training on image / label-map folders, the official HRNet-Semantic-
 Segmentation recipe by default (Cityscapes W48: SGD with momentum 0.9, lr 0.01, weight decay 5e-4, poly decay with
 power 0.9 over 484 epochs, 3 crops of 512x1024 per GPU; random scale, crop and flip; cross-entropy ignoring 255,
-OHEM optional)."""
+OHEM optional). HRNet + OCR models train as the HRNet-OCR branch's configs do: the OCR logits' loss plus 0.4 x the
+auxiliary logits' (LOSS.BALANCE_WEIGHTS [0.4, 1]), OHEM, when asked for, on the OCR logits only."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,14 +15,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ...checkpoints import SEGMENTATION, Checkpoint, read_checkpoint
+from ...checkpoints import FCN, OCR, SEG_HEADS, SEGMENTATION, Checkpoint, read_checkpoint
+from ...checkpoints.layouts import OCR_ROOTS
 from ...distributed import process_group
 from ...variants import resolve_variant
 from ..datasets import SegDatasetInfo, generic_palette, seg_dataset, seg_dataset_for
 from ..label_maps import LabelMapError
 from ..saved_config import CONFIG_FILE, WEIGHTS_FILE, config_beside, read_model_config
 from ..seg_evaluation import evaluate_seg, find_seg_samples
-from ..segmentation import HRNetSeg, create_seg_model
+from ..segmentation import OFFICIAL_OCR_CHANNELS, HRNetOCR, HRNetSeg, create_seg_model
 from .checkpointing import save_sidecar, save_weights
 from .config import Recipe, TrainConfig, resolve_config
 from .losses import SegCrossEntropy
@@ -42,7 +44,10 @@ class SegTrainConfig(TrainConfig):
     new model (None: False, as the official Cityscapes config and mmseg; a checkpoint's own otherwise), OHEM
     (threshold, pixels kept: None keeps the official share), per-class loss weights, `ignore_index`,
     `reduce_zero_label` (label 0 ignored, k -> k - 1), the label format, `check_labels` (decode every label map
-    before training to find bad values up front), and the evaluation's scales, flip and sliding window."""
+    before training to find bad values up front), the evaluation's scales, flip and sliding window, the `head` of a
+    new model ('fcn' or 'ocr'; None: a checkpoint's own, 'fcn' for a variant), a new OCR model's (mid, key)
+    `ocr_channels` (the official 512, 256) and the weight of an OCR model's auxiliary loss (`aux_weight`, the
+    official 0.4)."""
 
     crop_size: tuple[int, int] = (512, 1024)
     augmentation: SegAugmentation = SegAugmentation()
@@ -58,6 +63,9 @@ class SegTrainConfig(TrainConfig):
     eval_scales: tuple[float, ...] = (1.0,)
     eval_flip: bool = False
     eval_window: tuple[int, int] | None = None
+    head: str | None = None
+    aux_weight: float = 0.4
+    ocr_channels: tuple[int, int] = OFFICIAL_OCR_CHANNELS
 
 
 def label_set(num_classes: int | None = None, dataset: str | SegDatasetInfo | None = None,
@@ -78,13 +86,21 @@ def label_set(num_classes: int | None = None, dataset: str | SegDatasetInfo | No
     return dataset
 
 
+def _head_of(model: HRNetSeg) -> str:
+    return OCR if isinstance(model, HRNetOCR) else FCN
+
+
 def build_seg_model(init: ModelInit, num_classes: int, labels: SegDatasetInfo | None = None,
                     align_corners: bool | None = None, pretrained: bool = True,
-                    pretrained_file: str | PathLike | None = None) -> HRNetSeg:
-    """The model to train: a given `HRNetSeg`; a segmentation checkpoint (`create_seg_model`, the class conv
-    re-initialised when the class count differs); or a variant name (`hrnet_w48`, `hrnet_w18.ms_in1k`, ...) with
-    bilinear exchange units and the trunk of its ImageNet classifier (`pretrained`, optionally from
-    `pretrained_file`) or from scratch."""
+                    pretrained_file: str | PathLike | None = None, head: str | None = None,
+                    ocr_channels: tuple[int, int] = OFFICIAL_OCR_CHANNELS) -> HRNetSeg:
+    """The model to train: a given `HRNetSeg` (or `HRNetOCR`); a segmentation checkpoint (`create_seg_model`, the
+    class convs re-initialised when the class count differs); or a variant name (`hrnet_w48`, `hrnet_w18.ms_in1k`,
+    ...) with bilinear exchange units, the `head` asked for ('fcn', the default, or 'ocr' with `ocr_channels`) and
+    the trunk of its ImageNet classifier (`pretrained`, optionally from `pretrained_file`) or from scratch. A model
+    or checkpoint keeps its own head: another `head` is an error."""
+    if head is not None and head not in SEG_HEADS:
+        raise ValueError(f"unknown segmentation head {head!r}: choose one of {', '.join(SEG_HEADS)}")
     if isinstance(init, nn.Module):
         if not isinstance(init, HRNetSeg) or init.num_classes != num_classes:
             raise ValueError(f'the model to train must be an HRNetSeg with {num_classes} classes')
@@ -94,10 +110,16 @@ def build_seg_model(init: ModelInit, num_classes: int, labels: SegDatasetInfo | 
     else:
         spec = dataclasses.replace(resolve_variant(os.fspath(init)), upsample='bilinear', multi_scale_output=True,
                                    align_corners=bool(align_corners))
-        model = HRNetSeg(spec, num_classes, dataset=labels)
+        if head == OCR:
+            model = HRNetOCR(spec, num_classes, tuple(ocr_channels), dataset=labels)
+        else:
+            model = HRNetSeg(spec, num_classes, dataset=labels)
         if pretrained:
-            load_trunk(model, classifier_state_dict(os.fspath(init), pretrained_file), 'last_layer.',
-                       os.fspath(pretrained_file or init))
+            load_trunk(model, classifier_state_dict(os.fspath(init), pretrained_file),
+                       OCR_ROOTS if head == OCR else 'last_layer.', os.fspath(pretrained_file or init))
+    if head is not None and _head_of(model) != head:
+        raise ValueError(f'the model to fine-tune has an {_head_of(model)} head, not {head}: a checkpoint or model '
+                         'keeps its own head (leave the head out, or start from a variant name)')
     if labels is not None:
         model.dataset = labels
     return model.train()
@@ -179,7 +201,7 @@ def train_seg(
         torch.manual_seed(config.seed)  # the same initial weights on every rank and in every run
         resuming = resume_path(config) is not None  # the trunk's weights would be overwritten: not fetched
         model = build_seg_model(init, num_classes, labels, align_corners, pretrained and not resuming,
-                                pretrained_file)
+                                pretrained_file, config.head, config.ocr_channels)
         train_data = SegTrainDataset(
             samples, num_classes, config.crop_size, model.mean, model.std, config.augmentation,
             palette=model.palette, flip_pairs=model.dataset.flip_pairs if model.dataset else (),
@@ -189,9 +211,16 @@ def train_seg(
             raise ValueError(f'{len(config.class_weights)} class weights for {num_classes} classes')
         criterion = SegCrossEntropy(config.ignore_index, model.align_corners, config.ohem, config.ohem_threshold,
                                     config.ohem_min_kept, config.class_weights).to(context.device)
+        # the official OCR loss: OHEM (if asked for) on the last output only, plain cross-entropy on the auxiliary one
+        aux_criterion = SegCrossEntropy(config.ignore_index, model.align_corners,
+                                        class_weights=config.class_weights).to(context.device)
+        with_aux = isinstance(model, HRNetOCR)
 
         def loss(module: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-            return criterion(module(batch['image']), batch['label'])
+            if not with_aux:
+                return criterion(module(batch['image']), batch['label'])
+            logits, aux = module(batch['image'], aux=True)
+            return criterion(logits, batch['label']) + config.aux_weight * aux_criterion(aux, batch['label'])
 
         def evaluate(trained: nn.Module) -> dict[str, Any]:
             return evaluate_seg(trained, val_image_dir, val_label_dir, label_format=config.label_format,
@@ -212,7 +241,7 @@ def train_seg(
             os.fspath(init) if isinstance(init, (str, PathLike)) else type(init).__name__)
         task = TrainTask('segmentation', model, train_data, loss, export, SEG_RECIPE,
                          evaluate if val_image_dir is not None else None,
-                         scan=dict(samples=len(samples), skipped=skipped, classes=num_classes,
+                         scan=dict(samples=len(samples), skipped=skipped, classes=num_classes, head=_head_of(model),
                                    dataset=model.dataset.name if model.dataset else None, init=source),
                          fingerprint=data_fingerprint(
                              [s.image.relative_to(image_dir).as_posix(), s.label.relative_to(label_dir).as_posix(),
