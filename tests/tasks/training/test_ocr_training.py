@@ -17,7 +17,7 @@ from timm_hrnet.tasks.training.seg_training import build_seg_model
 from timm_hrnet.tools.cli import main
 
 FAST = dict(init='hrnet_w18_small', pretrained=False, workers=0, progress=False, tensorboard=False)
-OFFICIAL = Path(__file__).resolve().parents[1] / 'fixtures' / 'ocr' / 'official_ocr_reduced.pth'
+OFFICIAL = Path(__file__).resolve().parents[2] / 'fixtures' / 'ocr' / 'official_ocr_reduced.pth'
 
 
 def make_discs(folder: Path, count: int = 8, size: int = 80, seed: int = 0) -> tuple[Path, Path]:
