@@ -4,8 +4,8 @@
 1. person boxes from a detector's COCO results file (person category, score >= `box_score_thr`), or the
    ground-truth boxes (non-crowd persons with keypoints, area > 0, box clipped to the image as the official code
    does; score 1);
-2. each box cropped and run as `HRNetPose.predict` does (aspect fix, x1.25 padding, flip test with the one-column
-   shift, quarter-pixel decoding), crops of several images batched together;
+2. each box cropped and run as `HRNetPose.predict` does, with the same functions (aspect fix, x1.25 padding, the
+   model codec's crop, flip test and decoding), crops of several images batched together;
 3. rescoring: instance score = box score x mean of the keypoint scores above 0.2 (0 if none);
 4. OKS-NMS per image at OKS 0.9, the OKS area being that of the padded crop box (both references use it);
 5. pycocotools' COCOeval on the results, which are also what the COCO server takes.
@@ -48,7 +48,8 @@ from .eval_common import (
     read_ahead,
     write_json_atomic,
 )
-from .pose import box_to_center_size, crop_boxes, decode_heatmaps, flip_back
+from .pose import box_to_center_size, crop_boxes, flip_test_heatmaps
+from .pose_codecs import decode_heatmaps, parse_codec
 
 __all__ = [
     'COCO_KEYPOINT_SIGMAS', 'PoseDataError', 'evaluate_pose', 'keypoint_oks', 'oks_nms', 'rescore',
@@ -223,14 +224,9 @@ def coco_keypoint_stats(coco: Any, results: list[dict[str, Any]],
 
 def _heatmaps(model: nn.Module, crops: Tensor, flip_test: bool, shift_heatmap: bool,
               flip_pairs: Sequence[tuple[int, int]]) -> Tensor:
-    """The model's heatmaps, with the flip test (`HRNetPose.forward_flip`) done with the evaluated set's pairs."""
+    """The model's heatmaps, with the flip test (`flip_test_heatmaps`) done with the evaluated set's pairs."""
     inputs = model.normalize(crops)
-    if not flip_test:
-        return model(inputs).float()
-    flipped = flip_back(model(inputs.flip(-1)), flip_pairs)
-    if shift_heatmap:
-        flipped[..., 1:] = flipped[..., :-1].clone()
-    return ((model(inputs) + flipped) * 0.5).float()
+    return (flip_test_heatmaps(model, inputs, flip_pairs, shift_heatmap) if flip_test else model(inputs)).float()
 
 
 def evaluation_keypoints(
@@ -298,7 +294,7 @@ def evaluate_pose(
         gt_boxes: bool = False,
         box_score_thr: float = 0.0,
         flip_test: bool = True,
-        shift_heatmap: bool = True,
+        shift_heatmap: bool | None = None,
         rescore_thr: float = 0.2,
         oks_nms_thr: float = 0.9,
         keypoint_sigmas: Sequence[float] | None = None,
@@ -312,11 +308,11 @@ def evaluate_pose(
     `det_file` or, with `gt_boxes`, the annotated ones.
 
     The OKS sigmas and flip pairs are those of the keypoint set (`evaluation_keypoints`: `keypoint_set`, else the
-    model's, else the annotation category's); `keypoint_sigmas` overrides the set's sigmas. Heatmaps are decoded by
-    the model's `decoding` rule. The results JSON (COCO server format) is written to
-    `results_file` when given. Under an initialised torch.distributed group each rank runs the images
-    rank::world_size and every rank returns the same numbers. Returns the ten COCOeval stats (AP, AP50, AP75, APm,
-    APl, AR, AR50, AR75, ARm, ARl; fractions), counts, throughput and the settings.
+    model's, else the annotation category's); `keypoint_sigmas` overrides the set's sigmas. Boxes are cropped, flipped
+    and decoded by the model's `codec` (`shift_heatmap` None: the codec's flip shift). The results JSON (COCO
+    server format) is written to `results_file` when given. Under an initialised torch.distributed group each rank
+    runs the images rank::world_size and every rank returns the same numbers. Returns the ten COCOeval stats (AP,
+    AP50, AP75, APm, APl, AR, AR50, AR75, ARm, ARl; fractions), counts, throughput and the settings.
     """
     if gt_boxes == (det_file is not None):
         raise ValueError('give a detection results file (det_file) or gt_boxes=True, not both or neither')
@@ -325,7 +321,8 @@ def evaluate_pose(
     coco, category = load_keypoint_annotations(ann_file)
     info, sigmas = evaluation_keypoints(getattr(model, 'keypoint_info', None), model.num_joints, category,
                                         keypoint_set, keypoint_sigmas, ann_file)
-    decoding = getattr(model, 'decoding', 'official')
+    codec = parse_codec(getattr(model, 'codec', 'official'))
+    shift_heatmap = codec.shift_flip if shift_heatmap is None else shift_heatmap
     boxes = ground_truth_boxes(coco, category['id'], ann_file) if gt_boxes else detection_boxes(
         det_file, coco, category['id'], box_score_thr)
     if not boxes:
@@ -359,7 +356,7 @@ def evaluate_pose(
             heatmaps = _heatmaps(model, take, flip_test, shift_heatmap, info.flip_pairs)
             centers = torch.cat([c for _, c, _, _ in pending])[:len(take)]
             sizes = torch.cat([s for _, _, s, _ in pending])[:len(take)]
-            keypoints, scores = decode_heatmaps(heatmaps, centers, sizes, decoding=decoding)
+            keypoints, scores = decode_heatmaps(heatmaps, centers, sizes, codec=codec)
             points = torch.cat([keypoints, scores.unsqueeze(-1)], -1).cpu().numpy()
             done = 0
             while done < len(take):
@@ -388,7 +385,7 @@ def evaluate_pose(
             _check_size(paths[image_id], tuple(pixels.shape[-2:]), coco.imgs[image_id])
             image_boxes = torch.tensor(boxes[image_id], dtype=torch.float32)
             centers, sizes = box_to_center_size(image_boxes[:, :4], aspect)
-            crops.append(crop_boxes(pixels.to(device), centers.to(device), sizes.to(device), model.input_size))
+            crops.append(crop_boxes(pixels.to(device), centers.to(device), sizes.to(device), model.input_size, codec))
             pending.append((image_id, centers.to(device), sizes.to(device), image_boxes[:, 4]))
             run_batches(final=False)
         run_batches(final=True)
@@ -434,7 +431,7 @@ def evaluate_pose(
         oks_nms_thr=oks_nms_thr,
         keypoint_set=info.name,
         sigmas=list(sigmas),
-        decoding=decoding,
+        codec=codec.spec,
         input_size=list(model.input_size),
         world_size=world_size,
         results_file=None if results_file is None else str(results_file),

@@ -25,10 +25,10 @@ from torch.utils.data import Dataset
 
 from ...images import UnreadableImageError, image_to_tensor
 from ..datasets import KeypointInfo
-from ..pose import BOX_PADDING, HEATMAP_STRIDE
+from ..pose import BOX_PADDING, HEATMAP_STRIDE, flip_order
+from ..pose_codecs import PoseCodec, parse_codec
 from .pose_geometry import crop_matrix, half_body_box, to_crop, warp_crop
 from .samples import BadSampleError, Problems, check_policy, image_header_size, refuse_or_skip, sample_rng
-from .targets import gaussian_heatmaps
 
 __all__ = ['PersonSample', 'PoseAnnotations', 'read_pose_annotations', 'PoseAugmentation', 'PoseTrainDataset']
 
@@ -202,6 +202,7 @@ class PoseTrainDataset(Dataset):
             sigma: float = 2.0,
             seed: int = 0,
             on_bad_sample: str = 'error',
+            codec: PoseCodec | str = 'official',
     ) -> None:
         check_policy(on_bad_sample)
         if any(s.joints.shape[0] != keypoints.num_joints for s in samples):
@@ -217,10 +218,8 @@ class PoseTrainDataset(Dataset):
         self.sigma = sigma
         self.seed = seed
         self.on_bad_sample = on_bad_sample
-        order = list(range(keypoints.num_joints))
-        for a, b in keypoints.flip_pairs:
-            order[a], order[b] = b, a
-        self.flip_order = np.array(order)
+        self.codec = parse_codec(codec)
+        self.flip_order = np.array(flip_order(keypoints.num_joints, keypoints.flip_pairs))
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -276,7 +275,7 @@ class PoseTrainDataset(Dataset):
         if flip:
             joints, labelled = joints[self.flip_order], labelled[self.flip_order]
         # as the official JointsDataset: a labelled joint keeps weight 1 unless its cut Gaussian misses the heatmap
-        target, weight = gaussian_heatmaps(joints, labelled.astype(np.float32), self.heatmap_size, HEATMAP_STRIDE,
-                                           self.sigma)
+        target, weight = self.codec.encode(joints, labelled.astype(np.float32), self.heatmap_size,
+                                           self.codec.heatmap_scale(self.input_size, self.heatmap_size), self.sigma)
         return dict(image=(crop - self.mean) / self.std, target=torch.from_numpy(target),
                     target_weight=torch.from_numpy(weight), valid=torch.tensor(1.0), index=torch.tensor(index))
