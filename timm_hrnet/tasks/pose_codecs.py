@@ -269,10 +269,12 @@ class DarkCodec(PoseCodec):
         dxx = 0.25 * (value(2, 0) - 2 * centre + value(-2, 0))
         dxy = 0.25 * (value(1, 1) - value(1, -1) - value(-1, 1) + value(-1, -1))
         dyy = 0.25 * (value(0, 2) - 2 * centre + value(0, -2))
-        det = dxx * dyy - dxy * dxy
-        step = (x > 1) & (x < width - 2) & (y > 1) & (y < height - 2) & (det != 0)
-        safe = torch.where(step, det, torch.ones_like(det))
-        offset = torch.stack([-(dyy * dx - dxy * dy) / safe, -(dxx * dy - dxy * dx) / safe], dim=-1)
+        step = (x > 1) & (x < width - 2) & (y > 1) & (y < height - 2) & (dxx * dyy - dxy * dxy != 0)
+        # the references invert the float32 Hessian in float64 (numpy.linalg) and apply it in float32
+        det = dxx.double() * dyy.double() - dxy.double() ** 2
+        det = torch.where(step, det, torch.ones_like(det))
+        inverse = [(dyy.double() / det).float(), (-dxy.double() / det).float(), (dxx.double() / det).float()]
+        offset = torch.stack([-(inverse[0] * dx + inverse[1] * dy), -(inverse[1] * dx + inverse[2] * dy)], dim=-1)
         return coords + offset * step.unsqueeze(-1), maxvals
 
     def encode(self, joints: np.ndarray, weights: np.ndarray, heatmap_size: tuple[int, int],
