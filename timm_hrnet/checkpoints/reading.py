@@ -84,7 +84,7 @@ _CODEC_IN_NAME = re.compile(r'(?i)(?<![a-z])(udp|dark)(?![a-z])')
 _CODEC_IN_CONFIG = (
     (re.compile(r"UDPHeatmap"), 'udp-mmpose1'),
     (re.compile(r"\buse_udp\s*=\s*True"), 'udp-mmpose0'),
-    (re.compile(r"\bunbiased\s*=\s*True|\bpost_process\s*=\s*['\"]unbiased"), 'dark'),
+    (re.compile(r"\bunbiased\s*=\s*True|\bpost_process\s*=\s*['\"]unbiased['\"]"), 'dark'),
 )
 _KERNEL_IN_CONFIG = re.compile(r"\b(?:blur_kernel_size|modulate_kernel)\s*=\s*(\d+)")
 # UDP's combined targets (a heatmap and two offset maps per joint): mmpose's udp-regress files

@@ -14,11 +14,12 @@ from timm_hrnet.classification import UnknownModelError, load_model, resolve_dev
 from timm_hrnet.convert import CheckpointMismatchError, fitting_variant, mismatch_summary
 from timm_hrnet.download import FetchedFile, resolve_checkpoint
 from timm_hrnet.hrnet import MIN_INPUT_SIZE
+from timm_hrnet.tasks.pose_codecs import CODEC_NAMES, PoseCodec, parse_codec
 
 __all__ = [
     'CliError', 'HelpFormatter', 'amp_autocast', 'checkpoint_file', 'crop_fraction',
     'device_or_fail', 'fitting_variant', 'image_size', 'load_model_or_fail', 'mismatch_summary',
-    'non_negative_int', 'positive_int',
+    'non_negative_int', 'positive_int', 'add_codec_argument',
 ]
 
 
@@ -49,6 +50,20 @@ def non_negative_int(text: str) -> int:
 def image_size(text: str) -> int:
     """argparse type: a square input size HRNet can run, i.e. at least one pixel on its stride-32 branch."""
     return _int_at_least(text, MIN_INPUT_SIZE)
+
+
+def _codec(text: str) -> PoseCodec:
+    try:
+        return parse_codec(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
+def add_codec_argument(parser: argparse.ArgumentParser, default_says: str) -> None:
+    """--codec, the pose heatmap codec (`timm_hrnet.tasks.pose_codecs`), checked when parsed."""
+    parser.add_argument('--codec', type=_codec, metavar='NAME[:KERNEL]',
+                        help=f'heatmap codec: {", ".join(CODEC_NAMES)}, optionally with the DARK / UDP blur kernel '
+                             f'(e.g. dark:17); default: {default_says}')
 
 
 def crop_fraction(text: str) -> float:

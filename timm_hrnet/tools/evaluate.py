@@ -20,7 +20,14 @@ from timm_hrnet.tasks.pose import create_pose_model
 from timm_hrnet.tasks.pose_evaluation import evaluate_pose
 from timm_hrnet.tasks.seg_evaluation import evaluate_seg
 from timm_hrnet.tasks.segmentation import create_seg_model
-from timm_hrnet.tools.cli_common import CliError, HelpFormatter, checkpoint_file, device_or_fail, positive_int
+from timm_hrnet.tools.cli_common import (
+    CliError,
+    HelpFormatter,
+    add_codec_argument,
+    checkpoint_file,
+    device_or_fail,
+    positive_int,
+)
 from timm_hrnet.tools.task_cli import _boolean, _size_hw
 
 __all__ = ['add_pose_parser', 'add_seg_parser', 'run_pose', 'run_seg', 'GT_BOXES_WARNING']
@@ -77,6 +84,8 @@ def add_pose_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument('--results', help='write the keypoint results (COCO server format) here')
     parser.add_argument('--input-size', type=_size_hw, metavar='HxW',
                         help='crop size of the model; default: from the checkpoint file name, else 256x192')
+    add_codec_argument(parser, "what the checkpoint says (mmpose's dark / udp file names or meta config, a "
+                               "config.json beside it), else its layout's plain rule; a contradiction is an error")
     parser.add_argument('--no-flip', action='store_true', help='skip the flip test')
     parser.add_argument('--batch-size', type=positive_int, default=32, help='person crops per forward pass')
     parser.add_argument('--box-thr', type=float, default=0.0, help='keep detections scoring at least this')
@@ -153,7 +162,7 @@ def run_pose(args: argparse.Namespace) -> int:
     sigmas = None if args.sigmas is None else [s for group in args.sigmas for s in group]
 
     def evaluate(device: Any) -> dict[str, Any]:
-        model = _load(create_pose_model, args, device, input_size=args.input_size)
+        model = _load(create_pose_model, args, device, input_size=args.input_size, codec=args.codec)
         return evaluate_pose(
             model, args.annotations, args.images, args.detections, gt_boxes=args.gt_boxes,
             box_score_thr=args.box_thr, flip_test=not args.no_flip, batch_size=args.batch_size,
@@ -171,7 +180,8 @@ def run_pose(args: argparse.Namespace) -> int:
     boxes = 'ground-truth boxes' if args.gt_boxes else f'detections from {args.detections}'
     print(f'{metrics["num_images"]} images, {metrics["num_boxes"]} person boxes ({boxes}), '
           f'{metrics["num_results"]} results after OKS-NMS, flip test {"on" if metrics["flip_test"] else "off"}, '
-          f'keypoint set {metrics["keypoint_set"]}, {metrics["images_per_second"]:.1f} images/s')
+          f'keypoint set {metrics["keypoint_set"]}, codec {metrics["codec"]}, {metrics["images_per_second"]:.1f} '
+          'images/s')
     names = ('AP', 'AP50', 'AP75', 'APm', 'APl', 'AR')
     print('  '.join(f'{name:>6}' for name in names))
     print('  '.join(f'{100 * metrics[name]:6.1f}' for name in names))
