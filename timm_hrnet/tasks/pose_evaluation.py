@@ -13,6 +13,13 @@
 The keypoint set (OKS sigmas, flip pairs) is the one given, else the model's own, else the annotation file's keypoint
 category (`evaluation_keypoints`).
 
+COCO-WholeBody annotation files (the body's 17 keypoints plus foot_kpts, face_kpts, lefthand_kpts, righthand_kpts)
+are read as 133 keypoints, and a whole-body model is scored as mmpose's CocoWholeBodyMetric scores it with
+xtcocotools' COCOeval (iouType keypoints_body / _foot / _face / _lefthand / _righthand / _wholebody, use_area): per
+part, the OKS over that part's keypoints with its sigmas, a person ignored when none of the part's keypoints is
+labelled, a result left out when none of its part's scores is positive, result areas from the body keypoints
+(`wholebody_keypoint_stats`, on pycocotools' COCOeval, which computes the same OKS and matching).
+
 pycocotools is optional (`pip install "timm-hrnet[eval]"`) and imported only here, when evaluating.
 """
 from __future__ import annotations
@@ -35,7 +42,9 @@ from tqdm import tqdm
 from ..images import UnreadableImageError, image_to_tensor
 from .datasets import (
     COCO_KEYPOINT_SIGMAS,
+    COCO_WHOLEBODY_KEYPOINTS,
     KEYPOINT_SETS,
+    WHOLEBODY_PARTS,
     KeypointInfo,
     keypoints_from_category,
     read_keypoint_file,
@@ -54,7 +63,7 @@ from .pose_codecs import decode_heatmaps, parse_codec
 __all__ = [
     'COCO_KEYPOINT_SIGMAS', 'PoseDataError', 'evaluate_pose', 'keypoint_oks', 'oks_nms', 'rescore',
     'coco_keypoint_stats', 'load_keypoint_annotations', 'detection_boxes', 'ground_truth_boxes', 'STAT_NAMES',
-    'evaluation_keypoints',
+    'evaluation_keypoints', 'wholebody_keypoint_stats',
 ]
 # COCOeval(iouType='keypoints').stats, in order
 STAT_NAMES = ('AP', 'AP50', 'AP75', 'APm', 'APl', 'AR', 'AR50', 'AR75', 'ARm', 'ARl')
@@ -100,6 +109,13 @@ def load_keypoint_annotations(ann_file: str | PathLike) -> tuple[Any, dict[str, 
                             'annotation file is needed')
     category = categories[0]
     annotations = [a for a in data['annotations'] if isinstance(a, dict) and a.get('category_id') == category['id']]
+    parts = [field for _, _, field in WHOLEBODY_PARTS.values()]
+    if len(category['keypoints']) == 17 and annotations and all(all(f in a for f in parts) for a in annotations):
+        # COCO-WholeBody: the body's keypoints and each part's, read as one 133-keypoint set
+        category = dict(category, keypoints=list(COCO_WHOLEBODY_KEYPOINTS.keypoint_names))
+        for ann in annotations:
+            ann['keypoints'] = [v for field in parts for v in ann[field]]
+            ann['num_keypoints'] = sum(1 for v in ann['keypoints'][2::3] if v > 0)
     if not any('keypoints' in a for a in annotations):
         raise PoseDataError(f'{ann_file} has no keypoint annotations for category {category["name"]!r}: '
                             'a COCO person_keypoints annotation file is needed')
@@ -205,14 +221,17 @@ def oks_nms(keypoints: np.ndarray, scores: np.ndarray, areas: np.ndarray, thresh
     return keep
 
 
-def coco_keypoint_stats(coco: Any, results: list[dict[str, Any]],
-                        sigmas: Sequence[float] = COCO_KEYPOINT_SIGMAS) -> tuple[dict[str, float], str]:
+def coco_keypoint_stats(coco: Any, results: list[dict[str, Any]], sigmas: Sequence[float] = COCO_KEYPOINT_SIGMAS,
+                        result_areas: Sequence[float] | None = None) -> tuple[dict[str, float], str]:
     """COCOeval(iouType='keypoints') of `results` against `coco` with these OKS sigmas: the ten stats by name and
-    COCOeval's printed summary."""
+    COCOeval's printed summary. `result_areas` replace the areas loadRes gives the results (their keypoints'
+    extent)."""
     _, COCOeval = _pycocotools()
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
         detections = coco.loadRes([dict(r) for r in results])  # loadRes adds fields to the dicts it gets
+        for ann, area in zip(detections.dataset['annotations'], result_areas or ()):
+            ann['area'] = area
         evaluator = COCOeval(coco, detections, 'keypoints')
         evaluator.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64)
         evaluator.evaluate()
@@ -220,6 +239,36 @@ def coco_keypoint_stats(coco: Any, results: list[dict[str, Any]],
         evaluator.summarize()
     summary = '\n'.join(line for line in output.getvalue().splitlines() if 'Average' in line)
     return {name: float(value) for name, value in zip(STAT_NAMES, evaluator.stats)}, summary
+
+
+def wholebody_keypoint_stats(coco: Any, results: list[dict[str, Any]],
+                             sigmas: Sequence[float]) -> tuple[dict[str, dict[str, float]], str]:
+    """The COCOeval stats of 133-keypoint `results` against a COCO-WholeBody `coco` (read by
+    `load_keypoint_annotations`) for each part and the whole body, scored as xtcocotools' COCOeval scores mmpose's
+    CocoWholeBodyMetric (module docstring); and the summaries, one block per part."""
+    COCO, _ = _pycocotools()
+
+    def extent(points: Sequence[float]) -> float:
+        xs, ys = points[0::3], points[1::3]
+        return (max(xs) - min(xs)) * (max(ys) - min(ys))
+
+    parts = {name: (start, end) for name, (start, end, _) in WHOLEBODY_PARTS.items()}
+    stats, summaries = {}, []
+    for name, (start, end) in dict(parts, wholebody=(0, COCO_WHOLEBODY_KEYPOINTS.num_joints)).items():
+        annotations = []
+        for ann in coco.dataset['annotations']:
+            points = ann['keypoints'][3 * start:3 * end]
+            annotations.append(dict(ann, keypoints=points, num_keypoints=sum(1 for v in points[2::3] if v > 0)))
+        part = COCO()
+        part.dataset = dict(coco.dataset, annotations=annotations)
+        with contextlib.redirect_stdout(io.StringIO()):
+            part.createIndex()
+        kept = [r for r in results if any(v > 0 for v in r['keypoints'][3 * start + 2:3 * end:3])]
+        stats[name], summary = coco_keypoint_stats(
+            part, [dict(r, keypoints=r['keypoints'][3 * start:3 * end]) for r in kept], sigmas[start:end],
+            [extent(r['keypoints'][:3 * parts['body'][1]]) for r in kept])
+        summaries.append(f'{name}:\n{summary}')
+    return stats, '\n'.join(summaries)
 
 
 def _heatmaps(model: nn.Module, crops: Tensor, flip_test: bool, shift_heatmap: bool,
@@ -312,7 +361,8 @@ def evaluate_pose(
     and decoded by the model's `codec` (`shift_heatmap` None: the codec's flip shift). The results JSON (COCO
     server format) is written to `results_file` when given. Under an initialised torch.distributed group each rank
     runs the images rank::world_size and every rank returns the same numbers. Returns the ten COCOeval stats (AP,
-    AP50, AP75, APm, APl, AR, AR50, AR75, ARm, ARl; fractions), counts, throughput and the settings.
+    AP50, AP75, APm, APl, AR, AR50, AR75, ARm, ARl; fractions; on COCO-WholeBody the whole body's, and `parts`: the
+    ten of body, foot, face, lefthand, righthand and wholebody), counts, throughput and the settings.
     """
     if gt_boxes == (det_file is not None):
         raise ValueError('give a detection results file (det_file) or gt_boxes=True, not both or neither')
@@ -321,6 +371,7 @@ def evaluate_pose(
     coco, category = load_keypoint_annotations(ann_file)
     info, sigmas = evaluation_keypoints(getattr(model, 'keypoint_info', None), model.num_joints, category,
                                         keypoint_set, keypoint_sigmas, ann_file)
+    wholebody = tuple(category['keypoints']) == COCO_WHOLEBODY_KEYPOINTS.keypoint_names
     codec = parse_codec(getattr(model, 'codec', 'official'))
     shift_heatmap = codec.shift_flip if shift_heatmap is None else shift_heatmap
     boxes = ground_truth_boxes(coco, category['id'], ann_file) if gt_boxes else detection_boxes(
@@ -411,7 +462,11 @@ def evaluate_pose(
     if rank == 0:
         if results_file is not None:
             write_json_atomic(results_file, results)
-        stats, summary = coco_keypoint_stats(coco, results, sigmas)
+        if wholebody:
+            parts, summary = wholebody_keypoint_stats(coco, results, sigmas)
+            stats = dict(parts['wholebody'], parts=parts)
+        else:
+            stats, summary = coco_keypoint_stats(coco, results, sigmas)
     stats, summary = broadcast_from_main((stats, summary))
     num_images = sum(shard['images'] for shard in shards)
     num_boxes = sum(shard['boxes'] for shard in shards)

@@ -183,8 +183,11 @@ def run_pose(args: argparse.Namespace) -> int:
           f'keypoint set {metrics["keypoint_set"]}, codec {metrics["codec"]}, {metrics["images_per_second"]:.1f} '
           'images/s')
     names = ('AP', 'AP50', 'AP75', 'APm', 'APl', 'AR')
-    print('  '.join(f'{name:>6}' for name in names))
-    print('  '.join(f'{100 * metrics[name]:6.1f}' for name in names))
+    rows = metrics.get('parts') or {'': metrics}  # COCO-WholeBody: a row per part
+    width = max(len(part) for part in rows)
+    print(' ' * width + '  '.join(f'{name:>6}' for name in names))
+    for part, stats in rows.items():
+        print(f'{part:<{width}}' + '  '.join(f'{100 * stats[name]:6.1f}' for name in names))
     if args.gt_boxes:
         print(GT_BOXES_WARNING)
     if args.results:
