@@ -59,7 +59,7 @@ def _codec(text: str) -> PoseCodec:
         raise argparse.ArgumentTypeError(str(error)) from error
 
 
-def add_codec_argument(parser: argparse.ArgumentParser, default_says: str) -> None:
+def add_codec_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup, default_says: str) -> None:
     """--codec, the pose heatmap codec (`timm_hrnet.tasks.pose_codecs`), checked when parsed."""
     parser.add_argument('--codec', type=_codec, metavar='NAME[:KERNEL]',
                         help=f'heatmap codec: {", ".join(CODEC_NAMES)}, optionally with the DARK / UDP blur kernel '
