@@ -50,7 +50,7 @@ def test_a_training_crop_is_the_inference_crop_of_its_box(codec: str, tmp_path: 
     size = (128, 96)  # heatmaps of 32x24, where the targets' 3 sigma fit
     dataset = PoseTrainDataset(samples, KEYPOINTS, size, (0.0,) * 3, (1.0,) * 3, PoseAugmentation.none(), codec=codec)
     item = dataset[0]
-    pixels = torch.from_numpy(np.asarray(Image.open(samples[0].image))).permute(2, 0, 1).float() / 255
+    pixels = torch.from_numpy(np.array(Image.open(samples[0].image))).permute(2, 0, 1).float() / 255
     centers, sizes = box_to_center_size(torch.tensor([samples[0].box]), size[1] / size[0])
     expected = crop_boxes(pixels, centers, sizes, size, codec)[0]
     assert torch.allclose(item['image'], expected, atol=1e-5)
