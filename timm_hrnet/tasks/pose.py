@@ -104,6 +104,15 @@ class HRNetPose(HRNetTaskModel):
         pairs = self.keypoint_info.flip_pairs if flip_pairs is None else flip_pairs
         return flip_test_heatmaps(self, x, pairs, self.codec.shift_flip if shift is None else shift)
 
+    def forward_keypoints(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Keypoints (N, J, 2) in the pixels of the (N, C, H, W) crops and their scores (N, J), decoded by the
+        model's codec without the flip test: what `export(..., decode=True)` writes as a graph. A keypoint at crop
+        pixel (u, v) is image point centre + ((u, v) - origin) * step of the codec's `frame` over the crop's box."""
+        heatmaps = self(x)
+        coords, scores = self.codec.locate(heatmaps)
+        scale = self.codec.heatmap_scale(tuple(x.shape[-2:]), tuple(heatmaps.shape[-2:]))
+        return coords * coords.new_tensor(scale), scores
+
     def crop(self, image: Tensor, centers: Tensor, sizes: Tensor) -> Tensor:
         """The network's input crops of these boxes (`crop_boxes` with the model's input size and codec)."""
         return crop_boxes(image, centers, sizes, self.input_size, self.codec)

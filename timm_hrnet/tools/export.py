@@ -11,7 +11,7 @@ from timm_hrnet.classification import UnknownModelError, get_model
 from timm_hrnet.export import DTYPES, FORMATS, ExportError, ExportReport, export
 from timm_hrnet.tasks.pose import create_pose_model
 from timm_hrnet.tasks.segmentation import create_seg_model
-from timm_hrnet.tools.cli_common import CliError, checkpoint_file, image_size, load_model_or_fail
+from timm_hrnet.tools.cli_common import CliError, add_codec_argument, checkpoint_file, image_size, load_model_or_fail
 
 __all__ = ['add_arguments', 'run']
 
@@ -34,12 +34,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--batch-size', type=int, default=1, help='with --static: the fixed batch')
     parser.add_argument('--no-check', action='store_true', help='skip running the file against the model')
     parser.add_argument('--json', action='store_true', help='print the report as JSON')
+    parser.add_argument('--decode', action='store_true',
+                        help='with --pose: the graph decodes too; outputs keypoints (N, J, 2) in crop pixels and '
+                             'scores (N, J), by the checkpoint\'s codec (no flip test; the crop size is fixed)')
+    add_codec_argument(parser, 'with --pose: what the checkpoint says')
 
 
 def _model(args: argparse.Namespace) -> nn.Module:
     try:
         if args.pose:
-            return create_pose_model(checkpoint_file(args.pose, allow_http=True).path)
+            return create_pose_model(checkpoint_file(args.pose, allow_http=True).path, codec=args.codec)
         if args.seg:
             return create_seg_model(checkpoint_file(args.seg, allow_http=True).path)
         if args.features_only:
@@ -56,7 +60,7 @@ def _model(args: argparse.Namespace) -> nn.Module:
 def _print(report: ExportReport) -> None:
     print(f'wrote {report.path} ({report.format}, {report.dtype}, export size {report.input_size[0]}x'
           f'{report.input_size[1]}, {"dynamic" if report.dynamic else f"static (batch {report.batch_size})"} '
-          f'batch and size, '
+          f'batch{" (fixed size)" if report.outputs == ("keypoints", "scores") else " and size"}, '
           f'outputs {", ".join(report.outputs)})')
     for check in report.checks:
         agreement = '' if check.agreement is None else f', argmax agreement {100 * check.agreement:.2f} %'
@@ -65,11 +69,14 @@ def _print(report: ExportReport) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run `timm-hrnet export`."""
+    if (args.decode or args.codec is not None) and not args.pose:
+        raise CliError('--decode and --codec export a pose model: give --pose CHECKPOINT')
     model = _model(args)
     size = None if args.img_size is None else (args.img_size * 2)[:2]
     try:
         report = export(model, args.out, args.format, dtype=args.dtype, input_size=size, dynamic=not args.static,
-                        batch_size=args.batch_size, calibration=args.calibration, check=not args.no_check)
+                        batch_size=args.batch_size, calibration=args.calibration, check=not args.no_check,
+                        decode=args.decode)
     except ExportError as error:
         raise CliError(str(error)) from error
     if args.json:
