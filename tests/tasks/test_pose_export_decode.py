@@ -36,7 +36,7 @@ def test_decoded_export_gives_the_models_keypoints(codec: str, tmp_path: Path) -
     centers, sizes = torch.tensor([[50.0, 60.0]] * 3), torch.tensor([[90.0, 120.0]] * 3)
     in_image, _ = decode_heatmaps(heatmaps, centers, sizes, codec=model.codec)
     origin, step = model.codec.frame(sizes, SIZE)
-    assert torch.allclose(centers[:, None] + (keypoints - origin) * step[:, None], in_image, atol=1e-3)
+    assert torch.allclose(centers[:, None] + (expected - origin) * step[:, None], in_image, atol=1e-3)
 
 
 def test_decode_needs_a_pose_model(tmp_path: Path) -> None:
