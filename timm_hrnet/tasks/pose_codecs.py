@@ -90,22 +90,26 @@ def _reflect101(index: Tensor, size: int) -> Tensor:
     return torch.where(index >= size, period - index, index)
 
 
+def _blur_matrix(size: int, weights: Tensor, border: str) -> Tensor:
+    """The (size, size) matrix B with (B @ v) the 1-D blur of v: row i holds the kernel centred on i, the taps
+    falling outside dropped (zero border) or added to the pixels they mirror onto (reflect101)."""
+    radius = len(weights) // 2
+    taps = torch.arange(size)[:, None] + torch.arange(-radius, radius + 1)[None, :]  # (size, kernel) pixel indices
+    if border != 'zero':
+        taps = _reflect101(taps, size)
+    hits = taps[:, :, None] == torch.arange(size)[None, None, :]  # a tap outside the map hits no pixel
+    return (hits * weights[None, :, None]).sum(1)
+
+
 def gaussian_blur(heatmaps: Tensor, kernel: int, border: str = 'zero') -> Tensor:
-    """(N, J, H, W) heatmaps blurred by a separable `gaussian_kernel` (float32), rows first as OpenCV does; outside
-    the map zero (`border='zero'`, as the references pad before blurring) or mirrored ('reflect101')."""
-    weights = gaussian_kernel(kernel).to(heatmaps.device)
-    radius = kernel // 2
-    n, j, height, width = heatmaps.shape
-    maps = heatmaps.float().reshape(n * j, 1, height, width)
-    if border == 'zero':
-        maps = F.pad(maps, (radius, radius, radius, radius))
-    else:
-        cols = _reflect101(torch.arange(-radius, width + radius, device=maps.device), width)
-        rows = _reflect101(torch.arange(-radius, height + radius, device=maps.device), height)
-        maps = maps[..., cols][..., rows, :]
-    maps = F.conv2d(maps, weights.view(1, 1, 1, -1))
-    maps = F.conv2d(maps, weights.view(1, 1, -1, 1))
-    return maps.reshape(n, j, height, width)
+    """(N, J, H, W) heatmaps blurred by a separable `gaussian_kernel` in float32, as banded matrix products (fast
+    and exportable); outside the map zero (`border='zero'`, as the references pad before blurring) or mirrored
+    ('reflect101')."""
+    weights = gaussian_kernel(kernel).double()
+    height, width = heatmaps.shape[-2:]
+    rows = _blur_matrix(height, weights, border).to(heatmaps.device)
+    cols = _blur_matrix(width, weights, border).to(heatmaps.device)
+    return (rows @ heatmaps.double() @ cols.T).float()
 
 
 @dataclass(frozen=True)
