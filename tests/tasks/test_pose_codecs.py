@@ -26,7 +26,7 @@ from timm_hrnet.tasks.pose_codecs import (
 
 pytestmark = pytest.mark.usefixtures('single_torch_thread')
 # measured max keypoint differences (px) when the fixtures were made are in tests/fixtures/openmmlab/README.md; the
-# Newton step of DARK / UDP amplifies float32 rounding of the blur (OpenCV's sums against conv2d's), hence not 0
+# Newton step of DARK / UDP amplifies float32 rounding of the blur (OpenCV's float32 sums), hence not 0
 PREDICT_TOLERANCE = 5e-3
 
 

@@ -102,9 +102,9 @@ def _blur_matrix(size: int, weights: Tensor, border: str) -> Tensor:
 
 
 def gaussian_blur(heatmaps: Tensor, kernel: int, border: str = 'zero') -> Tensor:
-    """(N, J, H, W) heatmaps blurred by a separable `gaussian_kernel` in float32, as banded matrix products (fast
-    and exportable); outside the map zero (`border='zero'`, as the references pad before blurring) or mirrored
-    ('reflect101')."""
+    """(N, J, H, W) heatmaps blurred by a separable `gaussian_kernel` (its float32 taps), as banded matrix products
+    in float64 rounded once to float32 (fast on CPU, exportable, within an ulp of OpenCV's float32 sums); outside
+    the map zero (`border='zero'`, as the references pad before blurring) or mirrored ('reflect101')."""
     weights = gaussian_kernel(kernel).double()
     height, width = heatmaps.shape[-2:]
     rows = _blur_matrix(height, weights, border).to(heatmaps.device)
