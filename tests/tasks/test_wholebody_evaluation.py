@@ -17,6 +17,7 @@ from torch import nn
 from timm_hrnet.tasks import pose_evaluation
 from timm_hrnet.tasks.datasets import COCO_WHOLEBODY_KEYPOINTS, WHOLEBODY_PARTS, keypoints_for
 from timm_hrnet.tasks.pose import HRNetPose
+from timm_hrnet.tasks.pose_codecs import parse_codec
 from timm_hrnet.tasks.pose_evaluation import (
     STAT_NAMES,
     evaluate_pose,
@@ -93,9 +94,11 @@ class _Stub(nn.Module):
         return x.new_zeros(len(x), 133, 16, 12)
 
 
-def test_evaluate_pose_reports_every_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize('codec', [None, 'udp'])
+def test_evaluate_pose_reports_every_part(codec: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """On COCO-WholeBody annotations, the results of evaluate_pose are scored per part; annotated keypoints as the
-    prediction score 1 on every part that has labelled people."""
+    prediction score 1 on every part that has labelled people. The model's codec decides the flip shift (UDP: none)
+    and is reported."""
     annotations = _reference()['annotations']
     ann_file = tmp_path / 'wholebody.json'
     ann_file.write_text(json.dumps(annotations))
@@ -109,7 +112,11 @@ def test_evaluate_pose_reports_every_part(tmp_path: Path, monkeypatch: pytest.Mo
         nearest = np.linalg.norm(centers.numpy()[:, None] - centres[None], axis=-1).argmin(1)
         return torch.tensor(truth[nearest, :, :2], dtype=torch.float32), torch.ones(len(nearest), 133)
     monkeypatch.setattr(pose_evaluation, 'decode_heatmaps', oracle)
-    metrics = evaluate_pose(_Stub(), ann_file, tmp_path, gt_boxes=True, progress=False)
+    model = _Stub()
+    if codec is not None:
+        model.codec = parse_codec(codec)
+    metrics = evaluate_pose(model, ann_file, tmp_path, gt_boxes=True, progress=False)
+    assert (metrics['codec'], metrics['shift_heatmap']) == ((codec, False) if codec else ('official', True))
     assert metrics['keypoint_set'] == 'coco_wholebody' and sorted(metrics['parts']) == sorted(
         [*WHOLEBODY_PARTS, 'wholebody'])
     assert all(metrics['parts'][part]['AP'] == pytest.approx(1.0) for part in metrics['parts'])

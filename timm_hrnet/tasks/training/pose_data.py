@@ -1,5 +1,5 @@
 """Top-down pose training data: COCO-format keypoint annotations (any number of joints) to person crops with the
-official augmentations and Gaussian heatmap targets.
+official augmentations and Gaussian heatmap targets (those of the model's codec).
 
 The annotation file is scanned once when the dataset is built, before training: annotations that are crowds or
 have no labelled joint are not training samples (as in the official code); a zero-area box, a box outside its image,
