@@ -46,9 +46,10 @@ class HRNetPose(HRNetTaskModel):
     `spec` normally has `multi_scale_output=False` (the official pose layout); with True the other branches are
     computed and unused. `input_size` is the (height, width) of the person crops `predict` feeds the network
     (not stored in checkpoints: 256x192 and 384x288 models have the same tensors). `keypoint_info` names the joints
-    and gives the flip pairs; by default the COCO (17) or MPII (16) set that fits `num_joints`. `codec` is the
-    heatmap codec the weights were trained with (a `PoseCodec` or its spec, e.g. 'official', 'mmpose', 'dark:17',
-    'udp'; `timm_hrnet.tasks.pose_codecs`): it decides the crop, the flip test's shift and the decoding.
+    and gives the flip pairs; by default the COCO (17), MPII (16) or COCO-WholeBody (133) set that fits `num_joints`;
+    `codec` is the heatmap codec the weights were trained with (a `PoseCodec` or its spec, e.g. 'official',
+    'mmpose', 'dark:17', 'udp'; `timm_hrnet.tasks.pose_codecs`): it decides the crop, the flip test's shift and the
+    decoding.
     """
 
     def __init__(
