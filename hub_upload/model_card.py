@@ -536,7 +536,7 @@ model = {function}(snapshot_download('{repo_id}', allow_patterns=['model.safeten
 def _download_lines(repo_id: str, with_config: bool = False) -> tuple[str, str, str]:
     """The Python and shell ways to get the weights (timm_hrnet builds the model from the file), and the local file;
     `with_config`: the shell way fetches config.json beside the weights, where the command line reads what the
-    weights do not show (mmpose's decoding, mmseg's resizes)."""
+    weights do not show (the pose codec, mmseg's resizes)."""
     folder = repo_id.split('/')[-1]
     files = 'model.safetensors config.json' if with_config else 'model.safetensors'
     return (f"weights = hf_hub_download('{repo_id}', 'model.safetensors')",
@@ -544,17 +544,17 @@ def _download_lines(repo_id: str, with_config: bool = False) -> tuple[str, str, 
 
 
 def _pose_usage(repo_id: str, config: Mapping[str, Any]) -> str:
-    decoding = config.get('decoding', 'official')
-    python_download, shell_download, local = _download_lines(repo_id, with_config=decoding != 'official')
+    codec = config.get('codec', config.get('decoding', 'official'))
+    python_download, shell_download, local = _download_lines(repo_id, with_config=codec != 'official')
     channels, height, width = config['input_size']
     joints = config['num_joints']
     heatmaps = f'(N, {joints}, {height // 4}, {width // 4}) for (N, {channels}, {height}, {width}) normalised crops'
     arguments = f'input_size=({height}, {width})'
     note = ''
-    if decoding != 'official':  # the weights alone decode by the official rule
-        arguments += f", decoding='{decoding}'"
-        note = (f" Nor is the heatmap decoding rule: {decoding} decodes by its own border rule, which "
-                f"`decoding='{decoding}'` follows (config.json's `decoding`); `timm-hrnet pose` reads it from the "
+    if codec != 'official':  # the weights alone decode by the official rule
+        arguments += f", codec='{codec}'"
+        note = (f" Nor is the heatmap codec: {codec} crops and decodes by its own rule, which "
+                f"`codec='{codec}'` follows (config.json's `codec`); `timm-hrnet pose` reads it from the "
                 'config.json downloaded beside the weights.')
     keypoint_set = config.get('keypoint_set')
     if keypoint_set:

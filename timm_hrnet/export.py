@@ -140,7 +140,9 @@ def _batched(inputs: list[Tensor], batch_size: int) -> list[Tensor]:
     return [torch.cat(samples[i:i + batch_size]) for i in range(0, usable, batch_size)]
 
 
-def _output_names(outputs: Any) -> tuple[str, ...]:
+def _output_names(outputs: Any, decoded: bool = False) -> tuple[str, ...]:
+    if decoded:
+        return ('keypoints', 'scores')
     if isinstance(outputs, Tensor):
         return ('output',)
     return tuple(f'feature_{i}' for i in range(len(outputs)))
@@ -150,9 +152,21 @@ def _as_list(outputs: Any) -> list[Tensor]:
     return [outputs] if isinstance(outputs, Tensor) else list(outputs)
 
 
+class _DecodedPose(nn.Module):
+    """A pose model whose outputs are its keypoints in crop pixels and their scores (`forward_keypoints`)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.train(False)  # as its model: fused models cannot be put in training mode
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.model.forward_keypoints(x)
+
+
 def _export_onnx(model: nn.Module, example: Tensor, path: Path, names: tuple[str, ...], dynamic: bool,
-                 opset: int) -> None:
-    axes = {0: 'batch', 2: 'height', 3: 'width'}
+                 opset: int, fixed_size: bool = False) -> None:
+    axes = {0: 'batch'} if fixed_size else {0: 'batch', 2: 'height', 3: 'width'}
     dynamic_axes = {'image': axes, **{name: {0: 'batch'} for name in names}} if dynamic else None
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # exporter chatter (deprecations, tracer warnings about shapes)
@@ -247,6 +261,7 @@ def export(
         check: bool = True,
         check_sizes: Sequence[tuple[int, int]] = CHECK_SIZES,
         opset: int = 17,
+        decode: bool = False,
         progress: bool = False,
 ) -> ExportReport:
     """Export an HRNet (classifier, `features_only` backbone, pose or segmentation model) fused, to `path`.
@@ -263,6 +278,10 @@ def export(
     `check_sizes` (only the export size when not dynamic); a float export whose largest relative difference
     exceeds its tolerance is removed and raises. int8 is reported, not judged: measure accuracy on your data.
     `progress` shows bars (on stderr) while int8 calibration reads its images and runs them (NNCF shows its own).
+
+    `decode=True` (pose models) writes the decoding too: the outputs are 'keypoints' (N, J, 2) in crop pixels and
+    'scores' (N, J), by the model's codec (`HRNetPose.forward_keypoints`, no flip test); the crop size is then fixed
+    to the input size (the batch stays dynamic unless `dynamic=False`).
     """
     if format not in FORMATS:
         raise ExportError(f'unknown export format {format!r}: choose one of {", ".join(FORMATS)}')
@@ -276,6 +295,8 @@ def export(
     if batch_size < 1 or (dynamic and batch_size != 1):
         raise ExportError(f'batch_size={batch_size}: a static export (dynamic=False) takes a positive batch size; '
                           'a dynamic one runs any batch')
+    if decode and not hasattr(model, 'forward_keypoints'):
+        raise ExportError('decode=True exports the keypoints of a pose model; this model has no heatmap decoding')
     _require('onnx')  # both formats go through ONNX
     if format == 'openvino':
         _require('openvino')
@@ -295,9 +316,11 @@ def export(
 
     reference = copy.deepcopy(model).float().eval()
     fused = reference if is_inference_optimized(reference) else optimize_for_inference(reference)
+    if decode:
+        reference, fused = _DecodedPose(reference), _DecodedPose(fused)
     size = _input_size(model, input_size)
     channels = _in_chans(model)
-    pose = getattr(model, 'num_joints', None) is not None
+    pose = getattr(model, 'num_joints', None) is not None and not decode
     calibration_data: list[Tensor] | None = None
     if dtype == 'int8':
         calibration_data = (calibration_inputs(model, calibration, size, progress=progress)
@@ -306,12 +329,12 @@ def export(
     half_graph = format == 'onnx' and dtype == 'float16'
     example = torch.randn(batch_size, channels, *size)
     with torch.no_grad():
-        names = _output_names(fused(example))
+        names = _output_names(fused(example), decode)
 
     with temporary_folder(target) as work_dir:
         onnx_path = work_dir / 'model.onnx'
         _export_onnx(copy.deepcopy(fused).half() if half_graph else fused, example.half() if half_graph else example,
-                     onnx_path, names, dynamic, opset)
+                     onnx_path, names, dynamic, opset, fixed_size=decode)
         if format == 'onnx':
             written = [onnx_path]
             if dtype == 'int8':
@@ -324,7 +347,7 @@ def export(
             written = [xml.with_suffix('.bin'), xml]
         checks: list[ExportCheck] = []
         if check:
-            sizes = [size, *check_sizes] if dynamic else [size]
+            sizes = [size, *check_sizes] if dynamic and not decode else [size]
             run = run_exported(written[-1], format, dtype)
             checks = _check(run, reference, sizes, channels, pose, batch=2 if dynamic else batch_size)
             worst = max(c.max_rel_diff for c in checks)

@@ -103,11 +103,11 @@ def test_mmpose_checkpoints_become_repos_that_load_back(
     assert 'final_layer.weight' in keys and 'bn1.weight' in keys and not any(k.startswith('backbone.') for k in keys)
     # what the card says to run, on the weights alone, gives the source's outputs and decodes as mmpose does
     readme = (out / 'README.md').read_text()
-    assert "timm_hrnet.create_pose_model(weights, input_size=(256, 192), decoding='mmpose')" in readme
-    assert 'model.safetensors config.json --local-dir' in readme  # the command line reads `decoding` there
+    assert "timm_hrnet.create_pose_model(weights, input_size=(256, 192), codec='mmpose')" in readme
+    assert 'model.safetensors config.json --local-dir' in readme  # the command line reads `codec` there
     repo = as_the_card_says(out, bare_weights(out, tmp_path))
     source = create_pose_model(sources[name])
-    assert repo.decoding == source.decoding == 'mmpose' and repo.input_size == (256, 192)
+    assert repo.codec.spec == source.codec.spec == 'mmpose' and repo.input_size == (256, 192)
     x = torch.randn(1, 3, 256, 192)
     with torch.no_grad():
         assert relative_diff(repo(x), source(x)) == 0

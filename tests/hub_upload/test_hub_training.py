@@ -163,11 +163,11 @@ def test_a_model_fine_tuned_from_mmpose_publishes_its_decoding(tmp_path: Path) -
     repo = tmp_path / 'repo'
     assert convert_task_to_dir(trained.output_dir, repo, log=lambda message: None).report.ok
     config = json.loads((repo / 'config.json').read_text())
-    assert (config['source_layout'], config['decoding']) == ('official', 'mmpose')
-    assert "input_size=(64, 48), decoding='mmpose')" in (repo / 'README.md').read_text()
+    assert (config['source_layout'], config['codec']) == ('official', 'mmpose')
+    assert "input_size=(64, 48), codec='mmpose')" in (repo / 'README.md').read_text()
     image = sorted(images.iterdir())[0]
     loaded, as_card_says = load_pose_model(repo), as_the_card_says(repo, bare_weights(repo, tmp_path))
-    assert loaded.decoding == as_card_says.decoding == 'mmpose'
+    assert loaded.codec.spec == as_card_says.codec.spec == 'mmpose'
     assert torch.equal(loaded.predict(image)['keypoints'], trained.model.predict(image)['keypoints'])
     # the card's first snippet does not know the run's keypoint set, so its flip pairs: no flip test
     assert torch.equal(as_card_says.predict(image, flip_test=False)['keypoints'],

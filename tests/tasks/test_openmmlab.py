@@ -106,17 +106,17 @@ def test_mmpose_checkpoints_decode_as_mmpose(tmp_path: Path) -> None:
     converted weights, as train_pose and hub_upload write it)."""
     path = fixture(POSE)
     model = create_pose_model(path)
-    assert model.decoding == 'mmpose' and read_checkpoint(path).architecture.decoding == 'mmpose'
+    assert model.codec.spec == 'mmpose' and read_checkpoint(path).codec == 'mmpose'
     state_dict = torch.load(path, weights_only=True)['state_dict']
     old = {k.replace('head.final_layer.', 'keypoint_head.final_layer.'): v for k, v in state_dict.items()}
-    assert create_pose_model(old).decoding == 'mmpose'
+    assert create_pose_model(old).codec.spec == 'mmpose'
     folder = tmp_path / 'repo'
     folder.mkdir()
     safetensors.torch.save_file(model.state_dict(), str(folder / 'model.safetensors'))  # the official keys
-    assert create_pose_model(folder / 'model.safetensors').decoding == 'official'  # nothing says otherwise
+    assert create_pose_model(folder / 'model.safetensors').codec.spec == 'official'  # nothing says otherwise
     (folder / 'config.json').write_text(json.dumps(model.task_config()))
     again = create_pose_model(folder / 'model.safetensors')
-    assert again.decoding == 'mmpose' and again.task_config() == model.task_config()
+    assert again.codec.spec == 'mmpose' and again.task_config() == model.task_config()
 
 
 UDP_1X = 'td-hm_hrnet-w32_udp-8xb64-210e_coco-256x192-73ede547_20220914.pth'
@@ -124,31 +124,45 @@ DARK_1X = 'td-hm_hrnet-w32_dark-8xb64-210e_coco-256x192-0e00bf12_20220914.pth'
 DARK_0X = 'hrnet_w32_coco_256x192_dark-07f147eb_20200812.pth'
 
 
-@pytest.mark.parametrize('name, codec', [(UDP_1X, 'UDP'), (DARK_1X, 'DARK'), (DARK_0X, 'DARK')])
-def test_udp_and_dark_checkpoints_are_refused_by_name(name: str, codec: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize('name, codec', [(UDP_1X, 'udp'), (DARK_1X, 'dark'), (DARK_0X, 'dark')])
+def test_udp_and_dark_checkpoints_are_known_by_name(name: str, codec: str, tmp_path: Path) -> None:
+    """mmpose's DARK / UDP files have the plain model's tensors: their name tells the codec (the blur kernel stays
+    mmpose's default, the config is not there to say otherwise)."""
     path = tmp_path / name
     path.write_bytes(fixture(POSE).read_bytes())
-    with pytest.raises(ValueError, match=f'is a {codec} heatmap checkpoint') as info:
-        create_pose_model(path)
-    assert '\n' not in str(info.value) and 'would give wrong keypoints' in str(info.value)
+    loaded = read_checkpoint(path)
+    assert (loaded.codec, loaded.codec_evidence) == (codec, f'its file name says {codec}')
+    assert create_pose_model(path).codec.spec == codec
 
 
 @pytest.mark.parametrize('config, codec', [
-    ("codec = dict(type='UDPHeatmap', input_size=(192, 256), heatmap_size=(48, 64), sigma=2)", 'UDP'),
-    ("codec = dict(\n    type='MSRAHeatmap', sigma=2, unbiased=True)", 'DARK'),
-    ({'model': {'test_cfg': {'flip_test': True, 'post_process': 'unbiased', 'modulate_kernel': 11}}}, 'DARK'),
-    ("test_cfg=dict(flip_test=True, post_process='default', shift_heatmap=False, use_udp=True)", 'UDP'),
+    ("codec = dict(type='UDPHeatmap', input_size=(192, 256), heatmap_size=(48, 64), sigma=2)", 'udp-mmpose1:11'),
+    ("codec = dict(\n    type='MSRAHeatmap', sigma=2, unbiased=True)", 'dark:11'),
+    ("codec = dict(type='MSRAHeatmap', sigma=3, unbiased=True, blur_kernel_size=17)", 'dark:17'),
+    ({'model': {'test_cfg': {'flip_test': True, 'post_process': 'unbiased', 'modulate_kernel': 17}}}, 'dark:17'),
+    ("test_cfg=dict(flip_test=True, post_process='default', shift_heatmap=False, use_udp=True)", 'udp-mmpose0:11'),
 ])
-def test_udp_and_dark_checkpoints_are_refused_by_meta(config: object, codec: str, tmp_path: Path) -> None:
-    """The config mmengine (cfg) or mmcv (config) keeps in the meta names the codec; the file name is plain."""
+def test_udp_and_dark_checkpoints_are_known_by_meta(config: object, codec: str, tmp_path: Path) -> None:
+    """The config mmengine (cfg) or mmcv (config) keeps in the meta names the codec and its blur kernel (mmpose's
+    default 11 where it states none); the file name is plain."""
     state_dict = torch.load(fixture(POSE), weights_only=True)['state_dict']
     path = tmp_path / 'best_coco_AP_epoch_210.pth'
     torch.save({'meta': {'cfg' if isinstance(config, str) else 'config': config}, 'state_dict': state_dict}, path)
-    with pytest.raises(ValueError, match=f'is a {codec} heatmap checkpoint \\(its meta config has '):
-        create_pose_model(path)
+    loaded = read_checkpoint(path)
+    assert loaded.codec == codec and loaded.codec_evidence.startswith('its meta config has ')
+    assert create_pose_model(path).codec.spec == codec
     plain = "codec = dict(type='MSRAHeatmap', input_size=(192, 256), heatmap_size=(48, 64), sigma=2)"
     torch.save({'meta': {'cfg': plain}, 'state_dict': state_dict}, path)
-    assert create_pose_model(path).decoding == 'mmpose'
+    assert create_pose_model(path).codec.spec == 'mmpose'
+
+
+def test_udp_combined_targets_are_refused(tmp_path: Path) -> None:
+    """mmpose's udp-regress files predict three maps per joint (a heatmap and two offsets): not decoded."""
+    path = tmp_path / 'td-hm_hrnet-w32_udp-regress-8xb64-210e_coco-256x192-9c0b77b4_20220926.pth'
+    path.write_bytes(fixture(POSE).read_bytes())
+    with pytest.raises(ValueError, match='UDP checkpoint with combined targets') as info:
+        create_pose_model(path)
+    assert '\n' not in str(info.value)
 
 
 def test_mmseg_0x_class_names_from_meta_classes(tmp_path: Path) -> None:

@@ -265,12 +265,12 @@ def test_training_step_and_task_config(tiny_checkpoint: dict) -> None:
     assert config['flip_pairs'][0] == [1, 2] and config['architecture']['multi_scale_output'] is False
 
 
-def _identity_decode(heatmaps: torch.Tensor, decoding: str) -> torch.Tensor:
+def _identity_decode(heatmaps: torch.Tensor, codec: str) -> torch.Tensor:
     """Keypoints in heatmap pixels: boxes the size of the heatmap, centred on it."""
     count, _, height, width = heatmaps.shape
     centers = torch.tensor([[width / 2, height / 2]]).expand(count, 2)
     sizes = torch.tensor([[float(width), float(height)]]).expand(count, 2)
-    return decode_heatmaps(heatmaps, centers, sizes, decoding=decoding)[0]
+    return decode_heatmaps(heatmaps, centers, sizes, codec=codec)[0]
 
 
 def test_mmpose_decoding_rule_differs_at_the_border() -> None:
@@ -287,8 +287,8 @@ def test_mmpose_decoding_rule_differs_at_the_border() -> None:
     mmpose = _identity_decode(heatmaps, 'mmpose')
     assert official.tolist() == [[[1.0, 4.0], [3.0, 1.0], [5.0, 4.0], [0.0, 0.0], [3.25, 3.75]]]
     assert mmpose.tolist() == [[[1.0, 3.75], [3.25, 1.0], [5.0, 4.25], [-1.0, -1.0], [3.25, 3.75]]]
-    with pytest.raises(ValueError, match="decoding must be one of official, mmpose, got 'dark'"):
-        _identity_decode(heatmaps, 'dark')
+    with pytest.raises(ValueError, match="codec must be one of official, mmpose, dark, .*got 'darc'"):
+        _identity_decode(heatmaps, 'darc')
 
 
 def test_mmpose_decoding_equals_mmposes_own_code() -> None:
@@ -301,17 +301,17 @@ def test_mmpose_decoding_equals_mmposes_own_code() -> None:
     assert not torch.equal(ours, _identity_decode(heatmaps, 'official'))  # the rules do differ on these
 
 
-def test_decoding_is_part_of_the_model(tiny_checkpoint: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_codec_is_part_of_the_model(tiny_checkpoint: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     model = create_pose_model(tiny_checkpoint)
-    assert model.decoding == 'official' and model.task_config()['decoding'] == 'official'
-    mmpose = create_pose_model(tiny_checkpoint, decoding='mmpose')
-    assert mmpose.decoding == 'mmpose' and mmpose.task_config()['decoding'] == 'mmpose'
-    with pytest.raises(ValueError, match='decoding must be one of official, mmpose'):
-        create_pose_model(tiny_checkpoint, decoding='udp')
+    assert model.codec.spec == 'official' and model.task_config()['codec'] == 'official'
+    mmpose = create_pose_model(tiny_checkpoint, codec='mmpose')
+    assert mmpose.codec.spec == 'mmpose' and mmpose.task_config()['codec'] == 'mmpose'
+    with pytest.raises(ValueError, match='codec must be one of official, mmpose'):
+        create_pose_model(tiny_checkpoint, codec='udb')
     seen = []
 
     def spy(*args: object, **kwargs: object):
-        seen.append(args[4] if len(args) > 4 else kwargs.get('decoding'))
+        seen.append((args[4] if len(args) > 4 else kwargs.get('codec')).spec)
         return decode_heatmaps(*args, **kwargs)
     monkeypatch.setattr(pose_module, 'decode_heatmaps', spy)
     mmpose.predict(torch.rand(3, 40, 30), flip_test=False)
@@ -320,25 +320,25 @@ def test_decoding_is_part_of_the_model(tiny_checkpoint: dict, monkeypatch: pytes
 
 def test_exported_config_beside_the_weights(tiny_checkpoint: dict, tmp_path: Path) -> None:
     """config.json written by train_pose / hub_upload beside model.safetensors gives what the weights do not store:
-    keypoint set, input size, decoding; arguments win; a config.json of something else is ignored."""
+    keypoint set, input size, codec; arguments win; a config.json of something else is ignored."""
     info = KeypointInfo('coco_like', COCO_KEYPOINTS.keypoint_names, COCO_KEYPOINTS.flip_pairs,
                         sigmas=(0.05,) * 17)
-    model = create_pose_model(tiny_checkpoint, input_size=(64, 48), keypoint_info=info, decoding='mmpose')
+    model = create_pose_model(tiny_checkpoint, input_size=(64, 48), keypoint_info=info, codec='mmpose')
     folder = tmp_path / 'run'
     folder.mkdir()
     safetensors.torch.save_file(model.state_dict(), str(folder / 'model.safetensors'))
     config = dict(model.task_config(), keypoint_set=info.to_json(), weights='model.safetensors')
     (folder / 'config.json').write_text(json.dumps(config))
     loaded = create_pose_model(folder / 'model.safetensors')
-    assert (loaded.keypoint_info, loaded.input_size, loaded.decoding) == (info, (64, 48), 'mmpose')
-    stated = create_pose_model(folder / 'model.safetensors', input_size=(96, 64), decoding='official')
-    assert (stated.input_size, stated.decoding, stated.keypoint_info) == ((96, 64), 'official', info)
+    assert (loaded.keypoint_info, loaded.input_size, loaded.codec.spec) == (info, (64, 48), 'mmpose')
+    stated = create_pose_model(folder / 'model.safetensors', input_size=(96, 64), codec='official')
+    assert (stated.input_size, stated.codec.spec, stated.keypoint_info) == ((96, 64), 'official', info)
     # a hub_upload repo's config.json: no `weights`, a built-in set by name
     hub = {k: v for k, v in config.items() if k not in ('weights', 'keypoint_set')}
     (folder / 'config.json').write_text(json.dumps(hub))
     assert create_pose_model(folder / 'model.safetensors').keypoint_info == COCO_KEYPOINTS
     (folder / 'config.json').write_text(json.dumps(dict(config, weights='other.safetensors')))
-    assert create_pose_model(folder / 'model.safetensors').decoding == 'official'  # describes another file
+    assert create_pose_model(folder / 'model.safetensors').codec.spec == 'official'  # describes another file
     for other in ({'model_type': 'bert'}, dict(config, task='segmentation')):
         (folder / 'config.json').write_text(json.dumps(other))
         assert create_pose_model(folder / 'model.safetensors').input_size == (256, 192)
@@ -347,6 +347,9 @@ def test_exported_config_beside_the_weights(tiny_checkpoint: dict, tmp_path: Pat
     (folder / 'config.json').write_text(json.dumps(dict(config, num_joints=5)))
     with pytest.raises(ValueError, match='config.json describes 5 joints, .*model.safetensors.* has 17'):
         create_pose_model(folder / 'model.safetensors')
-    (folder / 'config.json').write_text(json.dumps(dict(config, decoding='dark')))
-    with pytest.raises(ValueError, match="config.json: decoding must be one of official, mmpose, got 'dark'"):
+    (folder / 'config.json').write_text(json.dumps({k: v for k, v in config.items() if k != 'codec'}
+                                                   | dict(decoding='mmpose')))  # as written before codecs
+    assert create_pose_model(folder / 'model.safetensors').codec.spec == 'mmpose'
+    (folder / 'config.json').write_text(json.dumps(dict(config, codec='dark:4')))
+    with pytest.raises(ValueError, match="config.json: codec: the blur kernel size must be a positive odd integer"):
         create_pose_model(folder / 'model.safetensors')

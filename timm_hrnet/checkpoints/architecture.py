@@ -5,8 +5,7 @@ the stem width and input channels (`conv1.weight`), the blocks of each branch (`
 the last module fuses into every branch (`stage4.<last>.fuse_layers.1.*`), and the head (`final_layer.weight`:
 joints and kernel size; `last_layer.*`: classes, kernel size, whether the first head conv has a bias). So a user
 passes only the file. What the tensors cannot show, the layout tells: mmseg's exchange units and head resize with
-align_corners=False whatever the dataset, while the official seg_hrnet's setting depends on its training config;
-mmpose decodes heatmaps by its own border rule, the official pose code by another.
+align_corners=False whatever the dataset, while the official seg_hrnet's setting depends on its training config.
 """
 from __future__ import annotations
 
@@ -17,12 +16,10 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from ..variants import HRNetSpec, StageSpec
-from .layouts import CANONICAL, CLASSIFICATION, MMPOSE, MMSEG, OCR_ROOTS, POSE, SEGMENTATION
+from .layouts import CANONICAL, CLASSIFICATION, MMSEG, OCR_ROOTS, POSE, SEGMENTATION
 
-__all__ = ['TaskArchitecture', 'read_architecture', 'check_task', 'DECODINGS', 'SEG_HEADS', 'FCN', 'OCR']
+__all__ = ['TaskArchitecture', 'read_architecture', 'check_task', 'SEG_HEADS', 'FCN', 'OCR']
 
-# heatmap decoding rules: the official code's, and mmpose 1.x's (its MSRAHeatmap codec) for mmpose checkpoints
-DECODINGS = ('official', 'mmpose')
 # segmentation heads: HRNetV2's conv -> BN -> ReLU -> conv (seg_hrnet's last_layer, mmseg's FCNHead), and
 # object-contextual representations (seg_hrnet_ocr, mmseg's OCRNet)
 FCN = 'fcn'
@@ -37,10 +34,9 @@ class TaskArchitecture:
     `num_outputs` is the joint (pose) or class (segmentation) count. `head_bias`: whether the segmentation head's
     first conv has a bias (the official head does, mmseg's FCNHead conv, followed by BatchNorm, does not).
     `align_corners` is known for layouts that fix it (mmseg: False) and None where the training config decides.
-    `decoding` (pose) names the heatmap decoding rule of the code the layout comes from: 'mmpose' for mmpose files,
-    'official' otherwise (`timm_hrnet.tasks.pose.decode_heatmaps`). `head` (segmentation) is 'fcn' or 'ocr'; an OCR
-    head's `ocr_channels` are its (mid, key) widths (official W48: 512, 256), its `head_bias` says whether its
-    aux_head and conv3x3_ocr convs have biases (the official code's do, mmseg's OCRNet's do not).
+    `head` (segmentation) is 'fcn' or 'ocr'; an OCR head's `ocr_channels` are its (mid, key) widths (official W48:
+    512, 256), its `head_bias` says whether its aux_head and conv3x3_ocr convs have biases (the official code's do,
+    mmseg's OCRNet's do not).
     """
 
     task: str
@@ -50,7 +46,6 @@ class TaskArchitecture:
     final_conv_kernel: int
     head_bias: bool = True
     align_corners: bool | None = None
-    decoding: str | None = None
     head: str = FCN
     ocr_channels: tuple[int, int] | None = None
 
@@ -155,8 +150,7 @@ def read_architecture(
     if head.shape[-2] != kernel or kernel not in (1, 3):
         raise ValueError(f'{source}: head kernel {list(head.shape[-2:])}, the official heads use 1x1 or 3x3')
     if task == POSE:
-        return TaskArchitecture(task, spec, in_chans, head.shape[0], kernel,
-                                decoding='mmpose' if layout == MMPOSE else 'official')
+        return TaskArchitecture(task, spec, in_chans, head.shape[0], kernel)
     mixer = _require(state_dict, 'last_layer.0.weight', 4, source)
     if mixer.shape[-2:] != (1, 1):
         raise ValueError(f'{source}: the first head conv is {list(mixer.shape[-2:])}, the supported heads use 1x1')

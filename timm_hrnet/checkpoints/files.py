@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,36 @@ PICKLE_SUFFIXES = ('.pth', '.pt', '.bin', '.ckpt', '.tar')
 _WRAPPER_KEYS = ('state_dict_ema', 'model_ema', 'state_dict', 'model')
 
 
+class TrainingStatePlaceholder:
+    """What a training-only object of mmengine's message hub (a `HistoryBuffer`, one of its bound methods) is read
+    as: an inert record of its pickled state, built without importing or running the class it names."""
+
+    def __init__(self, *args: Any) -> None:
+        self.args = args
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+def _plain_data_globals() -> list[Any]:
+    """What a weights-only load may reconstruct besides tensors: timm's argparse.Namespace; numpy arrays, dtypes and
+    scalars (mmengine's Runner keeps the dataset's metainfo in meta['dataset_meta'] as numpy arrays), by numpy's own
+    reconstruction functions, under their numpy 2 and numpy 1 names; and mmengine's message hub state (kept beside
+    the weights, never used) as `TrainingStatePlaceholder`s. Nothing else that a pickle names is allowed."""
+    import numpy as np
+    multiarray = np._core.multiarray if hasattr(np, '_core') else np.core.multiarray
+    allowed: list[Any] = [argparse.Namespace, np.ndarray, np.dtype, *vars(np.dtypes).values()]
+    for module in ('numpy._core.multiarray', 'numpy.core.multiarray'):
+        allowed += [(multiarray._reconstruct, f'{module}._reconstruct'), (multiarray.scalar, f'{module}.scalar')]
+    for name in ('mmengine.logging.history_buffer.HistoryBuffer', 'builtins.getattr', '__builtin__.getattr'):
+        allowed.append((TrainingStatePlaceholder, name))
+    return [g for g in allowed if isinstance(g, (type, tuple))]
+
+
 def read_checkpoint_object(path: str | os.PathLike) -> Any:
     """What the file holds (a state dict, or a training wrapper around one): safetensors, or
-    torch.load(weights_only=True); anything else is a ValueError naming the file."""
+    torch.load(weights_only=True) allowing plain data (`_plain_data_globals`); anything else is a ValueError naming
+    the file (and, for a pickle that needs more, the globals it references)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: '{path}'")
@@ -36,14 +64,18 @@ def read_checkpoint_object(path: str | os.PathLike) -> Any:
             f"{', '.join(PICKLE_SUFFIXES)}"
         )
     try:
-        # timm training checkpoints keep their argparse.Namespace 'args'; allowing it executes no code
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals(_plain_data_globals()):
             return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
+        stopped_at = re.findall(r'GLOBAL ([\w.]+)', str(e))  # the legacy format can only be asked this way
         try:
             unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
         except Exception as not_torch:  # noqa: BLE001 - garbage fails in any of the unpickler's ways
-            raise ValueError(f"'{path}' is not a readable PyTorch checkpoint: {_one_line(not_torch)}") from e
+            if not stopped_at:
+                raise ValueError(f"'{path}' is not a readable PyTorch checkpoint: {_one_line(not_torch)}") from e
+            unsafe = stopped_at
+        allowed = {g[1] if isinstance(g, tuple) else f'{g.__module__}.{g.__qualname__}' for g in _plain_data_globals()}
+        unsafe = [name for name in unsafe if name not in allowed] or unsafe  # else: misused, e.g. called
         raise ValueError(
             f"refusing to load '{path}': the pickle needs more than torch.load(weights_only=True) allows "
             f"(it references {', '.join(unsafe) or 'arbitrary Python objects'}); only load trusted files "

@@ -6,8 +6,8 @@ keys dropped and the class names an OpenMMLab checkpoint's meta carries. Model c
 `hub_upload` and the CLI all take this value, so a file is read and worked out once.
 
 Pose checkpoints trained for another heatmap codec (mmpose's UDP and DARK models: the same tensors as the plain
-heatmap model, decoded differently) are refused here, by file name or by the config in their meta, rather than
-decoded as plain heatmaps.
+heatmap model, cropped and decoded differently) are recognised here, by file name or by the config in their meta,
+and `Checkpoint.codec` says which (`timm_hrnet.tasks.pose_codecs` implements them).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from torch import Tensor
 from ..download import is_url, resolve_checkpoint
 from .architecture import TaskArchitecture, read_architecture
 from .files import read_checkpoint_object, unwrap_state_dict
-from .layouts import POSE, SEGMENTATION, Layout, detect_layout, strip_training_wrapper, to_canonical_keys
+from .layouts import MMPOSE, POSE, SEGMENTATION, Layout, detect_layout, strip_training_wrapper, to_canonical_keys
 
 __all__ = ['Checkpoint', 'read_checkpoint', 'CheckpointSource']
 
@@ -39,6 +39,9 @@ class Checkpoint:
 
     `unmapped` are source keys that no rename of the layout covers; they are kept under their own names in
     `state_dict`, so loading names them. `path` is the local file (a URL's cached download), None for a state dict.
+    `codec` (pose) is the spec of the heatmap codec the file was trained with (`timm_hrnet.tasks.pose_codecs`):
+    'dark' / 'udp...' with the blur kernel where its meta config states one, found from `codec_evidence`; without
+    evidence, the rule of the code its layout comes from ('mmpose' or 'official').
     """
 
     state_dict: dict[str, Tensor]
@@ -49,6 +52,8 @@ class Checkpoint:
     unmapped: tuple[str, ...] = ()
     class_names: tuple[str, ...] | None = None
     path: Path | None = None
+    codec: str | None = None
+    codec_evidence: str | None = None
 
     @property
     def task(self) -> str | None:
@@ -71,19 +76,19 @@ def _meta_class_names(raw: Any) -> tuple[str, ...] | None:
     return None
 
 
-# heatmap codecs whose checkpoints have the plain heatmap model's tensors but decode otherwise
-_CODECS = {
-    'UDP': 'unbiased data processing: its own crop transform, no flip shift and a Taylor-refined decoding',
-    'DARK': 'distribution-aware decoding: Gaussian-smoothed log heatmaps refined by a Taylor step',
-}
 # mmpose's file names: td-hm_hrnet-w32_udp-8xb64-..., hrnet_w32_coco_256x192_dark-07f147eb_20200812.pth
 _CODEC_IN_NAME = re.compile(r'(?i)(?<![a-z])(udp|dark)(?![a-z])')
-# mmpose 1.x configs: codec type='UDPHeatmap' / MSRAHeatmap(unbiased=True); 0.x: use_udp=True,
-# post_process='unbiased' (config text, or a config dict's entries as `_texts` writes them)
+# mmpose 1.x configs: codec type='UDPHeatmap' / MSRAHeatmap(unbiased=True), blur_kernel_size (default 11); 0.x:
+# use_udp=True, post_process='unbiased', modulate_kernel (config text, or a config dict's entries as `_texts` writes
+# them); the first match wins
 _CODEC_IN_CONFIG = (
-    (re.compile(r"UDPHeatmap|\buse_udp\s*=\s*True"), 'UDP'),
-    (re.compile(r"\bunbiased\s*=\s*True|\bpost_process\s*=\s*['\"]unbiased"), 'DARK'),
+    (re.compile(r"UDPHeatmap"), 'udp-mmpose1'),
+    (re.compile(r"\buse_udp\s*=\s*True"), 'udp-mmpose0'),
+    (re.compile(r"\bunbiased\s*=\s*True|\bpost_process\s*=\s*['\"]unbiased['\"]"), 'dark'),
 )
+_KERNEL_IN_CONFIG = re.compile(r"\b(?:blur_kernel_size|modulate_kernel)\s*=\s*(\d+)")
+# UDP's combined targets (a heatmap and two offset maps per joint): mmpose's udp-regress files
+_COMBINED = re.compile(r"(?i)udp-regress|CombinedTarget|heatmap_type\s*=\s*['\"]combined")
 
 
 def _texts(value: Any) -> list[str]:
@@ -103,22 +108,26 @@ def _texts(value: Any) -> list[str]:
     return []
 
 
-def _refuse_other_codec(raw: Any, path: Path | None, source: str) -> None:
-    """A ValueError for a pose checkpoint of the UDP or DARK codec, found by its file name or its meta's config."""
-    found = None
-    match = _CODEC_IN_NAME.search(path.name) if path is not None else None
-    if match:
-        found = match.group(1).upper(), f'its file name says {match.group(1)}'
-    else:
-        text = '\n'.join(_texts(_meta(raw)))
-        found = next(((codec, f'its meta config has {hit.group(0)}') for pattern, codec in _CODEC_IN_CONFIG
-                      if (hit := pattern.search(text))), None)
-    if found is not None:
-        codec, evidence = found
-        raise ValueError(
-            f'{source} is a {codec} heatmap checkpoint ({evidence}): its heatmaps are decoded by {codec} '
-            f'({_CODECS[codec]}), which timm_hrnet does not implement, and decoding them as plain heatmaps would '
-            'give wrong keypoints; use a plain heatmap checkpoint (e.g. td-hm_hrnet-w32_8xb64-210e_coco-256x192)')
+def _pose_codec(raw: Any, path: Path | None, source: str, layout: str,
+                old_mmpose: bool) -> tuple[str, str | None]:
+    """The codec spec a pose checkpoint was trained with and the evidence for it (None: only the layout speaks):
+    the config in its meta (which also gives the blur kernel, mmpose's default 11 where it states none), else its
+    file name (mmpose 0.x's layout then meaning mmpose 0.x's UDP). UDP's combined targets are refused."""
+    text = '\n'.join(_texts(_meta(raw)))
+    name = path.name if path is not None else ''
+    if _COMBINED.search(name) or _COMBINED.search(text):
+        raise ValueError(f'{source} is a UDP checkpoint with combined targets (a heatmap and two offset maps per '
+                         'joint, mmpose\'s udp-regress), which timm_hrnet does not decode')
+    for pattern, codec in _CODEC_IN_CONFIG:
+        if hit := pattern.search(text):
+            kernel = _KERNEL_IN_CONFIG.search(text)
+            return f'{codec}:{kernel.group(1) if kernel else 11}', f'its meta config has {hit.group(0)}'
+    if match := _CODEC_IN_NAME.search(name):
+        codec = match.group(1).lower()
+        if codec == 'udp' and old_mmpose:
+            return 'udp-mmpose0', f'its file name says {match.group(1)}, in mmpose 0.x\'s layout'
+        return codec, f'its file name says {match.group(1)}'
+    return ('mmpose' if layout == MMPOSE else 'official'), None
 
 
 def read_checkpoint(checkpoint: CheckpointSource | Checkpoint, *, allow_http: bool = False) -> Checkpoint:
@@ -140,12 +149,13 @@ def read_checkpoint(checkpoint: CheckpointSource | Checkpoint, *, allow_http: bo
     layout = detect_layout(state_dict, source)
     canonical, unmapped = to_canonical_keys(state_dict, layout.name)
     canonical.update({key: state_dict[key] for key in unmapped})
-    architecture = None
+    architecture = codec = evidence = None
     if layout.task == POSE:
-        _refuse_other_codec(raw, path, source)
+        old_mmpose = any(key.startswith('keypoint_head.') for key in state_dict)
+        codec, evidence = _pose_codec(raw, path, source, layout.name, old_mmpose)
     if layout.task in (POSE, SEGMENTATION):
         architecture = read_architecture(canonical, layout.task, source, layout.name)
     if dropped:
         _logger.info('%s: dropped training-only keys %s', source, ', '.join(dropped))
     return Checkpoint(canonical, source, layout, architecture, tuple(dropped), tuple(unmapped),
-                      _meta_class_names(raw), path)
+                      _meta_class_names(raw), path, codec, evidence)

@@ -3,8 +3,9 @@ colour palettes, and the `align_corners` each released segmentation model was tr
 tell).
 
 A keypoint set (`KeypointInfo`) is the one description that training, prediction, drawing and evaluation share:
-names, flip pairs, skeleton, OKS sigmas and upper body. It comes from the built-in COCO / MPII sets, a small JSON or
-YAML file (`read_keypoint_file`) or the keypoint category of a COCO annotation file (`keypoints_from_category`).
+names, flip pairs, skeleton, OKS sigmas and upper body. It comes from the built-in COCO / MPII / COCO-WholeBody
+sets, a small JSON or YAML file (`read_keypoint_file`) or the keypoint category of a COCO annotation file
+(`keypoints_from_category`).
 Keypoint sets and segmentation datasets are looked up by the number of joints / classes of a checkpoint, which
 identifies every released HRNet model; a fine-tuned model with another count gets generic names and colours.
 """
@@ -23,6 +24,7 @@ import yaml
 
 __all__ = [
     'KeypointInfo', 'SegDatasetInfo', 'KEYPOINT_SETS', 'SEG_DATASETS', 'COCO_KEYPOINTS', 'MPII_KEYPOINTS',
+    'COCO_WHOLEBODY_KEYPOINTS', 'WHOLEBODY_PARTS',
     'COCO_KEYPOINT_SIGMAS', 'keypoints_for', 'read_keypoint_file', 'keypoints_from_json', 'keypoints_from_category',
     'resolve_keypoints', 'seg_dataset_for', 'seg_dataset', 'dataset_for_classes', 'generic_palette',
 ]
@@ -143,11 +145,49 @@ MPII_KEYPOINTS = KeypointInfo(
     upper_body=(7, 8, 9, 10, 11, 12, 13, 14, 15),  # the official mpii.py; MPII is scored by PCKh: no OKS sigmas
 )
 
-KEYPOINT_SETS: dict[str, KeypointInfo] = {info.name: info for info in (COCO_KEYPOINTS, MPII_KEYPOINTS)}
+
+
+def _coco_wholebody() -> KeypointInfo:
+    """COCO-WholeBody (Jin et al., "Whole-Body Human Pose Estimation in the Wild", ECCV 2020): COCO's 17 body
+    keypoints, 6 foot, 68 face (the 300W / iBUG layout) and 21 per hand, in that order (the annotation file's
+    keypoints, foot_kpts, face_kpts, lefthand_kpts, righthand_kpts), with the dataset's per-keypoint OKS sigmas."""
+    foot = ('left_big_toe', 'left_small_toe', 'left_heel', 'right_big_toe', 'right_small_toe', 'right_heel')
+    fingers = [f'{finger}{k}' for finger in ('thumb', 'forefinger', 'middle_finger', 'ring_finger', 'pinky_finger')
+               for k in range(1, 5)]
+    hand = ('hand_root', *fingers)
+    names = (*COCO_KEYPOINTS.keypoint_names, *foot, *(f'face-{k}' for k in range(68)),
+             *(f'left_{n}' for n in hand), *(f'right_{n}' for n in hand))
+    # the 68-point face mirrored: jaw, brows, nose, eyes, mouth (face-local indices)
+    face = [(k, 16 - k) for k in range(8)] + [(17 + k, 26 - k) for k in range(5)] + [(31, 35), (32, 34)]
+    face += [(36, 45), (37, 44), (38, 43), (39, 42), (40, 47), (41, 46), (48, 54), (49, 53), (50, 52), (55, 59),
+             (56, 58), (60, 64), (61, 63), (65, 67)]
+    flip_pairs = (*COCO_KEYPOINTS.flip_pairs, (17, 20), (18, 21), (19, 22), *((23 + a, 23 + b) for a, b in face),
+                  *((91 + k, 112 + k) for k in range(21)))
+    face_sigmas = (
+        .042, .043, .044, .043, .040, .035, .031, .025, .020, .023, .029, .032, .037, .038, .043, .041, .045, .013,
+        .012, .011, .011, .012, .012, .011, .011, .013, .015, .009, .007, .007, .007, .012, .009, .008, .016, .010,
+        .017, .011, .009, .011, .009, .007, .013, .008, .011, .012, .010, .034, .008, .008, .009, .008, .008, .007,
+        .010, .008, .009, .009, .009, .007, .007, .008, .011, .008, .008, .008, .010, .008)
+    hand_sigmas = (.029, .022, .035, .037, .047, .026, .025, .024, .035, .018, .024, .022, .026, .017, .021, .021,
+                   .032, .020, .019, .022, .031)
+    sigmas = (*COCO_KEYPOINT_SIGMAS, .068, .066, .066, .092, .094, .094, *face_sigmas, *hand_sigmas, *hand_sigmas)
+    return KeypointInfo('coco_wholebody', names, flip_pairs, COCO_KEYPOINTS.skeleton, sigmas, tuple(range(11)))
+
+
+COCO_WHOLEBODY_KEYPOINTS = _coco_wholebody()
+# the parts COCO-WholeBody is scored on, as [start, end) keypoint ranges of COCO_WHOLEBODY_KEYPOINTS, with the
+# annotation file's field of each
+WHOLEBODY_PARTS: dict[str, tuple[int, int, str]] = {
+    'body': (0, 17, 'keypoints'), 'foot': (17, 23, 'foot_kpts'), 'face': (23, 91, 'face_kpts'),
+    'lefthand': (91, 112, 'lefthand_kpts'), 'righthand': (112, 133, 'righthand_kpts'),
+}
+
+KEYPOINT_SETS: dict[str, KeypointInfo] = {
+    info.name: info for info in (COCO_KEYPOINTS, MPII_KEYPOINTS, COCO_WHOLEBODY_KEYPOINTS)}
 
 
 def keypoints_for(num_joints: int) -> KeypointInfo | None:
-    """The keypoint set with this many joints (17: COCO, 16: MPII), or None."""
+    """The keypoint set with this many joints (17: COCO, 16: MPII, 133: COCO-WholeBody), or None."""
     return next((info for info in KEYPOINT_SETS.values() if info.num_joints == num_joints), None)
 
 

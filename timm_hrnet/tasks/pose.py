@@ -6,8 +6,8 @@ The last module of stage 4 fuses into the highest-resolution branch only (`spec.
 evaluation does: person boxes are widened to the input's aspect ratio and padded by 1.25, cropped with a bilinear
 affine warp, the flip test averages the heatmaps of the mirrored crop (left/right joints swapped, shifted by one
 heatmap column), and heatmaps are decoded by argmax with a quarter-pixel shift toward the larger neighbour and
-mapped back into the image. mmpose decodes its checkpoints by a slightly different border rule, which their models
-follow (`decoding='mmpose'`, see `decode_heatmaps`).
+mapped back into the image. Checkpoints trained with another heatmap codec (mmpose's plain rule, DARK, UDP) crop,
+flip and decode by theirs (`model.codec`, `timm_hrnet.tasks.pose_codecs`).
 """
 from __future__ import annotations
 
@@ -20,18 +20,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checkpoints import DECODINGS, POSE, Checkpoint, CheckpointSource, check_task, read_checkpoint
+from ..checkpoints import POSE, Checkpoint, CheckpointSource, check_task, read_checkpoint
 from ..fused import InferenceOnlyModel, register_inference_only
 from ..images import ImageInput
 from ..variants import HRNetSpec
 from .base import HRNetTaskModel, load_task_weights
 from .datasets import KeypointInfo, keypoints_for
 from .detection import DetectorLike, detect_people
+from .pose_codecs import PoseCodec, decode_heatmaps, get_max_preds, parse_codec, resolve_codec
 from .saved_config import config_beside
 
 __all__ = [
-    'HRNetPose', 'create_pose_model', 'box_to_center_size', 'crop_boxes', 'flip_back', 'get_max_preds',
-    'decode_heatmaps', 'DEFAULT_INPUT_SIZE', 'HEATMAP_STRIDE', 'BOX_PADDING', 'DECODINGS',
+    'HRNetPose', 'create_pose_model', 'box_to_center_size', 'crop_boxes', 'flip_back', 'flip_order',
+    'flip_test_heatmaps', 'get_max_preds', 'decode_heatmaps', 'DEFAULT_INPUT_SIZE', 'HEATMAP_STRIDE', 'BOX_PADDING',
 ]
 
 DEFAULT_INPUT_SIZE = (256, 192)  # (height, width) of the COCO W32 / W48 256x192 models
@@ -45,8 +46,10 @@ class HRNetPose(HRNetTaskModel):
     `spec` normally has `multi_scale_output=False` (the official pose layout); with True the other branches are
     computed and unused. `input_size` is the (height, width) of the person crops `predict` feeds the network
     (not stored in checkpoints: 256x192 and 384x288 models have the same tensors). `keypoint_info` names the joints
-    and gives the flip pairs; by default the COCO (17) or MPII (16) set that fits `num_joints`. `decoding` is the
-    heatmap decoding rule of the code the weights come from (`DECODINGS`; see `decode_heatmaps`).
+    and gives the flip pairs; by default the COCO (17), MPII (16) or COCO-WholeBody (133) set that fits `num_joints`;
+    `codec` is the heatmap codec the weights were trained with (a `PoseCodec` or its spec, e.g. 'official',
+    'mmpose', 'dark:17', 'udp'; `timm_hrnet.tasks.pose_codecs`): it decides the crop, the flip test's shift and the
+    decoding.
     """
 
     def __init__(
@@ -60,10 +63,9 @@ class HRNetPose(HRNetTaskModel):
             drop_path_rate: float = 0.0,
             device: torch.device | str | None = None,
             dtype: torch.dtype | None = None,
-            decoding: str = 'official',
+            codec: PoseCodec | str = 'official',
     ) -> None:
-        if decoding not in DECODINGS:
-            raise ValueError(f'decoding must be one of {", ".join(DECODINGS)}, got {decoding!r}')
+        codec = parse_codec(codec)
         if final_conv_kernel not in (1, 3):
             raise ValueError(f'final_conv_kernel must be 1 or 3 (the official heads), got {final_conv_kernel}')
         if len(input_size) != 2 or min(input_size) < 32:
@@ -77,7 +79,7 @@ class HRNetPose(HRNetTaskModel):
         self.final_conv_kernel = final_conv_kernel
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.keypoint_info = keypoint_info
-        self.decoding = decoding
+        self.codec = codec
         self.final_layer = nn.Conv2d(self.branch_channels[0], num_joints, final_conv_kernel,
                                      padding=final_conv_kernel // 2, device=device, dtype=dtype)
         self.init_weights()
@@ -88,14 +90,27 @@ class HRNetPose(HRNetTaskModel):
     def forward(self, x: Tensor) -> Tensor:
         return self.final_layer(self.forward_branches(self.forward_stem(x))[0])
 
-    def forward_flip(self, x: Tensor) -> Tensor:
-        """The official flip test: average with the heatmaps of the mirrored input, flipped back and shifted by one
-        column (mirroring misaligns the stride-4 grid by one heatmap pixel)."""
-        if self.keypoint_info is None:
+    def forward_flip(self, x: Tensor, flip_pairs: Sequence[tuple[int, int]] | None = None,
+                     shift: bool | None = None) -> Tensor:
+        """The flip test (`flip_test_heatmaps`) with the model's flip pairs (or `flip_pairs`) and its codec's shift
+        (or `shift`)."""
+        if flip_pairs is None and self.keypoint_info is None:
             raise ValueError(f'no flip pairs known for {self.num_joints} joints: pass keypoint_info to the model')
-        flipped = flip_back(self(x.flip(-1)), self.keypoint_info.flip_pairs)
-        flipped[..., 1:] = flipped[..., :-1].clone()
-        return (self(x) + flipped) * 0.5
+        pairs = self.keypoint_info.flip_pairs if flip_pairs is None else flip_pairs
+        return flip_test_heatmaps(self, x, pairs, self.codec.shift_flip if shift is None else shift)
+
+    def forward_keypoints(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Keypoints (N, J, 2) in the pixels of the (N, C, H, W) crops and their scores (N, J), decoded by the
+        model's codec without the flip test: what `export(..., decode=True)` writes as a graph. A keypoint at crop
+        pixel (u, v) is image point centre + ((u, v) - origin) * step of the codec's `frame` over the crop's box."""
+        heatmaps = self(x)
+        coords, scores = self.codec.locate(heatmaps)
+        scale = self.codec.heatmap_scale(tuple(x.shape[-2:]), tuple(heatmaps.shape[-2:]))
+        return coords * coords.new_tensor(scale), scores
+
+    def crop(self, image: Tensor, centers: Tensor, sizes: Tensor) -> Tensor:
+        """The network's input crops of these boxes (`crop_boxes` with the model's input size and codec)."""
+        return crop_boxes(image, centers, sizes, self.input_size, self.codec)
 
     @torch.no_grad()
     def predict(
@@ -140,7 +155,7 @@ class HRNetPose(HRNetTaskModel):
         ]
         aspect = self.input_size[1] / self.input_size[0]
         geometry = [box_to_center_size(b[:, :4].to(p.device), aspect) for b, p in zip(per_image, pixels)]
-        crops = [crop_boxes(p, c, s, self.input_size) for p, (c, s) in zip(pixels, geometry)]
+        crops = [self.crop(p, c, s) for p, (c, s) in zip(pixels, geometry)]
         flip_test = self.keypoint_info is not None if flip_test is None else flip_test
         heatmaps = self._heatmaps(torch.cat(crops), flip_test, batch_size)
         names = self.keypoint_info.keypoint_names if self.keypoint_info else tuple(
@@ -149,7 +164,7 @@ class HRNetPose(HRNetTaskModel):
         for image_boxes, (centers, sizes) in zip(per_image, geometry):
             count = len(image_boxes)
             keypoints, scores = decode_heatmaps(heatmaps[start:start + count], centers, sizes, post_process,
-                                                self.decoding)
+                                                self.codec)
             start += count
             results.append(dict(keypoints=keypoints.cpu(), scores=scores.cpu(), boxes=image_boxes[:, :4].clone(),
                                 box_scores=image_boxes[:, 4].clone(), keypoint_names=names))
@@ -174,7 +189,7 @@ class HRNetPose(HRNetTaskModel):
             final_conv_kernel=self.final_conv_kernel,
             keypoints=self.keypoint_info.name if self.keypoint_info else None,
             flip_pairs=[list(p) for p in self.keypoint_info.flip_pairs] if self.keypoint_info else [],
-            decoding=self.decoding,
+            codec=self.codec.spec,
             **self.base_config(),
         )
 
@@ -209,85 +224,54 @@ def box_to_center_size(boxes: Tensor, aspect_ratio: float, padding: float = BOX_
     return centers, torch.stack([w, h], dim=-1) * padding
 
 
-def crop_boxes(image: Tensor, centers: Tensor, sizes: Tensor, output_size: tuple[int, int]) -> Tensor:
+def crop_boxes(image: Tensor, centers: Tensor, sizes: Tensor, output_size: tuple[int, int],
+               codec: PoseCodec | str = 'official') -> Tensor:
     """(P, C, h, w) crops of a (C, H, W) image: output pixel (u, v) samples the image bilinearly at
-    centre + ((u, v) - (w, h) / 2) * box_width / w, zero outside, the official affine warp."""
+    centre + ((u, v) - origin) * step, zero outside: the official affine warp (origin (w, h) / 2, step box width /
+    w), or UDP's (origin (w - 1, h - 1) / 2, step box size / (size - 1)), as `codec.frame` says."""
+    origin, step = parse_codec(codec).frame(sizes, output_size)
     out_h, out_w = output_size
+    u = torch.arange(out_w, device=image.device, dtype=torch.float32) - origin[0]
+    v = torch.arange(out_h, device=image.device, dtype=torch.float32) - origin[1]
+    return warp_grid(image, centers[:, 0:1] + u * step[:, 0:1], centers[:, 1:2] + v * step[:, 1:2])
+
+
+def warp_grid(image: Tensor, xs: Tensor, ys: Tensor) -> Tensor:
+    """(P, C, h, w) bilinear samples of a (C, H, W) image at the points (xs[p, u], ys[p, v]) (or, for (P, h, w)
+    xs and ys, at (xs[p, v, u], ys[p, v, u])), pixel i sitting at coordinate i, zero outside: the crop warp of
+    inference, evaluation and training."""
     height, width = image.shape[-2:]
-    step = (sizes[:, 0] / out_w)[:, None]
-    u = torch.arange(out_w, device=image.device, dtype=torch.float32) - out_w / 2
-    v = torch.arange(out_h, device=image.device, dtype=torch.float32) - out_h / 2
-    xs = centers[:, 0:1] + u * step
-    ys = centers[:, 1:2] + v * step
+    if xs.ndim == 2:
+        count, out_h, out_w = len(xs), ys.shape[1], xs.shape[1]
+        xs, ys = xs[:, None, :].expand(count, out_h, out_w), ys[:, :, None].expand(count, out_h, out_w)
     # pixel centres in grid_sample's align_corners=False coordinates: pixel i is at (2i + 1) / size - 1
-    gx = (2 * xs + 1) / width - 1
-    gy = (2 * ys + 1) / height - 1
-    count = len(centers)
-    grid = torch.stack([gx[:, None, :].expand(count, out_h, out_w), gy[:, :, None].expand(count, out_h, out_w)], -1)
-    batch = image.unsqueeze(0).expand(count, -1, -1, -1)
+    grid = torch.stack([(2 * xs + 1) / width - 1, (2 * ys + 1) / height - 1], -1)
+    batch = image.unsqueeze(0).expand(len(xs), -1, -1, -1)
     return F.grid_sample(batch, grid.to(image.dtype), mode='bilinear', padding_mode='zeros', align_corners=False)
+
+
+def flip_order(num_joints: int, flip_pairs: Sequence[tuple[int, int]]) -> list[int]:
+    """The joint order of a mirrored person: each left joint swapped with its right one."""
+    order = list(range(num_joints))
+    for a, b in flip_pairs:
+        order[a], order[b] = b, a
+    return order
 
 
 def flip_back(heatmaps: Tensor, flip_pairs: Sequence[tuple[int, int]]) -> Tensor:
     """Heatmaps of a mirrored input, mirrored back, with left and right joints swapped."""
-    order = list(range(heatmaps.shape[1]))
-    for a, b in flip_pairs:
-        order[a], order[b] = b, a
-    return heatmaps.flip(-1)[:, order]
+    return heatmaps.flip(-1)[:, flip_order(heatmaps.shape[1], flip_pairs)]
 
 
-def get_max_preds(heatmaps: Tensor) -> tuple[Tensor, Tensor]:
-    """Integer (x, y) of each heatmap's maximum (the first one on ties) and the maximum; (0, 0) where it is <= 0."""
-    width = heatmaps.shape[-1]
-    maxvals, index = heatmaps.flatten(2).max(dim=-1)
-    coords = torch.stack([index % width, torch.div(index, width, rounding_mode='floor')], dim=-1).float()
-    return coords * (maxvals > 0).unsqueeze(-1), maxvals
-
-
-def decode_heatmaps(
-        heatmaps: Tensor, centers: Tensor, sizes: Tensor, post_process: bool = True, decoding: str = 'official',
-) -> tuple[Tensor, Tensor]:
-    """Keypoints in image pixels and their scores from (N, J, h, w) heatmaps of crops given by `centers`/`sizes`.
-
-    With `post_process` a peak moves a quarter pixel toward its larger neighbour on each axis, by the rule of the
-    code the checkpoint comes from (a peak on the border has no neighbour on one side):
-
-    * ``'official'`` (deep-high-resolution-net): both axes only where 1 < x < w - 1 and 1 < y < h - 1;
-      a heatmap without a positive value gives (0, 0).
-    * ``'mmpose'`` (mmpose 1.x's `refine_keypoints`, which decodes its checkpoints of both layouts): each axis on
-      its own, x where 1 < x < w - 1 and 0 < y < h, y where 1 < y < h - 1 and 0 < x < w; a heatmap without a
-      positive value gives (-1, -1) (`get_heatmap_maximum`), which is not shifted.
-
-    The crop scale is taken from the box width, as in the official inverse transform (mmpose's is the same for
-    the aspect-fixed boxes).
-    """
-    if decoding not in DECODINGS:
-        raise ValueError(f'decoding must be one of {", ".join(DECODINGS)}, got {decoding!r}')
-    coords, maxvals = get_max_preds(heatmaps)
-    if decoding == 'mmpose':
-        coords = coords.masked_fill((maxvals <= 0).unsqueeze(-1), -1.0)
-    height, width = heatmaps.shape[-2:]
-    if post_process:
-        px = torch.floor(coords[..., 0] + 0.5).long()
-        py = torch.floor(coords[..., 1] + 0.5).long()
-        x_inner, y_inner = (px > 1) & (px < width - 1), (py > 1) & (py < height - 1)
-        if decoding == 'mmpose':
-            shift_x = x_inner & (py > 0) & (py < height)
-            shift_y = y_inner & (px > 0) & (px < width)
-        else:
-            shift_x = shift_y = x_inner & y_inner
-        flat = heatmaps.flatten(2)
-
-        def at(x: Tensor, y: Tensor) -> Tensor:
-            index = y.clamp(0, height - 1) * width + x.clamp(0, width - 1)
-            return flat.gather(2, index.unsqueeze(-1)).squeeze(-1)
-
-        diff = torch.stack([at(px + 1, py) - at(px - 1, py), at(px, py + 1) - at(px, py - 1)], dim=-1)
-        coords = coords + torch.sign(diff) * 0.25 * torch.stack([shift_x, shift_y], dim=-1)
-    scale = (sizes[:, 0] / width)[:, None, None]
-    offset = torch.tensor([width / 2, height / 2], device=coords.device)
-    keypoints = centers[:, None, :] + (coords - offset) * scale
-    return keypoints, maxvals
+def flip_test_heatmaps(network: nn.Module, x: Tensor, flip_pairs: Sequence[tuple[int, int]],
+                       shift: bool = True) -> Tensor:
+    """The flip test of predict, evaluation and the pose CLI: `network`'s heatmaps of `x` averaged with those of the
+    mirrored input, flipped back and, with `shift` (the plain and DARK codecs, not UDP), shifted by one column (the
+    plain crop's mirrored stride-4 grid is one heatmap pixel off)."""
+    flipped = flip_back(network(x.flip(-1)), flip_pairs)
+    if shift:
+        flipped[..., 1:] = flipped[..., :-1].clone()
+    return (network(x) + flipped) * 0.5
 
 
 _SIZE_IN_NAME = re.compile(r'(?<!\d)(\d{2,4})x(\d{2,4})(?!\d)')
@@ -306,7 +290,7 @@ def create_pose_model(
         input_size: tuple[int, int] | None = None,
         keypoint_info: KeypointInfo | None = None,
         device: torch.device | str | None = None,
-        decoding: str | None = None,
+        codec: PoseCodec | str | None = None,
 ) -> HRNetPose:
     """An `HRNetPose` with the architecture and weights of a pose checkpoint: official pose_hrnet or mmpose's
     top-down heatmap HRNet (1.x and 0.x); a path, an https URL, a state dict or a `Checkpoint`.
@@ -314,8 +298,10 @@ def create_pose_model(
     `num_joints` different from the checkpoint's gives a freshly initialised head (the rest is loaded) for
     fine-tuning. What the weights do not store comes from the arguments, else from the config.json that
     `train_pose` / `hub_upload` wrote beside them (keypoint set with its flip pairs and sigmas, input size,
-    decoding), else: `input_size` from a released file name (``..._384x288.pth``) or 256x192, the keypoint set by
-    joint count, `decoding` by the checkpoint's layout (mmpose files decode as mmpose does). Eval mode.
+    codec), else: `input_size` from a released file name (``..._384x288.pth``) or 256x192, the keypoint set by
+    joint count, the `codec` from the file (`Checkpoint.codec`: DARK / UDP by mmpose's file name or the config in
+    its meta, with its blur kernel; else mmpose's plain rule for mmpose files, the official one otherwise). A codec
+    that contradicts what the file says is a ValueError. Eval mode.
     """
     loaded = read_checkpoint(checkpoint)
     check_task(loaded.task, POSE, loaded.source)
@@ -326,9 +312,9 @@ def create_pose_model(
         keypoint_info = config.keypoints
     configured_size = config.input_size if config is not None else None
     size = input_size or configured_size or input_size_from_name(loaded.path) or DEFAULT_INPUT_SIZE
-    decoding = decoding or (config.decoding if config is not None else None) or arch.decoding or 'official'
-    model = HRNetPose(arch.spec, joints, arch.final_conv_kernel, arch.in_chans, size, keypoint_info,
-                      decoding=decoding)
+    requested = codec or (config.codec if config is not None else None)
+    resolved = resolve_codec(requested, loaded.codec or 'official', loaded.codec_evidence, loaded.source)
+    model = HRNetPose(arch.spec, joints, arch.final_conv_kernel, arch.in_chans, size, keypoint_info, codec=resolved)
     load_task_weights(model, loaded, reinit_prefixes=('final_layer.',) if joints != arch.num_outputs else ())
     return model.to(device).eval()
 

@@ -4,14 +4,21 @@
 1. person boxes from a detector's COCO results file (person category, score >= `box_score_thr`), or the
    ground-truth boxes (non-crowd persons with keypoints, area > 0, box clipped to the image as the official code
    does; score 1);
-2. each box cropped and run as `HRNetPose.predict` does (aspect fix, x1.25 padding, flip test with the one-column
-   shift, quarter-pixel decoding), crops of several images batched together;
+2. each box cropped and run as `HRNetPose.predict` does, with the same functions (aspect fix, x1.25 padding, the
+   model codec's crop, flip test and decoding), crops of several images batched together;
 3. rescoring: instance score = box score x mean of the keypoint scores above 0.2 (0 if none);
 4. OKS-NMS per image at OKS 0.9, the OKS area being that of the padded crop box (both references use it);
 5. pycocotools' COCOeval on the results, which are also what the COCO server takes.
 
 The keypoint set (OKS sigmas, flip pairs) is the one given, else the model's own, else the annotation file's keypoint
 category (`evaluation_keypoints`).
+
+COCO-WholeBody annotation files (the body's 17 keypoints plus foot_kpts, face_kpts, lefthand_kpts, righthand_kpts)
+are read as 133 keypoints, and a whole-body model is scored as mmpose's CocoWholeBodyMetric scores it with
+xtcocotools' COCOeval (iouType keypoints_body / _foot / _face / _lefthand / _righthand / _wholebody, use_area): per
+part, the OKS over that part's keypoints with its sigmas, a person ignored when none of the part's keypoints is
+labelled, a result left out when none of its part's scores is positive, result areas from the body keypoints
+(`wholebody_keypoint_stats`, on pycocotools' COCOeval, which computes the same OKS and matching).
 
 pycocotools is optional (`pip install "timm-hrnet[eval]"`) and imported only here, when evaluating.
 """
@@ -36,7 +43,9 @@ from ..images import UnreadableImageError, image_to_tensor
 from ..outputs import write_json
 from .datasets import (
     COCO_KEYPOINT_SIGMAS,
+    COCO_WHOLEBODY_KEYPOINTS,
     KEYPOINT_SETS,
+    WHOLEBODY_PARTS,
     KeypointInfo,
     keypoints_from_category,
     read_keypoint_file,
@@ -48,12 +57,13 @@ from .eval_common import (
     rank_and_world_size,
     read_ahead,
 )
-from .pose import box_to_center_size, crop_boxes, decode_heatmaps, flip_back
+from .pose import box_to_center_size, crop_boxes, flip_test_heatmaps
+from .pose_codecs import decode_heatmaps, parse_codec
 
 __all__ = [
     'COCO_KEYPOINT_SIGMAS', 'PoseDataError', 'evaluate_pose', 'keypoint_oks', 'oks_nms', 'rescore',
     'coco_keypoint_stats', 'load_keypoint_annotations', 'detection_boxes', 'ground_truth_boxes', 'STAT_NAMES',
-    'evaluation_keypoints',
+    'evaluation_keypoints', 'wholebody_keypoint_stats',
 ]
 # COCOeval(iouType='keypoints').stats, in order
 STAT_NAMES = ('AP', 'AP50', 'AP75', 'APm', 'APl', 'AR', 'AR50', 'AR75', 'ARm', 'ARl')
@@ -99,6 +109,13 @@ def load_keypoint_annotations(ann_file: str | PathLike) -> tuple[Any, dict[str, 
                             'annotation file is needed')
     category = categories[0]
     annotations = [a for a in data['annotations'] if isinstance(a, dict) and a.get('category_id') == category['id']]
+    parts = [field for _, _, field in WHOLEBODY_PARTS.values()]
+    if len(category['keypoints']) == 17 and annotations and all(all(f in a for f in parts) for a in annotations):
+        # COCO-WholeBody: the body's keypoints and each part's, read as one 133-keypoint set
+        category = dict(category, keypoints=list(COCO_WHOLEBODY_KEYPOINTS.keypoint_names))
+        for ann in annotations:
+            ann['keypoints'] = [v for field in parts for v in ann[field]]
+            ann['num_keypoints'] = sum(1 for v in ann['keypoints'][2::3] if v > 0)
     if not any('keypoints' in a for a in annotations):
         raise PoseDataError(f'{ann_file} has no keypoint annotations for category {category["name"]!r}: '
                             'a COCO person_keypoints annotation file is needed')
@@ -204,14 +221,17 @@ def oks_nms(keypoints: np.ndarray, scores: np.ndarray, areas: np.ndarray, thresh
     return keep
 
 
-def coco_keypoint_stats(coco: Any, results: list[dict[str, Any]],
-                        sigmas: Sequence[float] = COCO_KEYPOINT_SIGMAS) -> tuple[dict[str, float], str]:
+def coco_keypoint_stats(coco: Any, results: list[dict[str, Any]], sigmas: Sequence[float] = COCO_KEYPOINT_SIGMAS,
+                        result_areas: Sequence[float] | None = None) -> tuple[dict[str, float], str]:
     """COCOeval(iouType='keypoints') of `results` against `coco` with these OKS sigmas: the ten stats by name and
-    COCOeval's printed summary."""
+    COCOeval's printed summary. `result_areas` replace the areas loadRes gives the results (their keypoints'
+    extent)."""
     _, COCOeval = _pycocotools()
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
         detections = coco.loadRes([dict(r) for r in results])  # loadRes adds fields to the dicts it gets
+        for ann, area in zip(detections.dataset['annotations'], result_areas or ()):
+            ann['area'] = area
         evaluator = COCOeval(coco, detections, 'keypoints')
         evaluator.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64)
         evaluator.evaluate()
@@ -221,16 +241,41 @@ def coco_keypoint_stats(coco: Any, results: list[dict[str, Any]],
     return {name: float(value) for name, value in zip(STAT_NAMES, evaluator.stats)}, summary
 
 
+def wholebody_keypoint_stats(coco: Any, results: list[dict[str, Any]],
+                             sigmas: Sequence[float]) -> tuple[dict[str, dict[str, float]], str]:
+    """The COCOeval stats of 133-keypoint `results` against a COCO-WholeBody `coco` (read by
+    `load_keypoint_annotations`) for each part and the whole body, scored as xtcocotools' COCOeval scores mmpose's
+    CocoWholeBodyMetric (module docstring); and the summaries, one block per part."""
+    COCO, _ = _pycocotools()
+
+    def extent(points: Sequence[float]) -> float:
+        xs, ys = points[0::3], points[1::3]
+        return (max(xs) - min(xs)) * (max(ys) - min(ys))
+
+    parts = {name: (start, end) for name, (start, end, _) in WHOLEBODY_PARTS.items()}
+    stats, summaries = {}, []
+    for name, (start, end) in dict(parts, wholebody=(0, COCO_WHOLEBODY_KEYPOINTS.num_joints)).items():
+        annotations = []
+        for ann in coco.dataset['annotations']:
+            points = ann['keypoints'][3 * start:3 * end]
+            annotations.append(dict(ann, keypoints=points, num_keypoints=sum(1 for v in points[2::3] if v > 0)))
+        part = COCO()
+        part.dataset = dict(coco.dataset, annotations=annotations)
+        with contextlib.redirect_stdout(io.StringIO()):
+            part.createIndex()
+        kept = [r for r in results if any(v > 0 for v in r['keypoints'][3 * start + 2:3 * end:3])]
+        stats[name], summary = coco_keypoint_stats(
+            part, [dict(r, keypoints=r['keypoints'][3 * start:3 * end]) for r in kept], sigmas[start:end],
+            [extent(r['keypoints'][:3 * parts['body'][1]]) for r in kept])
+        summaries.append(f'{name}:\n{summary}')
+    return stats, '\n'.join(summaries)
+
+
 def _heatmaps(model: nn.Module, crops: Tensor, flip_test: bool, shift_heatmap: bool,
               flip_pairs: Sequence[tuple[int, int]]) -> Tensor:
-    """The model's heatmaps, with the flip test (`HRNetPose.forward_flip`) done with the evaluated set's pairs."""
+    """The model's heatmaps, with the flip test (`flip_test_heatmaps`) done with the evaluated set's pairs."""
     inputs = model.normalize(crops)
-    if not flip_test:
-        return model(inputs).float()
-    flipped = flip_back(model(inputs.flip(-1)), flip_pairs)
-    if shift_heatmap:
-        flipped[..., 1:] = flipped[..., :-1].clone()
-    return ((model(inputs) + flipped) * 0.5).float()
+    return (flip_test_heatmaps(model, inputs, flip_pairs, shift_heatmap) if flip_test else model(inputs)).float()
 
 
 def evaluation_keypoints(
@@ -298,7 +343,7 @@ def evaluate_pose(
         gt_boxes: bool = False,
         box_score_thr: float = 0.0,
         flip_test: bool = True,
-        shift_heatmap: bool = True,
+        shift_heatmap: bool | None = None,
         rescore_thr: float = 0.2,
         oks_nms_thr: float = 0.9,
         keypoint_sigmas: Sequence[float] | None = None,
@@ -312,11 +357,12 @@ def evaluate_pose(
     `det_file` or, with `gt_boxes`, the annotated ones.
 
     The OKS sigmas and flip pairs are those of the keypoint set (`evaluation_keypoints`: `keypoint_set`, else the
-    model's, else the annotation category's); `keypoint_sigmas` overrides the set's sigmas. Heatmaps are decoded by
-    the model's `decoding` rule. The results JSON (COCO server format) is written to
-    `results_file` when given. Under an initialised torch.distributed group each rank runs the images
-    rank::world_size and every rank returns the same numbers. Returns the ten COCOeval stats (AP, AP50, AP75, APm,
-    APl, AR, AR50, AR75, ARm, ARl; fractions), counts, throughput and the settings.
+    model's, else the annotation category's); `keypoint_sigmas` overrides the set's sigmas. Boxes are cropped, flipped
+    and decoded by the model's `codec` (`shift_heatmap` None: the codec's flip shift). The results JSON (COCO
+    server format) is written to `results_file` when given. Under an initialised torch.distributed group each rank
+    runs the images rank::world_size and every rank returns the same numbers. Returns the ten COCOeval stats (AP,
+    AP50, AP75, APm, APl, AR, AR50, AR75, ARm, ARl; fractions; on COCO-WholeBody the whole body's, and `parts`: the
+    ten of body, foot, face, lefthand, righthand and wholebody), counts, throughput and the settings.
     """
     if gt_boxes == (det_file is not None):
         raise ValueError('give a detection results file (det_file) or gt_boxes=True, not both or neither')
@@ -325,7 +371,9 @@ def evaluate_pose(
     coco, category = load_keypoint_annotations(ann_file)
     info, sigmas = evaluation_keypoints(getattr(model, 'keypoint_info', None), model.num_joints, category,
                                         keypoint_set, keypoint_sigmas, ann_file)
-    decoding = getattr(model, 'decoding', 'official')
+    wholebody = tuple(category['keypoints']) == COCO_WHOLEBODY_KEYPOINTS.keypoint_names
+    codec = parse_codec(getattr(model, 'codec', 'official'))
+    shift_heatmap = codec.shift_flip if shift_heatmap is None else shift_heatmap
     boxes = ground_truth_boxes(coco, category['id'], ann_file) if gt_boxes else detection_boxes(
         det_file, coco, category['id'], box_score_thr)
     if not boxes:
@@ -359,7 +407,7 @@ def evaluate_pose(
             heatmaps = _heatmaps(model, take, flip_test, shift_heatmap, info.flip_pairs)
             centers = torch.cat([c for _, c, _, _ in pending])[:len(take)]
             sizes = torch.cat([s for _, _, s, _ in pending])[:len(take)]
-            keypoints, scores = decode_heatmaps(heatmaps, centers, sizes, decoding=decoding)
+            keypoints, scores = decode_heatmaps(heatmaps, centers, sizes, codec=codec)
             points = torch.cat([keypoints, scores.unsqueeze(-1)], -1).cpu().numpy()
             done = 0
             while done < len(take):
@@ -388,7 +436,7 @@ def evaluate_pose(
             _check_size(paths[image_id], tuple(pixels.shape[-2:]), coco.imgs[image_id])
             image_boxes = torch.tensor(boxes[image_id], dtype=torch.float32)
             centers, sizes = box_to_center_size(image_boxes[:, :4], aspect)
-            crops.append(crop_boxes(pixels.to(device), centers.to(device), sizes.to(device), model.input_size))
+            crops.append(crop_boxes(pixels.to(device), centers.to(device), sizes.to(device), model.input_size, codec))
             pending.append((image_id, centers.to(device), sizes.to(device), image_boxes[:, 4]))
             run_batches(final=False)
         run_batches(final=True)
@@ -412,7 +460,11 @@ def evaluate_pose(
     elapsed = max_over_ranks(elapsed)
     stats, summary = None, ''
     if rank == 0:
-        stats, summary = coco_keypoint_stats(coco, results, sigmas)
+        if wholebody:
+            parts, summary = wholebody_keypoint_stats(coco, results, sigmas)
+            stats = dict(parts['wholebody'], parts=parts)
+        else:
+            stats, summary = coco_keypoint_stats(coco, results, sigmas)
     stats, summary = broadcast_from_main((stats, summary))
     if rank == 0 and results_file is not None:  # after the broadcast: a failed write cannot leave a rank waiting
         write_json(results_file, results, indent=None)
@@ -434,7 +486,7 @@ def evaluate_pose(
         oks_nms_thr=oks_nms_thr,
         keypoint_set=info.name,
         sigmas=list(sigmas),
-        decoding=decoding,
+        codec=codec.spec,
         input_size=list(model.input_size),
         world_size=world_size,
         results_file=None if results_file is None else str(results_file),

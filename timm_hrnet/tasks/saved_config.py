@@ -1,6 +1,6 @@
 """The config.json saved beside a task model's weights, read back: the one reader of it.
 
-Weights alone do not say a pose model's input size, keypoint set and heatmap decoding, nor a segmentation model's
+Weights alone do not say a pose model's input size, keypoint set and heatmap codec, nor a segmentation model's
 `align_corners`, label set and how its exchange units resize (mmseg's two steps, `HRNetSpec.upsample_by_stride`).
 `train_pose` / `train_seg` write them into the `config.json` beside `model.safetensors` (the field `weights` names
 that file), and a repo `hub_upload convert` staged carries the same fields (its config.json describes its
@@ -18,8 +18,9 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
-from ..checkpoints import DECODINGS, POSE, SEGMENTATION
+from ..checkpoints import POSE, SEGMENTATION
 from .datasets import KEYPOINT_SETS, SEG_DATASETS, KeypointInfo, SegDatasetInfo, generic_palette, keypoints_from_json
+from .pose_codecs import parse_codec
 
 __all__ = ['WEIGHTS_FILE', 'CONFIG_FILE', 'ModelConfig', 'model_weights', 'config_beside', 'read_model_config',
            'label_fields']
@@ -32,7 +33,7 @@ _OUTPUTS = {POSE: ('num_joints', 'joints'), SEGMENTATION: ('num_classes', 'class
 @dataclass(frozen=True)
 class ModelConfig:
     """What a config.json states about the weights it describes: the task; a pose model's input (height, width),
-    keypoint set (None: the built-in set of its joint count) and decoding rule; a segmentation model's
+    keypoint set (None: the built-in set of its joint count) and heatmap codec spec; a segmentation model's
     `align_corners`, label set (None: generic names) and `upsample_by_stride`; None where it states nothing. Whether
     a training run wrote it: `from_training`."""
 
@@ -42,7 +43,7 @@ class ModelConfig:
     data: Mapping[str, Any]
     input_size: tuple[int, int] | None = None
     keypoints: KeypointInfo | None = None
-    decoding: str | None = None
+    codec: str | None = None
     align_corners: bool | None = None
     labels: SegDatasetInfo | None = None
     upsample_by_stride: bool | None = None
@@ -88,7 +89,8 @@ def _size(value: Any, length: int, where: str) -> tuple[int, ...]:
 
 def _pose_fields(data: Mapping[str, Any], where: str) -> dict[str, Any]:
     """Input size (`input_size_hw`, else `input_size` [C, H, W]), keypoint set (`keypoint_set`, else the built-in
-    set `keypoints` names) and decoding rule of a pose config; a set with another joint count is an error."""
+    set `keypoints` names) and heatmap codec (`codec`, or `decoding` as configs before codecs named it) of a pose
+    config; a set with another joint count is an error."""
     size = None
     if data.get('input_size_hw') is not None:
         size = _size(data['input_size_hw'], 2, f'{where}: input_size_hw')
@@ -109,10 +111,11 @@ def _pose_fields(data: Mapping[str, Any], where: str) -> dict[str, Any]:
         keypoints = KEYPOINT_SETS.get(data['keypoints']) if isinstance(data.get('keypoints'), str) else None
         if keypoints is not None and joints is not None and keypoints.num_joints != joints:
             keypoints = None  # a name only, of no built-in set of this size
-    decoding = data.get('decoding')
-    if decoding is not None and decoding not in DECODINGS:
-        raise ValueError(f'{where}: decoding must be one of {", ".join(DECODINGS)}, got {decoding!r}')
-    return dict(input_size=(size[0], size[1]) if size else None, keypoints=keypoints, decoding=decoding)
+    key = 'codec' if data.get('codec') is not None else 'decoding'
+    codec = data.get(key)
+    if codec is not None:
+        codec = parse_codec(codec, f'{where}: {key}').spec
+    return dict(input_size=(size[0], size[1]) if size else None, keypoints=keypoints, codec=codec)
 
 
 def _seg_labels(data: Mapping[str, Any], align_corners: bool, where: str) -> SegDatasetInfo | None:

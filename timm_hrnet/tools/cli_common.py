@@ -19,11 +19,12 @@ from timm_hrnet.convert import CheckpointMismatchError, fitting_variant, mismatc
 from timm_hrnet.download import FetchedFile, resolve_checkpoint
 from timm_hrnet.hrnet import MIN_INPUT_SIZE
 from timm_hrnet.tasks.classification_evaluation import amp_autocast
+from timm_hrnet.tasks.pose_codecs import CODEC_NAMES, PoseCodec, parse_codec
 
 __all__ = [
-    'CliError', 'HelpFormatter', 'amp_autocast', 'checkpoint_file', 'crop_fraction', 'device_or_fail',
-    'error_message', 'fitting_variant', 'flat_scales', 'image_size', 'load_model_or_fail', 'mismatch_summary',
-    'non_negative_int', 'positive_int', 'print_json', 'scale_list', 'stdout_for_json_only',
+    'CliError', 'HelpFormatter', 'add_codec_argument', 'amp_autocast', 'checkpoint_file', 'crop_fraction',
+    'device_or_fail', 'error_message', 'fitting_variant', 'flat_scales', 'image_size', 'load_model_or_fail',
+    'mismatch_summary', 'non_negative_int', 'positive_int', 'print_json', 'scale_list', 'stdout_for_json_only',
 ]
 
 
@@ -77,6 +78,20 @@ def non_negative_int(text: str) -> int:
 def image_size(text: str) -> int:
     """argparse type: a square input size HRNet can run, i.e. at least one pixel on its stride-32 branch."""
     return _int_at_least(text, MIN_INPUT_SIZE)
+
+
+def _codec(text: str) -> PoseCodec:
+    try:
+        return parse_codec(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
+def add_codec_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup, default_says: str) -> None:
+    """--codec, the pose heatmap codec (`timm_hrnet.tasks.pose_codecs`), checked when parsed."""
+    parser.add_argument('--codec', type=_codec, metavar='NAME[:KERNEL]',
+                        help=f'heatmap codec: {", ".join(CODEC_NAMES)}, optionally with the DARK / UDP blur kernel '
+                             f'(e.g. dark:17); default: {default_says}')
 
 
 def crop_fraction(text: str) -> float:

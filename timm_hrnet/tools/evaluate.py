@@ -24,6 +24,7 @@ from timm_hrnet.tasks.segmentation import create_seg_model
 from timm_hrnet.tools.cli_common import (
     CliError,
     HelpFormatter,
+    add_codec_argument,
     checkpoint_file,
     device_or_fail,
     error_message,
@@ -77,6 +78,8 @@ def add_pose_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument('--results', help='write the keypoint results (COCO server format) here')
     parser.add_argument('--input-size', type=_size_hw, metavar='HxW',
                         help='crop size of the model; default: from the checkpoint file name, else 256x192')
+    add_codec_argument(parser, "what the checkpoint says (mmpose's dark / udp file names or meta config, a "
+                               "config.json beside it), else its layout's plain rule; a contradiction is an error")
     parser.add_argument('--no-flip', action='store_true', help='skip the flip test')
     parser.add_argument('--batch-size', type=positive_int, default=32, help='person crops per forward pass')
     parser.add_argument('--box-thr', type=float, default=0.0, help='keep detections scoring at least this')
@@ -156,7 +159,7 @@ def run_pose(args: argparse.Namespace) -> int:
         check_writable(args.results)
 
     def evaluate(device: Any) -> dict[str, Any]:
-        model = _load(create_pose_model, args, device, input_size=args.input_size)
+        model = _load(create_pose_model, args, device, input_size=args.input_size, codec=args.codec)
         return evaluate_pose(
             model, args.annotations, args.images, args.detections, gt_boxes=args.gt_boxes,
             box_score_thr=args.box_thr, flip_test=not args.no_flip, batch_size=args.batch_size,
@@ -174,11 +177,16 @@ def run_pose(args: argparse.Namespace) -> int:
     boxes = 'ground-truth boxes' if args.gt_boxes else f'detections from {args.detections}'
     print(f'{metrics["num_images"]} images, {metrics["num_boxes"]} person boxes ({boxes}), '
           f'{metrics["num_results"]} results after OKS-NMS, flip test {"on" if metrics["flip_test"] else "off"}, '
-          f'keypoint set {metrics["keypoint_set"]}, {metrics["images_per_second"]:.1f} images/s')
+          f'keypoint set {metrics["keypoint_set"]}, codec {metrics["codec"]}, {metrics["images_per_second"]:.1f} '
+          'images/s')
     names = ('AP', 'AP50', 'AP75', 'APm', 'APl', 'AR')
-    print('  '.join(f'{name:>6}' for name in names))
+    rows = metrics.get('parts') or {'': metrics}  # COCO-WholeBody: a row per part
+    width = max(len(part) for part in rows)
+    print(' ' * width + '  '.join(f'{name:>6}' for name in names))
     # COCOeval gives -1 where an area range has no people (e.g. no medium-size ones): not a score
-    print('  '.join(f'{100 * metrics[name]:6.1f}' if metrics[name] >= 0 else f'{"n/a":>6}' for name in names))
+    for part, stats in rows.items():
+        print(f'{part:<{width}}' + '  '.join(f'{100 * stats[name]:6.1f}' if stats[name] >= 0 else f'{"n/a":>6}'
+                                             for name in names))
     if args.gt_boxes:
         print(GT_BOXES_WARNING)
     if args.results:

@@ -14,6 +14,7 @@ from timm_hrnet.tasks.pose import create_pose_model
 from timm_hrnet.tasks.segmentation import create_seg_model
 from timm_hrnet.tools.cli_common import (
     CliError,
+    add_codec_argument,
     checkpoint_file,
     error_message,
     image_size,
@@ -45,12 +46,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--no-check', action='store_true', help='skip running the file against the model')
     parser.add_argument('--json', action='store_true', help='print the report as JSON')
     parser.add_argument('--no-progress', action='store_true', help='no progress bars during int8 calibration')
+    parser.add_argument('--decode', action='store_true',
+                        help='with --pose: the graph decodes too; outputs keypoints (N, J, 2) in crop pixels and '
+                             'scores (N, J), by the checkpoint\'s codec (no flip test; the crop size is fixed)')
+    add_codec_argument(parser, 'with --pose: what the checkpoint says')
 
 
 def _model(args: argparse.Namespace) -> nn.Module:
     try:
         if args.pose:
-            return create_pose_model(checkpoint_file(args.pose, args.allow_http).path)
+            return create_pose_model(checkpoint_file(args.pose, args.allow_http).path, codec=args.codec)
         if args.seg:
             return create_seg_model(checkpoint_file(args.seg, args.allow_http).path)
         if args.features_only:
@@ -67,7 +72,7 @@ def _model(args: argparse.Namespace) -> nn.Module:
 def _print(report: ExportReport) -> None:
     print(f'wrote {report.path} ({report.format}, {report.dtype}, export size {report.input_size[0]}x'
           f'{report.input_size[1]}, {"dynamic" if report.dynamic else f"static (batch {report.batch_size})"} '
-          f'batch and size, '
+          f'batch{" (fixed size)" if report.outputs == ("keypoints", "scores") else " and size"}, '
           f'outputs {", ".join(report.outputs)})')
     for check in report.checks:
         agreement = '' if check.agreement is None else f', argmax agreement {100 * check.agreement:.2f} %'
@@ -76,6 +81,8 @@ def _print(report: ExportReport) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run `timm-hrnet export`."""
+    if (args.decode or args.codec is not None) and not args.pose:
+        raise CliError('--decode and --codec export a pose model: give --pose CHECKPOINT')
     sources = [s for s in (args.pose, args.seg, args.checkpoint, args.calibration) if s and '://' not in s]
     check_not_an_input(args.out, sources)
     check_writable(args.out)  # a read-only or missing folder is found before the export's minutes
@@ -84,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = export(model, args.out, args.format, dtype=args.dtype, input_size=size, dynamic=not args.static,
                         batch_size=args.batch_size, calibration=args.calibration, check=not args.no_check,
-                        progress=not args.no_progress)
+                        decode=args.decode, progress=not args.no_progress)
     except ExportError as error:
         raise CliError(str(error)) from error
     if args.json:

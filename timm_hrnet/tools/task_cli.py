@@ -32,6 +32,7 @@ from timm_hrnet.tasks.segmentation import HRNetSeg, create_seg_model
 from timm_hrnet.tools.cli_common import (
     CliError,
     HelpFormatter,
+    add_codec_argument,
     checkpoint_file,
     device_or_fail,
     error_message,
@@ -88,6 +89,8 @@ def add_pose_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help='a person box in pixels (repeat for several people); default: the whole image')
     parser.add_argument('--input-size', type=_size_hw, metavar='HxW',
                         help='crop size of the model; default: from the checkpoint file name, else 256x192')
+    add_codec_argument(parser, "what the checkpoint says (mmpose's dark / udp file names or meta config, a "
+                               'config.json beside it), else its layout\'s plain rule; a contradiction is an error')
     parser.add_argument('--no-flip', action='store_true', help='skip the flip test (twice as fast)')
     parser.add_argument('--threshold', type=float, default=0.3, help='keypoints scoring lower are not drawn')
     parser.add_argument('--detector', metavar='NAME',
@@ -207,7 +210,7 @@ def run_pose(args: argparse.Namespace) -> int:
     """Print (and draw) the keypoints of each person."""
     _check_source(args.image)
     _check_outputs(args)
-    model = _load(create_pose_model, args, input_size=args.input_size)
+    model = _load(create_pose_model, args, input_size=args.input_size, codec=args.codec)
     detector = _person_detector(args, next(model.parameters()).device)
     flip = False if args.no_flip else None
     if Path(args.image).is_dir() or is_video(args.image):
@@ -221,10 +224,10 @@ def run_pose(args: argparse.Namespace) -> int:
         _save(_draw_people(model, to_pil(args.image), result, args.threshold), args.out)
     if args.json:
         print_json(json.dumps(dict(image=args.image, checkpoint=args.checkpoint, input_size=list(model.input_size),
-                              people=people, out=args.out), indent=2))
+                                   codec=model.codec.spec, people=people, out=args.out), indent=2))
         return 0
     print(f'{args.image}: {len(people)} person box(es), {model.num_joints} keypoints, '
-          f'input {model.input_size[0]}x{model.input_size[1]}')
+          f'input {model.input_size[0]}x{model.input_size[1]}, codec {model.codec.spec}')
     for index, person in enumerate(people, start=1):
         print(f'person {index} (box x={person["box"][0]} y={person["box"][1]} w={person["box"][2]} '
               f'h={person["box"][3]}):')

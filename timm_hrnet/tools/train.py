@@ -30,6 +30,7 @@ from timm_hrnet.tasks.training.samples import BAD_SAMPLE_POLICIES
 from timm_hrnet.tools.cli_common import (
     CliError,
     HelpFormatter,
+    add_codec_argument,
     non_negative_int,
     positive_int,
     print_json,
@@ -143,6 +144,8 @@ def add_pose_parser(subparsers: Any) -> argparse.ArgumentParser:
                                           'upper_body (default: the annotation category; COCO\'s known)')
     data.add_argument('--input-size', type=_size_hw, default=(256, 192), metavar='HxW', help='person crop size')
     data.add_argument('--sigma', type=float, default=2.0, help='target Gaussian sigma in heatmap pixels')
+    add_codec_argument(data, "a pose checkpoint's (--init), else official; dark / udp train with their targets and "
+                             'crop')
     aug = parser.add_argument_group('augmentation (defaults: official)')
     defaults = PoseAugmentation()
     aug.add_argument('--no-augment', action='store_true', help='crops exactly as inference makes them')
@@ -274,6 +277,7 @@ def run_pose(args: argparse.Namespace) -> int:
         train_pose, args.annotations, args.images, init=args.init, pretrained=not args.scratch,
         pretrained_file=args.pretrained_file, keypoints=args.keypoints, val_ann_file=args.val_annotations,
         val_image_dir=args.val_images, input_size=args.input_size, sigma=args.sigma, augmentation=augmentation,
+        codec=None if args.codec is None else args.codec.spec,
         eval_flip_test=not args.no_flip_test, eval_batch_size=args.eval_batch_size, **_config_options(args))
     return _report(result, args.json)
 

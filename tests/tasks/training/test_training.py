@@ -25,6 +25,7 @@ from training_data import FAST, POSE_INPUT, make_pose_data, make_seg_data
 from timm_hrnet.checkpoints import CheckpointMismatchError
 from timm_hrnet.tasks.datasets import keypoints_from_json
 from timm_hrnet.tasks.pose import HRNetPose, create_pose_model
+from timm_hrnet.tasks.pose_codecs import gaussian_heatmaps
 from timm_hrnet.tasks.segmentation import HRNetSeg, create_seg_model
 from timm_hrnet.tasks.training import (
     POSE_RECIPE,
@@ -49,7 +50,6 @@ from timm_hrnet.tasks.training.pose_training import build_pose_model
 from timm_hrnet.tasks.training.samples import EpochSampler
 from timm_hrnet.tasks.training.seg_data import SegTrainDataset, scan_seg_folders
 from timm_hrnet.tasks.training.seg_training import build_seg_model
-from timm_hrnet.tasks.training.targets import gaussian_heatmaps
 from timm_hrnet.tasks.training.trainer import _scheduler
 from timm_hrnet.tools.cli import main
 from timm_hrnet.variants import resolve_variant
@@ -662,16 +662,16 @@ def test_a_model_fine_tuned_from_mmpose_keeps_its_decoding(tmp_path: Path) -> No
     trained = train_pose(ann_file, images, keypoints=keypoints, input_size=POSE_INPUT, epochs=1, batch_size=2,
                          output_dir=str(tmp_path / 'run'),
                          **dict(FAST, init=openmmlab_fixture('mmpose_td-hm_hrnet_reduced.pth')))
-    assert trained.model.decoding == 'mmpose'
-    assert json.loads(Path(trained.files['config']).read_text())['decoding'] == 'mmpose'
+    assert trained.model.codec.spec == 'mmpose'
+    assert json.loads(Path(trained.files['config']).read_text())['codec'] == 'mmpose'
     image = sorted(images.iterdir())[0]
     expected = trained.model.predict(image)
     for model in (load_pose_model(trained.output_dir), create_pose_model(trained.files['weights'])):
-        assert model.decoding == 'mmpose'
+        assert model.codec.spec == 'mmpose'
         result = model.predict(image)
         assert torch.equal(result['keypoints'], expected['keypoints']) and torch.equal(result['scores'],
                                                                                        expected['scores'])
-    assert create_pose_model(_alone(trained.files['weights'], tmp_path / 'alone')).decoding == 'official'
+    assert create_pose_model(_alone(trained.files['weights'], tmp_path / 'alone')).codec.spec == 'official'
 
 
 def test_custom_keypoint_sets(tmp_path: Path) -> None:

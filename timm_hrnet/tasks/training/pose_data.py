@@ -1,5 +1,5 @@
 """Top-down pose training data: COCO-format keypoint annotations (any number of joints) to person crops with the
-official augmentations and Gaussian heatmap targets.
+official augmentations and Gaussian heatmap targets (those of the model's codec).
 
 The annotation file is scanned once when the dataset is built, before training: annotations that are crowds or
 have no labelled joint are not training samples (as in the official code); a zero-area box, a box outside its image,
@@ -25,10 +25,10 @@ from torch.utils.data import Dataset
 
 from ...images import UnreadableImageError, image_to_tensor
 from ..datasets import KeypointInfo
-from ..pose import BOX_PADDING, HEATMAP_STRIDE
+from ..pose import BOX_PADDING, HEATMAP_STRIDE, box_to_center_size, flip_order
+from ..pose_codecs import PoseCodec, parse_codec
 from .pose_geometry import crop_matrix, half_body_box, to_crop, warp_crop
 from .samples import BadSampleError, Problems, check_policy, image_header_size, refuse_or_skip, sample_rng
-from .targets import gaussian_heatmaps
 
 __all__ = ['PersonSample', 'PoseAnnotations', 'read_pose_annotations', 'PoseAugmentation', 'PoseTrainDataset']
 
@@ -187,9 +187,10 @@ class PoseAugmentation:
 
 
 class PoseTrainDataset(Dataset):
-    """Person crops (normalised, (C, H, W)), heatmap targets (J, H/4, W/4), joint weights (J, 1), a `valid` flag
-    and the sample index; items are looked up by (epoch, index) pairs (`samples.EpochSampler`) or a bare index
-    (epoch 0), and every random choice is a function of (seed, epoch, index)."""
+    """Person crops (normalised, (C, H, W)) cropped and heatmap targets (J, H/4, W/4) encoded by `codec` (the
+    model's), joint weights (J, 1), a `valid` flag and the sample index; items are looked up by (epoch, index)
+    pairs (`samples.EpochSampler`) or a bare index (epoch 0), and every random choice is a function of (seed,
+    epoch, index)."""
 
     def __init__(
             self,
@@ -202,6 +203,7 @@ class PoseTrainDataset(Dataset):
             sigma: float = 2.0,
             seed: int = 0,
             on_bad_sample: str = 'error',
+            codec: PoseCodec | str = 'official',
     ) -> None:
         check_policy(on_bad_sample)
         if any(s.joints.shape[0] != keypoints.num_joints for s in samples):
@@ -217,10 +219,8 @@ class PoseTrainDataset(Dataset):
         self.sigma = sigma
         self.seed = seed
         self.on_bad_sample = on_bad_sample
-        order = list(range(keypoints.num_joints))
-        for a, b in keypoints.flip_pairs:
-            order[a], order[b] = b, a
-        self.flip_order = np.array(order)
+        self.codec = parse_codec(codec)
+        self.flip_order = np.array(flip_order(keypoints.num_joints, keypoints.flip_pairs))
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -238,24 +238,21 @@ class PoseTrainDataset(Dataset):
         u_half, u_rotate, u_flip = rng.random(3)  # always drawn, in this order: a fixed stream per sample
         n_upper, n_scale, n_rotate = rng.standard_normal(3)
         aspect = self.input_size[1] / self.input_size[0]
-        x, y, w, h = sample.box
-        if w > aspect * h:
-            h = w / aspect
-        elif w < aspect * h:
-            w = h * aspect
-        center, width = np.array([x + sample.box[2] * 0.5, y + sample.box[3] * 0.5]), w * aug.box_padding
+        # the box as inference crops it (box_to_center_size), so that without augmentation the crops agree
+        centers, sizes = box_to_center_size(torch.tensor([sample.box], dtype=torch.float64), aspect, aug.box_padding)
+        center, size = centers[0].numpy(), sizes[0].numpy()
         min_joints = self.keypoints.num_joints // 2 if aug.half_body_min_joints is None else aug.half_body_min_joints
         if (self.keypoints.upper_body and sample.labelled.sum() > min_joints and u_half < aug.half_body_prob):
             # the official half_body_transform takes the upper body when np.random.randn() < 0.5 (69 %)
             half = half_body_box(sample.joints, sample.labelled, self.keypoints.upper_body, n_upper < 0.5, aspect)
             if half is not None:
-                center, width = half[0], float(half[1][0])
-        width *= float(np.clip(n_scale * aug.scale_factor + 1, 1 - aug.scale_factor, 1 + aug.scale_factor))
+                center, size = half
+        size = size * float(np.clip(n_scale * aug.scale_factor + 1, 1 - aug.scale_factor, 1 + aug.scale_factor))
         rotation = 0.0
         if u_rotate < aug.rotation_prob:
             rotation = float(np.clip(n_rotate * aug.rotation_factor, -2 * aug.rotation_factor, 2 * aug.rotation_factor))
         flip = bool(u_flip < aug.flip_prob)
-        return crop_matrix(center, width, self.input_size, rotation, flip), flip
+        return crop_matrix(center, size, self.input_size, rotation, flip, self.codec), flip
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Tensor]:
         epoch, index = key if isinstance(key, tuple) else (0, key)
@@ -276,7 +273,7 @@ class PoseTrainDataset(Dataset):
         if flip:
             joints, labelled = joints[self.flip_order], labelled[self.flip_order]
         # as the official JointsDataset: a labelled joint keeps weight 1 unless its cut Gaussian misses the heatmap
-        target, weight = gaussian_heatmaps(joints, labelled.astype(np.float32), self.heatmap_size, HEATMAP_STRIDE,
-                                           self.sigma)
+        target, weight = self.codec.encode(joints, labelled.astype(np.float32), self.heatmap_size,
+                                           self.codec.heatmap_scale(self.input_size, self.heatmap_size), self.sigma)
         return dict(image=(crop - self.mean) / self.std, target=torch.from_numpy(target),
                     target_weight=torch.from_numpy(weight), valid=torch.tensor(1.0), index=torch.tensor(index))

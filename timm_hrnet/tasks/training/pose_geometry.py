@@ -1,11 +1,14 @@
-"""The person crop of pose training: the affine warp of `tasks.pose.crop_boxes` (bilinear, zero outside) with the
-official augmentations added: scale, rotation about the box centre and a horizontal flip, and the half-body box.
+"""The person crop of pose training: the crop of `tasks.pose.crop_boxes` (the codec's grid over the box, the one
+bilinear warp `tasks.pose.warp_grid`) with the official augmentations added: scale, rotation about the box centre
+and a horizontal flip, and the half-body box.
 
 A crop is a 2x3 matrix M mapping crop pixel (u, v) to image point M @ (u, v, 1):
-    image = centre + F @ R(rotation) @ ((u, v) - (w, h) / 2) * box_width / w
-with F = diag(-1, 1) for a flip. Without rotation and flip that is exactly `crop_boxes`, so training crops and
-inference crops agree. The flip mirrors the image about the box centre as the official code's flip of the whole
-image does (which is why the inference flip test shifts the heatmaps by one column).
+    image = centre + F @ R(rotation) @ diag(step) @ ((u, v) - origin)
+with F = diag(-1, 1) for a flip and origin, step the codec's `frame` of the box (official: (w, h) / 2 and box width
+/ w on both axes; UDP: (w - 1, h - 1) / 2 and box size / (size - 1) per axis). Without rotation and flip that is
+exactly `crop_boxes`, so training crops and inference crops agree. The flip mirrors the image about the box centre
+as the official code's flip of the whole image does (which is why the plain codecs' flip test shifts the heatmaps
+by one column).
 """
 from __future__ import annotations
 
@@ -14,37 +17,38 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from ..pose import warp_grid
+from ..pose_codecs import PoseCodec, parse_codec
 
 __all__ = ['crop_matrix', 'warp_crop', 'to_crop', 'half_body_box']
 
 
-def crop_matrix(center: Sequence[float], box_width: float, output_size: tuple[int, int], rotation: float = 0.0,
-                flip: bool = False) -> np.ndarray:
-    """The (2, 3) float64 matrix from crop pixels to image points (module docstring); `rotation` in degrees."""
-    out_h, out_w = output_size
-    step = box_width / out_w
+def crop_matrix(center: Sequence[float], box_size: Sequence[float], output_size: tuple[int, int],
+                rotation: float = 0.0, flip: bool = False, codec: PoseCodec | str = 'official') -> np.ndarray:
+    """The (2, 3) float64 matrix from crop pixels to image points (module docstring) of a box of `box_size`
+    (width, height) at `center`; `rotation` in degrees."""
+    origin, step = parse_codec(codec).frame(torch.tensor([list(box_size)], dtype=torch.float64), output_size)
     theta = math.radians(rotation)
-    linear = step * np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
+    linear = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
+    linear = linear @ np.diag(step[0].numpy())
     if flip:
         linear = np.diag([-1.0, 1.0]) @ linear
-    offset = np.asarray(center, dtype=np.float64) - linear @ np.array([out_w / 2, out_h / 2])
+    offset = np.asarray(center, dtype=np.float64) - linear @ origin.numpy()
     return np.concatenate([linear, offset[:, None]], axis=1)
 
 
 def warp_crop(image: Tensor, matrix: np.ndarray, output_size: tuple[int, int]) -> Tensor:
     """(C, h, w) crop of a (C, H, W) float image: each crop pixel samples the image bilinearly at its point, zero
-    outside (grid_sample with pixel centres at i + 0.5, as `crop_boxes`)."""
+    outside (`warp_grid`, as `crop_boxes`)."""
     out_h, out_w = output_size
-    height, width = image.shape[-2:]
     u = torch.arange(out_w, dtype=torch.float64)
     v = torch.arange(out_h, dtype=torch.float64)
     m = torch.from_numpy(matrix)
     xs = m[0, 0] * u[None, :] + m[0, 1] * v[:, None] + m[0, 2]
     ys = m[1, 0] * u[None, :] + m[1, 1] * v[:, None] + m[1, 2]
-    grid = torch.stack([(2 * xs + 1) / width - 1, (2 * ys + 1) / height - 1], dim=-1).to(image.dtype)
-    return F.grid_sample(image[None], grid[None], mode='bilinear', padding_mode='zeros', align_corners=False)[0]
+    return warp_grid(image, xs[None], ys[None])[0]
 
 
 def to_crop(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:

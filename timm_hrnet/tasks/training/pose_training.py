@@ -19,6 +19,7 @@ from ...distributed import process_group
 from ...variants import resolve_variant
 from ..datasets import KeypointInfo, resolve_keypoints
 from ..pose import DEFAULT_INPUT_SIZE, HRNetPose, create_pose_model
+from ..pose_codecs import PoseCodec, parse_codec
 from ..pose_evaluation import evaluate_pose, load_keypoint_annotations
 from ..saved_config import CONFIG_FILE, WEIGHTS_FILE, read_model_config
 from .checkpointing import save_sidecar, save_weights
@@ -39,30 +40,37 @@ POSE_RECIPE = Recipe(epochs=210, batch_size=32, optimizer='adam', lr=1e-3, weigh
 
 @dataclass(frozen=True)
 class PoseTrainConfig(TrainConfig):
-    """`TrainConfig` plus the pose data: input (height, width), target sigma (heatmap pixels), augmentation, and
-    the evaluation's flip test and batch size."""
+    """`TrainConfig` plus the pose data: input (height, width), target sigma (heatmap pixels), heatmap codec (None:
+    the checkpoint's when fine-tuning one, else official; 'dark' / 'udp' train with their targets and crop),
+    augmentation, and the evaluation's flip test and batch size."""
 
     input_size: tuple[int, int] = DEFAULT_INPUT_SIZE
     sigma: float = 2.0
+    codec: str | None = None
     augmentation: PoseAugmentation = PoseAugmentation()
     eval_flip_test: bool = True
     eval_batch_size: int = 32
 
 
 def build_pose_model(init: ModelInit, keypoints: KeypointInfo, input_size: tuple[int, int],
-                     pretrained: bool = True, pretrained_file: str | PathLike | None = None) -> HRNetPose:
+                     pretrained: bool = True, pretrained_file: str | PathLike | None = None,
+                     codec: PoseCodec | str | None = None) -> HRNetPose:
     """The model to train: a given `HRNetPose`; a pose checkpoint (`create_pose_model`, the head re-initialised when
     the joint count differs); or a variant name (`hrnet_w32`, `hrnet_w48.ms_in1k`, ...) with the trunk of its
-    ImageNet classifier (`pretrained`, optionally from `pretrained_file`) or from scratch."""
+    ImageNet classifier (`pretrained`, optionally from `pretrained_file`) or from scratch. `codec` replaces the
+    model's (a checkpoint's only where it does not contradict what the file says)."""
     if isinstance(init, nn.Module):
         if not isinstance(init, HRNetPose) or init.num_joints != keypoints.num_joints:
             raise ValueError(f'the model to train must be an HRNetPose with {keypoints.num_joints} joints')
         model = init
+        model.codec = parse_codec(codec) if codec is not None else model.codec
     elif is_checkpoint(init):
-        model = create_pose_model(init, num_joints=keypoints.num_joints, input_size=input_size, keypoint_info=keypoints)
+        model = create_pose_model(init, num_joints=keypoints.num_joints, input_size=input_size, keypoint_info=keypoints,
+                                  codec=codec)
     else:
         spec = dataclasses.replace(resolve_variant(os.fspath(init)), multi_scale_output=False)
-        model = HRNetPose(spec, keypoints.num_joints, input_size=input_size, keypoint_info=keypoints)
+        model = HRNetPose(spec, keypoints.num_joints, input_size=input_size, keypoint_info=keypoints,
+                          codec=codec or 'official')
         if pretrained:
             load_trunk(model, classifier_state_dict(os.fspath(init), pretrained_file), 'final_layer.',
                        os.fspath(pretrained_file or init))
@@ -121,9 +129,10 @@ def train_pose(
             _check_evaluation(val_ann_file, val_image_dir, keypoints)
         torch.manual_seed(config.seed)  # the same initial weights on every rank and in every run
         resuming = resume_path(config) is not None  # the trunk's weights would be overwritten: not fetched
-        model = build_pose_model(init, keypoints, config.input_size, pretrained and not resuming, pretrained_file)
+        model = build_pose_model(init, keypoints, config.input_size, pretrained and not resuming, pretrained_file,
+                                 config.codec)
         dataset = PoseTrainDataset(annotations.samples, keypoints, config.input_size, model.mean, model.std,
-                                   config.augmentation, config.sigma, config.seed, config.on_bad_sample)
+                                   config.augmentation, config.sigma, config.seed, config.on_bad_sample, model.codec)
         criterion = JointsMSELoss()
 
         def loss(module: nn.Module, batch: dict[str, Tensor]) -> Tensor:
