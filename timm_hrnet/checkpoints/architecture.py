@@ -18,13 +18,16 @@ from torch import Tensor
 from ..variants import HRNetSpec, StageSpec
 from .layouts import CANONICAL, CLASSIFICATION, MMSEG, OCR_ROOTS, POSE, SEGMENTATION
 
-__all__ = ['TaskArchitecture', 'read_architecture', 'check_task', 'SEG_HEADS', 'FCN', 'OCR']
+__all__ = ['TaskArchitecture', 'read_architecture', 'check_task', 'SEG_HEADS', 'FCN', 'OCR', 'HRNETV2']
 
 # segmentation heads: HRNetV2's conv -> BN -> ReLU -> conv (seg_hrnet's last_layer, mmseg's FCNHead), and
 # object-contextual representations (seg_hrnet_ocr, mmseg's OCRNet)
 FCN = 'fcn'
 OCR = 'ocr'
 SEG_HEADS = (FCN, OCR)
+# the pose head of HRNetV2's landmark models (HRNet-Facial-Landmark-Detection, mmpose's face and hand models): all
+# branches upsampled and concatenated, a 1x1 conv + BN + ReLU, a conv to the heatmaps (canonical keys head.0/1/3)
+HRNETV2 = 'hrnetv2'
 
 
 @dataclass(frozen=True)
@@ -34,9 +37,9 @@ class TaskArchitecture:
     `num_outputs` is the joint (pose) or class (segmentation) count. `head_bias`: whether the segmentation head's
     first conv has a bias (the official head does, mmseg's FCNHead conv, followed by BatchNorm, does not).
     `align_corners` is known for layouts that fix it (mmseg: False) and None where the training config decides.
-    `head` (segmentation) is 'fcn' or 'ocr'; an OCR head's `ocr_channels` are its (mid, key) widths (official W48:
-    512, 256), its `head_bias` says whether its aux_head and conv3x3_ocr convs have biases (the official code's do,
-    mmseg's OCRNet's do not).
+    `head` (segmentation) is 'fcn' or 'ocr'; for pose, 'hrnetv2' marks the landmark head (else unused). An OCR
+    head's `ocr_channels` are its (mid, key) widths (official W48: 512, 256), its `head_bias` says whether its
+    aux_head and conv3x3_ocr convs have biases (the official code's do, mmseg's OCRNet's do not).
     """
 
     task: str
@@ -50,7 +53,7 @@ class TaskArchitecture:
     ocr_channels: tuple[int, int] | None = None
 
 
-_HEAD_KEYS = {POSE: 'final_layer.weight (a conv to the joint heatmaps)',
+_HEAD_KEYS = {POSE: 'final_layer.weight (a conv to the joint heatmaps) or an HRNetV2 landmark head, head.0/1/3.*',
               SEGMENTATION: 'last_layer.0/1/3.* (conv, BatchNorm, conv to the classes) or an OCR head (aux_head.*, '
                             'conv3x3_ocr.*, ocr_distri_head.*, cls_head.*)'}
 _CREATE = {POSE: 'timm_hrnet.create_pose_model', SEGMENTATION: 'timm_hrnet.create_seg_model',
@@ -134,6 +137,8 @@ def read_architecture(
     stages = (StageSpec(1, block, (num_blocks,), (width,)), *(_stage(state_dict, i, source) for i in (2, 3, 4)))
     last = _indices(state_dict, 'stage4')[-1]
     multi_scale = any(k.startswith(f'stage4.{last}.fuse_layers.1.') for k in state_dict)
+    if task == POSE and 'head.3.weight' in state_dict:
+        return _landmark_architecture(state_dict, stages, stem_width, in_chans, multi_scale, source)
     if task == POSE:
         head = _require(state_dict, 'final_layer.weight', 4, source)
         spec = HRNetSpec(stages=stages, stem_width=stem_width, multi_scale_output=multi_scale)
@@ -157,6 +162,28 @@ def read_architecture(
     align_corners = False if layout == MMSEG else None
     return TaskArchitecture(task, spec, in_chans, head.shape[0], kernel, 'last_layer.0.bias' in state_dict,
                             align_corners)
+
+
+def _landmark_architecture(state_dict: Mapping[str, Tensor], stages: tuple[StageSpec, ...], stem_width: int,
+                           in_chans: int, multi_scale: bool, source: str) -> TaskArchitecture:
+    """The HRNetV2 landmark head (`HRNETV2`), checked part by part. Both reference codes upsample bilinearly in the
+    exchange units of these models (the official facial code always, mmpose's configs by `upsample`), which the
+    tensors cannot show: the head decides it."""
+    if not multi_scale:
+        raise ValueError(f'{source}: the last module of stage 4 outputs one branch, the HRNetV2 landmark head '
+                         '(head.0/1/3.*) concatenates all four')
+    concat = sum(stages[-1].channels) * (4 if stages[-1].block == 'bottleneck' else 1)
+    mixer = _require(state_dict, 'head.0.weight', 4, source)
+    _require(state_dict, 'head.1.running_var', 1, source)
+    heatmap = _require(state_dict, 'head.3.weight', 4, source)
+    if tuple(mixer.shape) != (concat, concat, 1, 1):
+        raise ValueError(f'{source}: head.0.weight has shape {list(mixer.shape)}; the HRNetV2 landmark head starts '
+                         f'with a 1x1 conv of the {concat} concatenated branch channels to as many')
+    if tuple(heatmap.shape[1:]) != (concat, 1, 1):
+        raise ValueError(f'{source}: head.3.weight has shape {list(heatmap.shape)}; the released landmark heads end '
+                         f'with a 1x1 conv from {concat} channels to the heatmaps')
+    spec = HRNetSpec(stages=stages, stem_width=stem_width, upsample='bilinear', multi_scale_output=True)
+    return TaskArchitecture(POSE, spec, in_chans, heatmap.shape[0], 1, head=HRNETV2)
 
 
 # the OCR head's weights, each (key, what it is): a file lacking any of them is truncated or not an OCR model

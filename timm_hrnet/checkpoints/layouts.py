@@ -7,7 +7,10 @@
   ``aux_head.*``, ``conv3x3_ocr.*``, ``ocr_distri_head.*`` and ``cls_head.*``.
 * ``mmpretrain``: ``backbone.*``, the HRFuseScales neck under ``neck.0.*`` and ``head.fc.*``.
 * ``mmpose``: ``backbone.*`` and the heatmap head's ``head.final_layer.*`` (1.x) or ``keypoint_head.final_layer.*``
-  (0.x).
+  (0.x). Its HRNetV2 landmark models (face and hand: the branches concatenated, a 1x1 conv + BN + ReLU, then the
+  heatmap conv) keep that 1x1 conv and BN in ``head.conv_layers.0/1.*`` (1.x) or ``keypoint_head.final_layer.0/1.*``
+  with the heatmap conv as ``keypoint_head.final_layer.3.*`` (0.x); both are renamed to the official
+  HRNet-Facial-Landmark-Detection names, ``head.0/1/3.*`` (canonical).
 * ``mmseg``: ``backbone.*`` and an FCNHead, ``decode_head.convs.0.{conv,bn}.*`` and ``decode_head.conv_seg.*``;
   or OCRNet's cascade, the FCNHead as ``decode_head.0.*`` and the OCRHead as ``decode_head.1.*``, renamed to the
   official OCR model's keys (its FCNHead is the official ``aux_head``, its query / key / value / out projections
@@ -33,6 +36,7 @@ CANONICAL = 'canonical'
 MMPRETRAIN = 'mmpretrain'
 MMPOSE = 'mmpose'
 MMSEG = 'mmseg'
+MMPOSE_HRNETV2 = 'mmpose-hrnetv2'  # not a layout of its own: the renames of mmpose's landmark heads
 # user facing source names -> layout; the official release and timm's hub weights share the canonical layout
 LAYOUT_NAMES = {'canonical': CANONICAL, 'official': CANONICAL, 'timm': CANONICAL, 'mmpretrain': MMPRETRAIN,
                 'mmpose': MMPOSE, 'mmseg': MMSEG}
@@ -83,6 +87,13 @@ _RENAMES: dict[str, tuple[tuple[re.Pattern[str], str], ...]] = {
         _BACKBONE,
         (re.compile(r'^(?:keypoint_)?head\.final_layer\.'), 'final_layer.'),
     ),
+    # mmpose's HRNetV2 landmark heads -> the official facial landmark head (nn.Sequential: conv, BN, ReLU, conv)
+    MMPOSE_HRNETV2: (
+        _BACKBONE,
+        (re.compile(r'^keypoint_head\.final_layer\.([013])\.'), r'head.\1.'),
+        (re.compile(r'^head\.conv_layers\.([01])\.'), r'head.\1.'),
+        (re.compile(r'^head\.final_layer\.(?=weight|bias)'), 'head.3.'),
+    ),
     MMSEG: (
         _BACKBONE,
         (re.compile(r'^decode_head\.convs\.0\.conv\.'), 'last_layer.0.'),
@@ -124,7 +135,7 @@ def _canonical_task(state_dict: Mapping[str, torch.Tensor]) -> str | None:
         return CLASSIFICATION
     if 'last_layer.3.weight' in state_dict or any(k.startswith(OCR_ROOTS) for k in state_dict):
         return SEGMENTATION
-    if 'final_layer.weight' in state_dict:
+    if 'final_layer.weight' in state_dict or 'head.3.weight' in state_dict:  # pose_hrnet; the facial landmark net
         return POSE
     return None
 
@@ -147,6 +158,23 @@ def _check_mmseg_heads(state_dict: Mapping[str, torch.Tensor], source: str) -> N
             '(fcn_hr*) and HRNet + OCR (ocrnet_hr*) models are supported')
 
 
+def _landmark_head(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """Whether an mmpose heatmap head has convs before its heatmap conv (the HRNetV2 landmark heads)."""
+    return any(k.startswith(('head.conv_layers.', 'keypoint_head.final_layer.0.')) for k in state_dict)
+
+
+def _check_mmpose_head(state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """mmpose heatmap heads supported: one conv (the pose models), or one 1x1 conv + BN + ReLU before it (the
+    HRNetV2 landmark models); deconvolutions and longer conv stacks are refused by what they hold."""
+    extra = sorted({m.group(0) for k in state_dict
+                    if (m := re.match(r'(?:head\.(?:deconv_layers|conv_layers\.(?![01]\.)\d+)|'
+                                      r'keypoint_head\.(?:deconv_layers|final_layer\.(?![013]\.)\d+))', k))})
+    if extra:
+        raise ValueError(
+            f'{source} is an mmpose heatmap model whose head has {", ".join(extra)}.*: only a single heatmap conv '
+            '(HRNet pose) or one 1x1 conv + BN + ReLU before it (HRNetV2 face / hand landmarks) is supported')
+
+
 def detect_layout(state_dict: Mapping[str, torch.Tensor], source: str = 'state dict') -> Layout:
     """The layout and task of a (wrapper-stripped) state dict; a ValueError for unknown or unsupported ones."""
     roots = {key.split('.', 1)[0] for key in state_dict}
@@ -155,6 +183,7 @@ def detect_layout(state_dict: Mapping[str, torch.Tensor], source: str = 'state d
             _check_mmseg_heads(state_dict, source)
             return Layout(MMSEG, SEGMENTATION)
         if any(k.startswith(('head.final_layer.', 'keypoint_head.')) for k in state_dict):
+            _check_mmpose_head(state_dict, source)
             return Layout(MMPOSE, POSE)
         head = CLASSIFICATION if roots & {'neck', 'head'} else None
         return Layout(MMPRETRAIN, head)
@@ -172,7 +201,7 @@ def _rename(key: str, layout: str) -> str | None:
     for pattern, replacement in _RENAMES[layout]:
         renamed, count = pattern.subn(replacement, key)
         if count:
-            return _NORM[0].sub(_NORM[1], renamed) if layout in (MMPOSE, MMSEG) else renamed
+            return _NORM[0].sub(_NORM[1], renamed) if layout in (MMPOSE, MMPOSE_HRNETV2, MMSEG) else renamed
     return None
 
 
@@ -181,9 +210,10 @@ def to_canonical_keys(
     """Keys renamed to the canonical layout, and the source keys that map nowhere (kept out of the dict)."""
     if layout == CANONICAL:
         return dict(state_dict), []
+    table = MMPOSE_HRNETV2 if layout == MMPOSE and _landmark_head(state_dict) else layout
     renamed, unmapped = {}, []
     for key, value in state_dict.items():
-        new_key = _rename(key, layout)
+        new_key = _rename(key, table)
         if new_key is None:
             unmapped.append(key)
         else:

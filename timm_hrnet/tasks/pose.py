@@ -21,8 +21,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checkpoints import POSE, Checkpoint, CheckpointSource, check_task, read_checkpoint
+from ..checkpoints.architecture import HRNETV2
 from ..fused import InferenceOnlyModel, register_inference_only
 from ..images import ImageInput
+from ..necks import HRNetV2
 from ..variants import HRNetSpec
 from .base import HRNetTaskModel, load_task_weights
 from .datasets import KeypointInfo, keypoints_for
@@ -38,6 +40,8 @@ __all__ = [
 DEFAULT_INPUT_SIZE = (256, 192)  # (height, width) of the COCO W32 / W48 256x192 models
 HEATMAP_STRIDE = 4
 BOX_PADDING = 1.25  # the official COCO pipeline enlarges every person box by this factor
+SIMPLE = 'simple'  # pose_hrnet's head: one conv on the highest-resolution branch
+POSE_HEADS = (SIMPLE, HRNETV2)
 
 
 class HRNetPose(HRNetTaskModel):
@@ -49,7 +53,9 @@ class HRNetPose(HRNetTaskModel):
     and gives the flip pairs; by default the COCO (17), MPII (16) or COCO-WholeBody (133) set that fits `num_joints`;
     `codec` is the heatmap codec the weights were trained with (a `PoseCodec` or its spec, e.g. 'official',
     'mmpose', 'dark:17', 'udp'; `timm_hrnet.tasks.pose_codecs`): it decides the crop, the flip test's shift and the
-    decoding.
+    decoding. `head` is 'simple' (pose_hrnet: `final_layer` on the highest-resolution branch) or 'hrnetv2' (the
+    face and hand landmark models of HRNet-Facial-Landmark-Detection and mmpose: the four branches upsampled and
+    concatenated, `head` = 1x1 conv + BN + ReLU + conv to the heatmaps; `spec` must output all branches).
     """
 
     def __init__(
@@ -64,8 +70,13 @@ class HRNetPose(HRNetTaskModel):
             device: torch.device | str | None = None,
             dtype: torch.dtype | None = None,
             codec: PoseCodec | str = 'official',
+            head: str = SIMPLE,
     ) -> None:
         codec = parse_codec(codec)
+        if head not in POSE_HEADS:
+            raise ValueError(f'head must be one of {", ".join(POSE_HEADS)}, got {head!r}')
+        if head == HRNETV2 and not spec.multi_scale_output:
+            raise ValueError('the hrnetv2 pose head concatenates all branches: spec.multi_scale_output must be True')
         if final_conv_kernel not in (1, 3):
             raise ValueError(f'final_conv_kernel must be 1 or 3 (the official heads), got {final_conv_kernel}')
         if len(input_size) != 2 or min(input_size) < 32:
@@ -80,15 +91,31 @@ class HRNetPose(HRNetTaskModel):
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.keypoint_info = keypoint_info
         self.codec = codec
-        self.final_layer = nn.Conv2d(self.branch_channels[0], num_joints, final_conv_kernel,
-                                     padding=final_conv_kernel // 2, device=device, dtype=dtype)
+        self.head_type = head
+        dd = dict(device=device, dtype=dtype)
+        if head == SIMPLE:
+            self.final_layer = nn.Conv2d(self.branch_channels[0], num_joints, final_conv_kernel,
+                                         padding=final_conv_kernel // 2, **dd)
+        else:
+            self.neck = HRNetV2(self.branch_channels)
+            width = self.neck.out_channels
+            self.head = nn.Sequential(
+                nn.Conv2d(width, width, 1, **dd), nn.BatchNorm2d(width, **dd), nn.ReLU(inplace=True),
+                nn.Conv2d(width, num_joints, final_conv_kernel, padding=final_conv_kernel // 2, **dd))
         self.init_weights()
 
     def output_conv(self) -> nn.Conv2d:
-        return self.final_layer
+        return self.final_layer if self.head_type == SIMPLE else self.head[3]
+
+    def head_prefix(self) -> str:
+        """The state-dict prefix of the conv to the heatmaps (re-initialised for another joint count)."""
+        return 'final_layer.' if self.head_type == SIMPLE else 'head.3.'
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.final_layer(self.forward_branches(self.forward_stem(x))[0])
+        branches = self.forward_branches(self.forward_stem(x))
+        if self.head_type == SIMPLE:
+            return self.final_layer(branches[0])
+        return self.head(self.neck(branches))
 
     def forward_flip(self, x: Tensor, flip_pairs: Sequence[tuple[int, int]] | None = None,
                      shift: bool | None = None) -> Tensor:
@@ -190,6 +217,7 @@ class HRNetPose(HRNetTaskModel):
             keypoints=self.keypoint_info.name if self.keypoint_info else None,
             flip_pairs=[list(p) for p in self.keypoint_info.flip_pairs] if self.keypoint_info else [],
             codec=self.codec.spec,
+            head=self.head_type,
             **self.base_config(),
         )
 
@@ -314,8 +342,10 @@ def create_pose_model(
     size = input_size or configured_size or input_size_from_name(loaded.path) or DEFAULT_INPUT_SIZE
     requested = codec or (config.codec if config is not None else None)
     resolved = resolve_codec(requested, loaded.codec or 'official', loaded.codec_evidence, loaded.source)
-    model = HRNetPose(arch.spec, joints, arch.final_conv_kernel, arch.in_chans, size, keypoint_info, codec=resolved)
-    load_task_weights(model, loaded, reinit_prefixes=('final_layer.',) if joints != arch.num_outputs else ())
+    head = HRNETV2 if arch.head == HRNETV2 else SIMPLE
+    model = HRNetPose(arch.spec, joints, arch.final_conv_kernel, arch.in_chans, size, keypoint_info, codec=resolved,
+                      head=head)
+    load_task_weights(model, loaded, reinit_prefixes=(model.head_prefix(),) if joints != arch.num_outputs else ())
     return model.to(device).eval()
 
 
