@@ -22,7 +22,7 @@ from typing import Any
 from torch import Tensor
 
 from ..download import is_url, resolve_checkpoint
-from .architecture import TaskArchitecture, read_architecture
+from .architecture import HRNETV2, TaskArchitecture, read_architecture
 from .files import read_checkpoint_object, unwrap_state_dict
 from .layouts import MMPOSE, POSE, SEGMENTATION, Layout, detect_layout, strip_training_wrapper, to_canonical_keys
 
@@ -109,10 +109,11 @@ def _texts(value: Any) -> list[str]:
 
 
 def _pose_codec(raw: Any, path: Path | None, source: str, layout: str,
-                old_mmpose: bool) -> tuple[str, str | None]:
+                old_mmpose: bool, landmarks: bool) -> tuple[str, str | None]:
     """The codec spec a pose checkpoint was trained with and the evidence for it (None: only the layout speaks):
     the config in its meta (which also gives the blur kernel, mmpose's default 11 where it states none), else its
-    file name (mmpose 0.x's layout then meaning mmpose 0.x's UDP). UDP's combined targets are refused."""
+    file name (mmpose 0.x's layout then meaning mmpose 0.x's UDP); else the layout's rule (the official facial
+    landmark files: `official-face`). UDP's combined targets are refused."""
     text = '\n'.join(_texts(_meta(raw)))
     name = path.name if path is not None else ''
     if _COMBINED.search(name) or _COMBINED.search(text):
@@ -127,7 +128,9 @@ def _pose_codec(raw: Any, path: Path | None, source: str, layout: str,
         if codec == 'udp' and old_mmpose:
             return 'udp-mmpose0', f'its file name says {match.group(1)}, in mmpose 0.x\'s layout'
         return codec, f'its file name says {match.group(1)}'
-    return ('mmpose' if layout == MMPOSE else 'official'), None
+    if layout == MMPOSE:
+        return 'mmpose', None
+    return ('official-face' if landmarks else 'official'), None
 
 
 def read_checkpoint(checkpoint: CheckpointSource | Checkpoint, *, allow_http: bool = False) -> Checkpoint:
@@ -150,11 +153,11 @@ def read_checkpoint(checkpoint: CheckpointSource | Checkpoint, *, allow_http: bo
     canonical, unmapped = to_canonical_keys(state_dict, layout.name)
     canonical.update({key: state_dict[key] for key in unmapped})
     architecture = codec = evidence = None
-    if layout.task == POSE:
-        old_mmpose = any(key.startswith('keypoint_head.') for key in state_dict)
-        codec, evidence = _pose_codec(raw, path, source, layout.name, old_mmpose)
     if layout.task in (POSE, SEGMENTATION):
         architecture = read_architecture(canonical, layout.task, source, layout.name)
+    if layout.task == POSE:
+        old_mmpose = any(key.startswith('keypoint_head.') for key in state_dict)
+        codec, evidence = _pose_codec(raw, path, source, layout.name, old_mmpose, architecture.head == HRNETV2)
     if dropped:
         _logger.info('%s: dropped training-only keys %s', source, ', '.join(dropped))
     return Checkpoint(canonical, source, layout, architecture, tuple(dropped), tuple(unmapped),

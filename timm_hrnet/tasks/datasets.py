@@ -24,7 +24,7 @@ import yaml
 
 __all__ = [
     'KeypointInfo', 'SegDatasetInfo', 'KEYPOINT_SETS', 'SEG_DATASETS', 'COCO_KEYPOINTS', 'MPII_KEYPOINTS',
-    'COCO_WHOLEBODY_KEYPOINTS', 'WHOLEBODY_PARTS',
+    'COCO_WHOLEBODY_KEYPOINTS', 'WHOLEBODY_PARTS', 'FACE_KEYPOINT_SETS', 'HAND_KEYPOINTS', 'RHD_KEYPOINTS',
     'COCO_KEYPOINT_SIGMAS', 'keypoints_for', 'read_keypoint_file', 'keypoints_from_json', 'keypoints_from_category',
     'resolve_keypoints', 'seg_dataset_for', 'seg_dataset', 'dataset_for_classes', 'generic_palette',
 ]
@@ -182,12 +182,51 @@ WHOLEBODY_PARTS: dict[str, tuple[int, int, str]] = {
     'lefthand': (91, 112, 'lefthand_kpts'), 'righthand': (112, 133, 'righthand_kpts'),
 }
 
+
+
+def _face(name: str, count: int, flip_pairs: Sequence[tuple[int, int]]) -> KeypointInfo:
+    """A face landmark set: numbered points (the benchmarks name none), its mirror pairs as the datasets define
+    them (the flip test of the landmark models)."""
+    return KeypointInfo(name, tuple(f'{name}_{k}' for k in range(count)), flip_pairs)
+
+
+def _mirrored(pairs: Sequence[tuple[int, int]], *ranges: tuple[int, int, int]) -> list[tuple[int, int]]:
+    """`pairs` plus (first + k, last - k) for k in range(count) per (first, last, count): the runs of points
+    numbered from one side of the face to the other."""
+    return [*pairs, *((first + k, last - k) for first, last, count in ranges for k in range(count))]
+
+
+# WFLW (98 points), 300W / iBUG (68), COFW (29), AFLW (19): the face sets of HRNet-Facial-Landmark-Detection and
+# mmpose's face models; mirror pairs as the datasets define them
+FACE_KEYPOINT_SETS: dict[str, KeypointInfo] = {info.name: info for info in (
+    _face('wflw', 98, _mirrored(
+        [(38, 50), (39, 49), (40, 48), (41, 47), (65, 75), (66, 74), (67, 73), (96, 97)],
+        (0, 32, 16), (33, 46, 5), (55, 59, 2), (60, 72, 5), (76, 82, 3), (83, 87, 2), (88, 92, 2), (93, 95, 1))),
+    _face('300w', 68, _mirrored(
+        [(40, 47), (41, 46)],
+        (0, 16, 8), (17, 26, 5), (31, 35, 2), (36, 45, 4), (48, 54, 3), (55, 59, 2), (60, 64, 2), (65, 67, 1))),
+    _face('cofw', 29, [(0, 1), (2, 3), (4, 6), (5, 7), (8, 9), (10, 11), (12, 14), (13, 15), (16, 17), (18, 19),
+                       (22, 23)]),
+    _face('aflw', 19, [(0, 5), (1, 4), (2, 3), (6, 11), (7, 10), (8, 9), (12, 14), (15, 17)]),
+)}
+_FINGERS = ('thumb', 'forefinger', 'middle_finger', 'ring_finger', 'pinky_finger')
+_HAND_SKELETON = [(0 if k == 0 else 4 * f + k, 4 * f + k + 1) for f in range(5) for k in range(4)]
+# one hand, 21 points (OneHand10K, and mmpose's hand models): the wrist, then each finger from its base (1) to its
+# tip (4); a single hand has no left and right, so the flip test swaps nothing
+HAND_KEYPOINTS = KeypointInfo(
+    'hand', ('wrist', *(f'{finger}{k}' for finger in _FINGERS for k in range(1, 5))), (), _HAND_SKELETON)
+# the Rendered Hand Pose dataset's order: each finger from its tip (4) to its base (1)
+RHD_KEYPOINTS = KeypointInfo(
+    'rhd', ('wrist', *(f'{finger}{k}' for finger in _FINGERS for k in range(4, 0, -1))), (), _HAND_SKELETON)
+
 KEYPOINT_SETS: dict[str, KeypointInfo] = {
-    info.name: info for info in (COCO_KEYPOINTS, MPII_KEYPOINTS, COCO_WHOLEBODY_KEYPOINTS)}
+    info.name: info for info in (COCO_KEYPOINTS, MPII_KEYPOINTS, COCO_WHOLEBODY_KEYPOINTS, *FACE_KEYPOINT_SETS.values(),
+                                 HAND_KEYPOINTS, RHD_KEYPOINTS)}
 
 
 def keypoints_for(num_joints: int) -> KeypointInfo | None:
-    """The keypoint set with this many joints (17: COCO, 16: MPII, 133: COCO-WholeBody), or None."""
+    """The keypoint set with this many joints (17: COCO, 16: MPII, 133: COCO-WholeBody, 98 / 68 / 29 / 19: the WFLW /
+    300W / COFW / AFLW faces, 21: a hand in OneHand10K's order), or None."""
     return next((info for info in KEYPOINT_SETS.values() if info.num_joints == num_joints), None)
 
 

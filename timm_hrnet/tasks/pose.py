@@ -153,7 +153,8 @@ class HRNetPose(HRNetTaskModel):
         The boxes are given, or found by `detector` (a `timm_hrnet.tasks.detection.PersonDetector`, a torchvision
         detection model, or a callable image -> boxes), or default to the whole image. Returns `keypoints` (P, J, 2)
         in image pixels, `scores` (P, J) (the heatmap maxima), `boxes` (P, 4), `box_scores` (P,) and
-        `keypoint_names`. The flip test runs by default when the flip pairs are known. Runs in eval mode.
+        `keypoint_names`. The flip test runs by default when the flip pairs are known and the codec's reference runs
+        it (not the official face code's). Runs in eval mode.
         """
         return self.predict_batch([image], None if boxes is None else [boxes], flip_test, post_process, detector)[0]
 
@@ -183,7 +184,8 @@ class HRNetPose(HRNetTaskModel):
         aspect = self.input_size[1] / self.input_size[0]
         geometry = [box_to_center_size(b[:, :4].to(p.device), aspect) for b, p in zip(per_image, pixels)]
         crops = [self.crop(p, c, s) for p, (c, s) in zip(pixels, geometry)]
-        flip_test = self.keypoint_info is not None if flip_test is None else flip_test
+        if flip_test is None:
+            flip_test = self.keypoint_info is not None and self.codec.flip_test_default
         heatmaps = self._heatmaps(torch.cat(crops), flip_test, batch_size)
         names = self.keypoint_info.keypoint_names if self.keypoint_info else tuple(
             f'joint_{j}' for j in range(self.num_joints))

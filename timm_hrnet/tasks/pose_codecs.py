@@ -25,8 +25,14 @@ class per rule, as mmpose's codecs are organised (written here from their papers
   (``udp`` / ``udp-mmpose1``); mmpose 0.x blurred in place, mirroring the border, without rescaling
   (``udp-mmpose0``).
 
-A codec is named by a spec string: ``official``, ``mmpose``, ``dark``, ``udp``, ``udp-mmpose0``, ``udp-mmpose1``,
-optionally with the blur kernel (``dark:17``); `parse_codec` reads it and `PoseCodec.spec` writes it.
+* ``official-face`` (HRNet-Facial-Landmark-Detection's test, lib/core/evaluation.py `decode_preds`): the official
+  crop geometry (a box of 200 x scale pixels); the argmax counted from 1, a quarter pixel toward the larger
+  neighbour where 1 <= x <= w - 2 and 1 <= y <= h - 2 (0-based), plus half a pixel; a map without a positive value
+  gives the point before the first pixel (-1 0-based); mapped into the image, each coordinate is cut to an integer
+  (toward zero) and 1 added, as its `transform_pixel` does. Its test runs no flip test (`flip_test_default`).
+
+A codec is named by a spec string: ``official``, ``official-face``, ``mmpose``, ``dark``, ``udp``, ``udp-mmpose0``,
+``udp-mmpose1``, optionally with the blur kernel (``dark:17``); `parse_codec` reads it and `PoseCodec.spec` writes it.
 """
 from __future__ import annotations
 
@@ -40,8 +46,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
-    'PoseCodec', 'OfficialCodec', 'MMPoseCodec', 'DarkCodec', 'UDPCodec', 'CODEC_NAMES', 'parse_codec',
-    'resolve_codec', 'get_max_preds', 'decode_heatmaps', 'gaussian_heatmaps', 'gaussian_blur', 'DEFAULT_BLUR_KERNEL',
+    'PoseCodec', 'OfficialCodec', 'OfficialFaceCodec', 'MMPoseCodec', 'DarkCodec', 'UDPCodec', 'CODEC_NAMES',
+    'parse_codec', 'resolve_codec', 'get_max_preds', 'decode_heatmaps', 'gaussian_heatmaps', 'gaussian_blur',
+    'DEFAULT_BLUR_KERNEL',
 ]
 
 DEFAULT_BLUR_KERNEL = 11  # mmpose's default for both DARK and UDP (sigma 2)
@@ -121,6 +128,7 @@ class PoseCodec:
     name: ClassVar[str] = ''
     shift_flip: ClassVar[bool] = True
     unbiased_grid: ClassVar[bool] = False
+    flip_test_default: ClassVar[bool] = True  # whether the reference's test runs the flip test
 
     @property
     def spec(self) -> str:
@@ -143,6 +151,10 @@ class PoseCodec:
         if self.unbiased_grid:
             return ((input_size[1] - 1) / (heatmap_size[1] - 1), (input_size[0] - 1) / (heatmap_size[0] - 1))
         return input_size[1] / heatmap_size[1], input_size[0] / heatmap_size[0]
+
+    def to_image(self, points: Tensor) -> Tensor:
+        """Keypoints mapped into the image as the reference leaves them (all but `official-face`: unchanged)."""
+        return points
 
     def locate(self, heatmaps: Tensor, refine: bool = True) -> tuple[Tensor, Tensor]:
         """(N, J, 2) float32 keypoints in heatmap pixels and (N, J) scores (the heatmap maxima) of (N, J, h, w)
@@ -211,6 +223,29 @@ class MMPoseCodec(OfficialCodec):
     def locate(self, heatmaps: Tensor, refine: bool = True) -> tuple[Tensor, Tensor]:
         coords, maxvals = _argmax_or_minus_one(heatmaps)
         return (_quarter_shift(heatmaps, coords, per_axis=True) if refine else coords), maxvals
+
+
+@dataclass(frozen=True)
+class OfficialFaceCodec(OfficialCodec):
+    """HRNet-Facial-Landmark-Detection's decoding (module docstring); the official targets."""
+
+    name: ClassVar[str] = 'official-face'
+    flip_test_default: ClassVar[bool] = False
+
+    def locate(self, heatmaps: Tensor, refine: bool = True) -> tuple[Tensor, Tensor]:
+        coords, maxvals = get_max_preds(heatmaps)
+        coords = coords.masked_fill((maxvals <= 0).unsqueeze(-1), -1.0)
+        if not refine:
+            return coords, maxvals
+        height, width = heatmaps.shape[-2:]
+        px, py = coords[..., 0].long(), coords[..., 1].long()
+        inner = (px >= 1) & (px <= width - 2) & (py >= 1) & (py <= height - 2)
+        diff = torch.stack([_at(heatmaps, px + 1, py) - _at(heatmaps, px - 1, py),
+                            _at(heatmaps, px, py + 1) - _at(heatmaps, px, py - 1)], dim=-1)
+        return coords + torch.sign(diff) * 0.25 * inner.unsqueeze(-1) + 0.5, maxvals
+
+    def to_image(self, points: Tensor) -> Tensor:
+        return torch.trunc(points) + 1
 
 
 def _quarter_shift(heatmaps: Tensor, coords: Tensor, per_axis: bool) -> Tensor:
@@ -366,6 +401,7 @@ class UDPCodec(PoseCodec):
 
 _CODECS: dict[str, tuple[type[PoseCodec], dict]] = {
     'official': (OfficialCodec, {}),
+    'official-face': (OfficialFaceCodec, {}),
     'mmpose': (MMPoseCodec, {}),
     'dark': (DarkCodec, {}),
     'udp': (UDPCodec, {}),
@@ -429,5 +465,5 @@ def decode_heatmaps(
     codec = parse_codec(codec)
     coords, maxvals = codec.locate(heatmaps, post_process)
     origin, step = codec.frame(sizes, tuple(heatmaps.shape[-2:]))
-    return centers[:, None, :] + (coords - origin) * step[:, None, :], maxvals
+    return codec.to_image(centers[:, None, :] + (coords - origin) * step[:, None, :]), maxvals
 
