@@ -401,12 +401,12 @@ class UDPCodec(PoseCodec):
 
 _CODECS: dict[str, tuple[type[PoseCodec], dict]] = {
     'official': (OfficialCodec, {}),
-    'official-face': (OfficialFaceCodec, {}),
     'mmpose': (MMPoseCodec, {}),
     'dark': (DarkCodec, {}),
     'udp': (UDPCodec, {}),
     'udp-mmpose0': (UDPCodec, dict(mmpose0_blur=True)),
     'udp-mmpose1': (UDPCodec, dict(mmpose0_blur=False)),
+    'official-face': (OfficialFaceCodec, {}),
 }
 CODEC_NAMES = tuple(_CODECS)
 
