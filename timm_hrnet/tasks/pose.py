@@ -38,6 +38,7 @@ __all__ = [
 ]
 
 DEFAULT_INPUT_SIZE = (256, 192)  # (height, width) of the COCO W32 / W48 256x192 models
+LANDMARK_INPUT_SIZE = (256, 256)  # the face and hand landmark models (HRNetV2-W18) of both references
 HEATMAP_STRIDE = 4
 BOX_PADDING = 1.25  # the official COCO pipeline enlarges every person box by this factor
 SIMPLE = 'simple'  # pose_hrnet's head: one conv on the highest-resolution branch
@@ -328,7 +329,8 @@ def create_pose_model(
     `num_joints` different from the checkpoint's gives a freshly initialised head (the rest is loaded) for
     fine-tuning. What the weights do not store comes from the arguments, else from the config.json that
     `train_pose` / `hub_upload` wrote beside them (keypoint set with its flip pairs and sigmas, input size,
-    codec), else: `input_size` from a released file name (``..._384x288.pth``) or 256x192, the keypoint set by
+    codec), else: `input_size` from a released file name (``..._384x288.pth``) or 256x192 (landmark models:
+    256x256), the keypoint set by
     joint count, the `codec` from the file (`Checkpoint.codec`: DARK / UDP by mmpose's file name or the config in
     its meta, with its blur kernel; else mmpose's plain rule for mmpose files, the official one otherwise). A codec
     that contradicts what the file says is a ValueError. Eval mode.
@@ -341,7 +343,8 @@ def create_pose_model(
     if keypoint_info is None and config is not None and joints == arch.num_outputs:
         keypoint_info = config.keypoints
     configured_size = config.input_size if config is not None else None
-    size = input_size or configured_size or input_size_from_name(loaded.path) or DEFAULT_INPUT_SIZE
+    default_size = LANDMARK_INPUT_SIZE if arch.head == HRNETV2 else DEFAULT_INPUT_SIZE
+    size = input_size or configured_size or input_size_from_name(loaded.path) or default_size
     requested = codec or (config.codec if config is not None else None)
     resolved = resolve_codec(requested, loaded.codec or 'official', loaded.codec_evidence, loaded.source)
     head = HRNETV2 if arch.head == HRNETV2 else SIMPLE
