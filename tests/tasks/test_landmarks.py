@@ -6,10 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from training_data import make_pose_data
 
+from timm_hrnet import optimize_for_inference
 from timm_hrnet.tasks.datasets import COCO_KEYPOINTS, keypoints_for
 from timm_hrnet.tasks.pose import create_pose_model, flip_order
 from timm_hrnet.tasks.pose_codecs import decode_heatmaps
+from timm_hrnet.tasks.training.pose_training import train_pose
 
 FIXTURES = Path(__file__).resolve().parents[1] / 'fixtures' / 'landmarks'
 MMPOSE_FILES = ('mmpose1_face_wflw_reduced', 'mmpose0_hand_onehand10k_reduced')
@@ -94,3 +97,27 @@ def test_predict_draws_face_in_a_box():
     image = torch.rand(3, 80, 96)
     result = model.predict(image, boxes=[[10, 8, 50, 60]])
     assert result['keypoints'].shape == (1, 98, 2) and result['keypoint_names'][0] == 'wflw_0'
+
+
+def test_fused_and_scripted_landmark_model_equal_eager():
+    model = create_pose_model(FIXTURES / f'{OFFICIAL}.pth')
+    fused = optimize_for_inference(model)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(fused(x), expected, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(torch.jit.script(fused)(x), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_train_pose_fine_tunes_a_landmark_checkpoint(tmp_path):
+    """Another landmark count: the heatmap conv head.3 re-initialised, the rest loaded and trained; the result
+    reloads as the same HRNetV2 landmark model."""
+    ann_file, images, keypoints = make_pose_data(tmp_path / 'data', count=2)
+    source = FIXTURES / 'mmpose0_hand_onehand10k_reduced.pth'
+    initial = create_pose_model(source, num_joints=5)
+    result = train_pose(ann_file, images, keypoints=keypoints, init=source, input_size=(64, 64), epochs=1,
+                        batch_size=2, workers=0, progress=False, tensorboard=False, output_dir=str(tmp_path / 'run'))
+    trained = create_pose_model(result.output_dir / 'model.safetensors')
+    assert trained.head_type == 'hrnetv2' and trained.num_joints == 5 and trained.input_size == (64, 64)
+    assert not torch.equal(trained.head[0].weight, initial.head[0].weight)  # trained, not only the new conv
+    torch.testing.assert_close(initial.conv1.weight, create_pose_model(source).conv1.weight)

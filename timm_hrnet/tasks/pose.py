@@ -94,6 +94,10 @@ class HRNetPose(HRNetTaskModel):
         self.codec = codec
         self.head_type = head
         dd = dict(device=device, dtype=dtype)
+        # the head the checkpoint has, the other attributes None (TorchScript compiles only the branch taken)
+        self.final_layer: nn.Conv2d | None = None
+        self.neck: HRNetV2 | None = None
+        self.head: nn.Sequential | None = None
         if head == SIMPLE:
             self.final_layer = nn.Conv2d(self.branch_channels[0], num_joints, final_conv_kernel,
                                          padding=final_conv_kernel // 2, **dd)
@@ -106,17 +110,19 @@ class HRNetPose(HRNetTaskModel):
         self.init_weights()
 
     def output_conv(self) -> nn.Conv2d:
-        return self.final_layer if self.head_type == SIMPLE else self.head[3]
+        return self.final_layer if self.final_layer is not None else self.head[3]
 
+    @torch.jit.unused
     def head_prefix(self) -> str:
         """The state-dict prefix of the conv to the heatmaps (re-initialised for another joint count)."""
         return 'final_layer.' if self.head_type == SIMPLE else 'head.3.'
 
     def forward(self, x: Tensor) -> Tensor:
         branches = self.forward_branches(self.forward_stem(x))
-        if self.head_type == SIMPLE:
+        if self.final_layer is not None:
             return self.final_layer(branches[0])
-        return self.head(self.neck(branches))
+        else:
+            return self.head(self.neck(branches))
 
     def forward_flip(self, x: Tensor, flip_pairs: Sequence[tuple[int, int]] | None = None,
                      shift: bool | None = None) -> Tensor:
