@@ -8,17 +8,29 @@
   (0.2) x the box's longer side, averaged over keypoints; the area under the PCK curve of errors normalised by a
   fixed 30 pixels at thresholds 0, 0.05 ... 0.95; and the mean error in pixels.
 
-Arrays are (N, K, 2) keypoints in image pixels and an (N, K) mask of annotated points.
+Arrays are (N, K, 2) keypoints in image pixels and an (N, K) mask of annotated points. `evaluate_landmarks` runs
+a landmark model on a COCO-style annotation file (mmpose's face and hand annotations: a box and the keypoints per
+face or hand, AFLW's `box_size`) and scores it.
 """
 from __future__ import annotations
 
+import time
+from collections import defaultdict
 from collections.abc import Sequence
+from os import PathLike
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 
+from ..images import UnreadableImageError
 from .datasets import KeypointInfo
+from .pose import HRNetPose
+from .pose_evaluation import PoseDataError, _read_json
 
-__all__ = ['NME_NORMALISATION', 'normalisation_for', 'nme', 'pck', 'auc', 'epe', 'landmark_metrics']
+__all__ = ['NME_NORMALISATION', 'normalisation_for', 'nme', 'pck', 'auc', 'epe', 'landmark_metrics',
+           'evaluate_landmarks']
 
 # the points whose distance normalises each face benchmark's NME; None: the face box size (AFLW)
 NME_NORMALISATION: dict[str, tuple[int, int] | None] = {'wflw': (60, 72), '300w': (36, 45), 'cofw': (8, 9),
@@ -122,3 +134,54 @@ def landmark_metrics(pred: np.ndarray, gt: np.ndarray, keypoints: KeypointInfo, 
     if boxes is None:
         raise ValueError(f'PCK of {keypoints.name} is normalised by the boxes: pass boxes')
     return dict(PCK=pck(pred, gt, boxes, mask), AUC=auc(pred, gt, mask), EPE=epe(pred, gt, mask))
+
+
+def _annotations(ann_file: str | PathLike, joints: int) -> tuple[dict[int, str], dict[int, list[dict[str, Any]]]]:
+    """Image file names by id and the annotations (box, keypoints) of each image, checked."""
+    data = _read_json(ann_file, 'annotation file')
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ('images', 'annotations')):
+        raise PoseDataError(f'{ann_file} is not a COCO annotation file (needs "images" and "annotations" lists)')
+    names = {image['id']: image['file_name'] for image in data['images'] if 'id' in image and 'file_name' in image}
+    per_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for k, ann in enumerate(data['annotations']):
+        points = ann.get('keypoints') if isinstance(ann, dict) else None
+        if not isinstance(points, list) or len(points) != 3 * joints or len(ann.get('bbox') or []) != 4:
+            raise PoseDataError(f'{ann_file}: annotation {k} needs a bbox and {joints} keypoints (x, y, v), the '
+                                "model's landmark count")
+        if ann.get('image_id') not in names:
+            raise PoseDataError(f'{ann_file}: annotation {k} refers to image {ann.get("image_id")!r}, not listed')
+        per_image[ann['image_id']].append(ann)
+    return names, per_image
+
+
+@torch.no_grad()
+def evaluate_landmarks(model: HRNetPose, ann_file: str | PathLike, image_dir: str | PathLike, *,
+                       flip_test: bool | None = None, batch_size: int = 64) -> dict[str, Any]:
+    """The published metrics of a face / hand landmark model (`landmark_metrics`) on a COCO-style annotation file:
+    each annotated box predicted (padded by 1.25 as both references do), `flip_test` as the codec's reference
+    (None) or forced. Also returns `num_images`, `num_instances` and `images_per_second`."""
+    info = model.keypoint_info
+    if info is None:
+        raise ValueError(f'no keypoint set known for {model.num_joints} landmarks: pass keypoint_info to the model')
+    names, per_image = _annotations(ann_file, model.num_joints)
+    start = time.perf_counter()
+    preds, gts, masks, boxes, box_sizes = [], [], [], [], []
+    for image_id, anns in sorted(per_image.items()):
+        path = Path(image_dir) / names[image_id]
+        try:
+            result = model.predict_batch([path], [[a['bbox'] for a in anns]], flip_test, batch_size=batch_size)[0]
+        except (FileNotFoundError, UnreadableImageError) as error:
+            raise PoseDataError(f'{path}: {error}') from error
+        preds.append(result['keypoints'].numpy())
+        for ann in anns:
+            points = np.asarray(ann['keypoints'], dtype=np.float64).reshape(-1, 3)
+            gts.append(points[:, :2])
+            masks.append(points[:, 2] > 0)
+            boxes.append(ann['bbox'])
+            box_sizes.append(ann.get('box_size', np.nan))
+    seconds = time.perf_counter() - start
+    sizes = np.asarray(box_sizes, dtype=np.float64)
+    metrics = landmark_metrics(np.concatenate(preds), np.stack(gts), info, np.stack(masks), np.asarray(boxes),
+                               None if np.isnan(sizes).all() else sizes)
+    return dict(metrics, keypoint_set=info.name, codec=model.codec.spec, num_images=len(per_image),
+                num_instances=len(gts), images_per_second=len(per_image) / max(seconds, 1e-9))

@@ -17,6 +17,7 @@ from timm_hrnet.distributed import process_group
 from timm_hrnet.outputs import check_not_an_input, check_writable
 from timm_hrnet.tasks.datasets import SEG_DATASETS
 from timm_hrnet.tasks.label_maps import LABEL_FORMATS
+from timm_hrnet.tasks.landmark_evaluation import NME_NORMALISATION, evaluate_landmarks
 from timm_hrnet.tasks.pose import create_pose_model
 from timm_hrnet.tasks.pose_evaluation import evaluate_pose
 from timm_hrnet.tasks.seg_evaluation import evaluate_seg
@@ -89,6 +90,10 @@ def add_pose_parser(subparsers: Any) -> argparse.ArgumentParser:
                              "names), else the annotation file's keypoint category")
     parser.add_argument('--sigmas', type=_sigmas, nargs='+', metavar='S',
                         help="OKS sigmas, one per keypoint, e.g. 0.026,0.025,...; default: the keypoint set's")
+    parser.add_argument('--metric', choices=('ap', 'nme', 'pck'), default='ap',
+                        help='ap: COCO keypoint AP; nme: face landmarks (WFLW / 300W / COFW inter-ocular, AFLW box '
+                             'size); pck: hand landmarks (PCK@0.2, AUC, EPE); nme and pck score the annotated boxes '
+                             '(--gt-boxes)')
     parser.set_defaults(handler=run_pose)
     return parser
 
@@ -151,8 +156,40 @@ def _run_distributed(args: argparse.Namespace, evaluate: Callable[[Any], dict[st
     return metrics if context.is_main else None
 
 
+def run_landmarks(args: argparse.Namespace) -> int:
+    """`evaluate-pose --metric nme|pck`: a face or hand landmark model on its annotated boxes."""
+    if args.detections or args.results:
+        raise CliError(f'--metric {args.metric} scores the annotated boxes: use --gt-boxes, without --detections / '
+                       '--results')
+
+    def evaluate(device: Any) -> dict[str, Any]:
+        model = _load(create_pose_model, args, device, input_size=args.input_size, codec=args.codec)
+        face = model.keypoint_info is not None and model.keypoint_info.name in NME_NORMALISATION
+        if face != (args.metric == 'nme'):
+            what = model.keypoint_info.name if model.keypoint_info else f'{model.num_joints} joints'
+            raise ValueError(f'{args.checkpoint} predicts {what}: --metric {args.metric} is for '
+                             f'{"faces (WFLW, 300W, COFW, AFLW)" if args.metric == "nme" else "hands"}')
+        return evaluate_landmarks(model, args.annotations, args.images, flip_test=False if args.no_flip else None,
+                                  batch_size=args.batch_size)
+
+    metrics = _run_distributed(args, evaluate)
+    if metrics is None:
+        return 0
+    if args.json:
+        print_json(json.dumps(metrics, indent=2))
+        return 0
+    print(f'{metrics["num_images"]} images, {metrics["num_instances"]} annotated boxes, keypoint set '
+          f'{metrics["keypoint_set"]}, codec {metrics["codec"]}, {metrics["images_per_second"]:.1f} images/s')
+    for name in ('NME', 'PCK', 'AUC', 'EPE'):
+        if name in metrics:
+            print(f'{name} {metrics[name]:.4f}')
+    return 0
+
+
 def run_pose(args: argparse.Namespace) -> int:
     """Evaluate, print the AP table (rank 0) and write the results file."""
+    if args.metric != 'ap':
+        return run_landmarks(args)
     sigmas = None if args.sigmas is None else [s for group in args.sigmas for s in group]
     if args.results:  # before the evaluation's minutes: not over an input, and writable
         check_not_an_input(args.results, [p for p in (args.annotations, args.detections, args.checkpoint) if p])
