@@ -79,11 +79,13 @@ def _common_arguments(parser: argparse.ArgumentParser, what: str) -> None:
 def add_pose_parser(subparsers: Any) -> argparse.ArgumentParser:
     """The `pose` subcommand."""
     parser = subparsers.add_parser(
-        'pose', help="human keypoints with a pose checkpoint (official pose_hrnet or mmpose's top-down HRNet)",
+        'pose', help="human keypoints with a pose checkpoint (official pose_hrnet or mmpose's top-down HRNet), or "
+                     'face / hand landmarks (HRNetV2) in given boxes',
         formatter_class=HelpFormatter,
         description='Keypoints of the people in an image, a folder of images or a video, one per person box '
                     "(default: the whole image), with an official pose_hrnet or an mmpose top-down heatmap HRNet "
-                    'checkpoint (e.g. td-hm_hrnet-w32_8xb64-210e_coco-256x192-*.pth).')
+                    'checkpoint (e.g. td-hm_hrnet-w32_8xb64-210e_coco-256x192-*.pth); face and hand landmark models '
+                    '(HRNet-Facial-Landmark-Detection, mmpose hrnetv2_w18_*) take the face / hand boxes (--box).')
     _common_arguments(parser, 'pose')
     parser.add_argument('--box', nargs=4, type=float, action='append', metavar=('X', 'Y', 'W', 'H'),
                         help='a person box in pixels (repeat for several people); default: the whole image')
