@@ -121,3 +121,16 @@ def test_train_pose_fine_tunes_a_landmark_checkpoint(tmp_path):
     assert trained.head_type == 'hrnetv2' and trained.num_joints == 5 and trained.input_size == (64, 64)
     assert not torch.equal(trained.head[0].weight, initial.head[0].weight)  # trained, not only the new conv
     torch.testing.assert_close(initial.conv1.weight, create_pose_model(source).conv1.weight)
+
+
+@pytest.mark.parametrize(('file_name', 'codec'), [
+    ('hrnetv2_w18_wflw_256x256_dark-3f8e0c2c_20210125.pth', 'dark'),
+    ('hrnetv2_w18_onehand10k_256x256_udp-0d1b515d_20210330.pth', 'udp-mmpose0'),
+])
+def test_landmark_codec_from_released_file_name(tmp_path, file_name, codec):
+    """mmpose's DARK / UDP landmark files (0.x layout) decode by their codec, found from the name."""
+    source = 'mmpose1_face_wflw_reduced' if 'wflw' in file_name else 'mmpose0_hand_onehand10k_reduced'
+    path = tmp_path / file_name
+    path.write_bytes((FIXTURES / f'{source}.pth').read_bytes())
+    model = create_pose_model(path)
+    assert model.codec.spec.split(':')[0] == codec and model.input_size == (256, 256)
