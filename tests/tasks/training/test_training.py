@@ -703,3 +703,16 @@ def test_cli_reports_bad_input_in_one_line(tmp_path: Path, capsys: pytest.Captur
     assert main(['train-seg', '--images', str(images), '--labels', str(labels), '--init', 'hrnet_w18_small',
                  '--scratch', *output]) == 2
     assert 'how many classes?' in capsys.readouterr().err
+
+
+def test_a_log_line_cut_by_a_kill_is_dropped_on_resume(tmp_path: Path) -> None:
+    from timm_hrnet.tasks.training.run_log import RunLog
+    log = RunLog(tmp_path, enabled=True, tensorboard=False)
+    log.write(dict(step=1, loss=0.5))
+    log.close()
+    with open(tmp_path / 'log.jsonl', 'a') as file:
+        file.write('{"step": 2, "lo')  # the kill came mid-append
+    log = RunLog(tmp_path, enabled=True, tensorboard=False)
+    log.write(dict(step=2, loss=0.4))
+    log.close()
+    assert [json.loads(line)['step'] for line in (tmp_path / 'log.jsonl').read_text().splitlines()] == [1, 2]

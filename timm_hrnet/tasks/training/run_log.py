@@ -26,9 +26,22 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def _drop_cut_line(path: Path) -> None:
+    """Truncate `path` after its last newline: what follows is a record whose append was interrupted."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return
+    if data and not data.endswith(b'\n'):
+        with open(path, 'r+b') as file:
+            file.truncate(data.rfind(b'\n') + 1)
+        _logger.warning('%s: dropped a record cut short by an interrupted run', path)
+
+
 class RunLog:
     """Appends records to `<output_dir>/log.jsonl` (a resumed run continues the file) and mirrors their numbers to
-    TensorBoard (`<output_dir>/tensorboard`) when it can be imported, or not at all with `tensorboard=False`."""
+    TensorBoard (`<output_dir>/tensorboard`) when it can be imported, or not at all with `tensorboard=False`. A line
+    cut short by a run killed mid-append is dropped when the log is opened again, so the file stays JSON lines."""
 
     def __init__(self, output_dir: Path, enabled: bool, tensorboard: bool | None = None) -> None:
         self.path = output_dir / 'log.jsonl'
@@ -36,6 +49,7 @@ class RunLog:
         self.writer = None
         if enabled:
             output_dir.mkdir(parents=True, exist_ok=True)
+            _drop_cut_line(self.path)
         if enabled and tensorboard is not False:
             try:
                 from torch.utils.tensorboard import SummaryWriter
