@@ -1,0 +1,200 @@
+"""Where int8 time goes in OpenVINO: per-layer performance counters (`PERF_COUNT`) of the float and int8 IRs of a
+model, summed by op type, by executed precision (the suffix of the kernel OpenVINO picked: `brgconv_avx512_I8`,
+`jit_avx512_bf16`, ...) and by part of the network (stem, each stage's branches, each stage's exchange unit, head).
+
+Profiled, on the same weights (random, with random BatchNorm statistics) and inputs:
+  baseline      OpenVINO on the plain ONNX export of the unfused model (timm's built-in for classifiers), bf16 hint
+  ours_f32      `timm_hrnet.export(..., 'openvino')` compiled with the f32 hint
+  ours_bf16     the same IR, bf16 hint (on a CPU without bf16 the plugin runs f32)
+  int8_f32      `export(..., dtype='int8')` (NNCF, random calibration inputs), f32 hint for what stays in float
+  int8_bf16     the same int8 IR, bf16 hint for what stays in float
+  (more with --recipes: the int8 recipes of timm_hrnet.int8, profiled the same way)
+
+A layer's time is its median `real_time` over the profiled calls (robust to a shared machine's bursts); `wall` is
+the median wall-clock time of a call, variants interleaved round by round. The per-layer precision is what ran,
+not what was asked: a layer that stays in float in an int8 IR is listed with the reason OpenVINO shows (no
+FakeQuantize in front of it, or a kernel without an int8 form).
+
+    python benchmarks/profile_int8.py --task classify               # hrnet_w18 224x224, batch 1
+    python benchmarks/profile_int8.py --task pose --batch-size 8    # pose W32 256x192
+    python benchmarks/profile_int8.py --task seg --img-size 256 512 # seg W48 (default 512x1024)
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import re
+import statistics
+import tempfile
+import time
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from bench_common import machine_line
+from bench_inference import TASK_IMG_SIZE, TASK_MODELS, build_models
+
+import timm_hrnet  # noqa: F401  (registers our hrnet_* entrypoints in timm)
+from timm_hrnet.export import export
+
+BASE_VARIANTS = ('baseline', 'ours_f32', 'ours_bf16', 'int8_f32', 'int8_bf16')
+
+
+def layer_part(name: str) -> str:
+    """The part of an HRNet a layer of the exported graph belongs to, from the ONNX node name torch gives it."""
+    stage = re.search(r'stage(\d)', name)
+    if stage:
+        branch = re.search(r'branches\.(\d)', name)
+        return f'stage{stage.group(1)} branch{branch.group(1)}' if branch else f'stage{stage.group(1)} exchange'
+    transition = re.search(r'transition(\d)', name)
+    if transition:
+        return f'transition{transition.group(1)}'
+    if re.search(r'^/?(conv1|conv2|layer1|stem|bn1|bn2|act1|act2)\b|/(conv1|conv2|layer1)/', name) or 'image' in name:
+        return 'stem'
+    return 'head'
+
+
+def precision_of(exec_type: str) -> str:
+    """'brgconv_avx512_1x1_I8' -> 'I8'; 'jit_avx512_bf16' -> 'bf16'; 'undef' for nodes without a kernel."""
+    suffix = exec_type.rsplit('_', 1)[-1]
+    return suffix if suffix in ('I8', 'U8', 'f32', 'bf16', 'f16', 'i32', 'i64') else 'other'
+
+
+def ir_variants(task: str, name: str, img_size: tuple[int, int], batch_size: int, calibration_count: int,
+                work: Path, recipes: list[str]) -> dict[str, tuple[Path, str]]:
+    """Each variant as (IR path, OpenVINO precision hint)."""
+    import openvino
+    ours, reference = build_models(task, name)
+    onnx_path = work / 'plain.onnx'
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        torch.onnx.export(copy.deepcopy(reference).float(), (torch.randn(1, 3, *img_size),), str(onnx_path),
+                          dynamo=False, input_names=['image'], dynamic_axes={'image': {0: 'batch'}})
+    openvino.save_model(openvino.convert_model(str(onnx_path)), str(work / 'plain.xml'))
+    generator = torch.Generator().manual_seed(0)
+    calibration = [torch.randn(batch_size, 3, *img_size, generator=generator)
+                   for _ in range(max(1, calibration_count // batch_size))]
+    common = dict(input_size=img_size, dynamic=False, batch_size=batch_size, check=False)
+    export(ours, work / 'ours.xml', 'openvino', **common)
+    export(ours, work / 'int8.xml', 'openvino', dtype='int8', calibration=calibration, **common)
+    irs = {'baseline': (work / 'plain.xml', 'bf16'), 'ours_f32': (work / 'ours.xml', 'f32'),
+           'ours_bf16': (work / 'ours.xml', 'bf16'), 'int8_f32': (work / 'int8.xml', 'f32'),
+           'int8_bf16': (work / 'int8.xml', 'bf16')}
+    for recipe in recipes:
+        from timm_hrnet.int8 import quantize_openvino_ir
+        path = work / f'int8_{recipe}.xml'
+        quantize_openvino_ir(work / 'ours.xml', path, calibration, recipe)
+        irs[f'int8_{recipe}'] = (path, 'bf16')
+    return irs
+
+
+def profile(irs: dict[str, tuple[Path, str]], batch_size: int, img_size: tuple[int, int], rounds: int,
+            threads: int) -> tuple[dict[str, list[dict]], dict[str, float], dict[str, str]]:
+    """Per variant: the layers (name, type, kernel, precision, part, median µs) and the median wall ms per call."""
+    import openvino
+    core = openvino.Core()
+    x = torch.randn(batch_size, 3, *img_size).numpy()
+    requests, hints = {}, {}
+    for variant, (path, hint) in irs.items():
+        model = core.read_model(str(path))
+        if model.inputs[0].get_partial_shape().is_dynamic:
+            model.reshape([batch_size, 3, *img_size])
+        compiled = core.compile_model(model, 'CPU', {'PERF_COUNT': True, 'INFERENCE_PRECISION_HINT': hint,
+                                                     'INFERENCE_NUM_THREADS': threads})
+        hints[variant] = compiled.get_property('INFERENCE_PRECISION_HINT').to_string()
+        requests[variant] = compiled.create_infer_request()
+        for _ in range(2):
+            requests[variant].infer({0: x})
+    times: dict[str, dict[str, list[float]]] = {v: defaultdict(list) for v in irs}
+    layers: dict[str, dict[str, dict]] = {v: {} for v in irs}
+    wall: dict[str, list[float]] = {v: [] for v in irs}
+    order = list(irs)
+    for round_index in range(rounds):
+        shift = round_index % len(order)
+        for variant in order[shift:] + order[:shift]:
+            start = time.perf_counter()
+            requests[variant].infer({0: x})
+            wall[variant].append(time.perf_counter() - start)
+            for info in requests[variant].profiling_info:
+                if info.status.name == 'NOT_RUN':
+                    continue
+                times[variant][info.node_name].append(info.real_time.total_seconds() * 1e6)
+                layers[variant][info.node_name] = {
+                    'name': info.node_name, 'type': info.node_type, 'kernel': info.exec_type,
+                    'precision': precision_of(info.exec_type), 'part': layer_part(info.node_name)}
+    result = {}
+    for variant in irs:
+        result[variant] = [{**layer, 'us': statistics.median(times[variant][layer_name])}
+                           for layer_name, layer in layers[variant].items()]
+    return result, {v: 1000 * statistics.median(w) for v, w in wall.items()}, hints
+
+
+def summed(layers: list[dict], key: str) -> dict[str, float]:
+    totals: dict[str, float] = defaultdict(float)
+    for layer in layers:
+        totals[layer[key]] += layer['us']
+    return dict(sorted(totals.items(), key=lambda item: -item[1]))
+
+
+def print_table(title: str, key: str, profiles: dict[str, list[dict]], limit: int = 14) -> None:
+    """Milliseconds per call by `key` for every variant (rows: the keys that cost most in any variant)."""
+    sums = {v: summed(layers, key) for v, layers in profiles.items()}
+    keys = sorted({k for s in sums.values() for k in s}, key=lambda k: -max(s.get(k, 0.0) for s in sums.values()))
+    print(f'\n{title} (ms per call, sum of per-layer medians)')
+    print(f'{"":<26}' + ''.join(f'{v:>12}' for v in profiles))
+    for k in keys[:limit]:
+        print(f'{k:<26}' + ''.join(f'{sums[v].get(k, 0.0) / 1000:>12.2f}' for v in profiles))
+    print(f'{"total":<26}' + ''.join(f'{sum(sums[v].values()) / 1000:>12.2f}' for v in profiles))
+
+
+def float_layers_in_int8(layers: list[dict]) -> list[dict]:
+    """Convolutions (and matmuls) of an int8 IR that ran in a float kernel."""
+    return [layer for layer in layers if layer['type'] in ('Convolution', 'FullyConnected', 'MatMul',
+                                                           'GroupConvolution', 'Deconvolution')
+            and layer['precision'] not in ('I8', 'U8')]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--task', choices=('classify', 'pose', 'seg'), default='classify')
+    parser.add_argument('--model', help='default: hrnet_w18 (classify), hrnet_w32 (pose), hrnet_w48 (seg)')
+    parser.add_argument('--img-size', nargs=2, type=int, help='H W; default 224 224, 256 192, 512 1024')
+    parser.add_argument('--batch-size', type=int, default=1)
+    parser.add_argument('--rounds', type=int, default=9, help='profiled calls per variant (interleaved)')
+    parser.add_argument('--calibration', type=int, default=8, help='random calibration images for NNCF')
+    parser.add_argument('--threads', type=int, default=torch.get_num_threads())
+    parser.add_argument('--recipes', nargs='*', default=[], help='also profile these timm_hrnet.int8 recipes')
+    parser.add_argument('--json', help='write the per-layer profiles and wall times here')
+    args = parser.parse_args()
+    name = args.model or TASK_MODELS[args.task][0]
+    img_size = tuple(args.img_size) if args.img_size else TASK_IMG_SIZE[args.task]
+    import nncf
+    import openvino
+    print(f'{args.task} {name} {img_size[0]}x{img_size[1]}, batch {args.batch_size}; {machine_line(torch.device("cpu"))}'
+          f' (OpenVINO threads {args.threads}); OpenVINO {openvino.__version__}, NNCF {nncf.__version__}')
+    with tempfile.TemporaryDirectory() as work:
+        irs = ir_variants(args.task, name, img_size, args.batch_size, args.calibration, Path(work), args.recipes)
+        profiles, wall, hints = profile(irs, args.batch_size, img_size, args.rounds, args.threads)
+    base = wall['baseline']
+    print(f'\n{"variant":<14}{"hint run":>9}{"wall ms":>10}{"x base":>8}{"layers ms":>11}')
+    for variant in profiles:
+        print(f'{variant:<14}{hints[variant]:>9}{wall[variant]:>10.2f}{base / wall[variant]:>8.2f}'
+              f'{sum(layer["us"] for layer in profiles[variant]) / 1000:>11.2f}')
+    print_table('by op type', 'type', profiles)
+    print_table('by executed precision', 'precision', profiles)
+    print_table('by part of the network', 'part', profiles, limit=20)
+    for variant in (v for v in profiles if v.startswith('int8')):
+        stay = float_layers_in_int8(profiles[variant])
+        print(f'\n{variant}: {len(stay)} convolution / matmul layers ran in float, '
+              f'{sum(layer["us"] for layer in stay) / 1000:.2f} ms:')
+        for layer in sorted(stay, key=lambda layer: -layer['us'])[:8]:
+            print(f'  {layer["us"] / 1000:7.3f} ms  {layer["kernel"]:<26} {layer["name"][:80]}')
+    if args.json:
+        Path(args.json).write_text(json.dumps({'args': vars(args), 'wall_ms': wall, 'hints': hints,
+                                               'profiles': profiles}, indent=1))
+
+
+if __name__ == '__main__':
+    main()
