@@ -4,6 +4,7 @@ model, summed by op type, by executed precision (the suffix of the kernel OpenVI
 
 Profiled, on the same weights (random, with random BatchNorm statistics) and inputs:
   baseline      OpenVINO on the plain ONNX export of the unfused model (timm's built-in for classifiers), bf16 hint
+  baseline_f32  the same IR, f32 hint
   ours_f32      `timm_hrnet.export(..., 'openvino')` compiled with the f32 hint
   ours_bf16     the same IR, bf16 hint (on a CPU without bf16 the plugin runs f32)
   int8_f32      `export(..., dtype='int8')` (NNCF, random calibration inputs), f32 hint for what stays in float
@@ -11,9 +12,9 @@ Profiled, on the same weights (random, with random BatchNorm statistics) and inp
   (more with --recipes: the int8 recipes of timm_hrnet.int8, profiled the same way)
 
 A layer's time is its median `real_time` over the profiled calls (robust to a shared machine's bursts); `wall` is
-the median wall-clock time of a call, variants interleaved round by round. The per-layer precision is what ran,
-not what was asked: a layer that stays in float in an int8 IR is listed with the reason OpenVINO shows (no
-FakeQuantize in front of it, or a kernel without an int8 form).
+the median wall-clock time of a call, variants interleaved round by round; `agree` compares each variant's output
+with ours_f32's on the profiled input (argmax label per image or pixel, heatmap peak per joint). The per-layer
+precision is what ran, not what was asked: the convolutions of an int8 IR that ran in a float kernel are listed.
 
     python benchmarks/profile_int8.py --task classify               # hrnet_w18 224x224, batch 1
     python benchmarks/profile_int8.py --task pose --batch-size 8    # pose W32 256x192
@@ -38,8 +39,6 @@ from bench_inference import TASK_IMG_SIZE, TASK_MODELS, build_models
 
 import timm_hrnet  # noqa: F401  (registers our hrnet_* entrypoints in timm)
 from timm_hrnet.export import export
-
-BASE_VARIANTS = ('baseline', 'ours_f32', 'ours_bf16', 'int8_f32', 'int8_bf16')
 
 
 def layer_part(name: str) -> str:
@@ -79,7 +78,8 @@ def ir_variants(task: str, name: str, img_size: tuple[int, int], batch_size: int
     common = dict(input_size=img_size, dynamic=False, batch_size=batch_size, check=False)
     export(ours, work / 'ours.xml', 'openvino', **common)
     export(ours, work / 'int8.xml', 'openvino', dtype='int8', calibration=calibration, **common)
-    irs = {'baseline': (work / 'plain.xml', 'bf16'), 'ours_f32': (work / 'ours.xml', 'f32'),
+    irs = {'baseline': (work / 'plain.xml', 'bf16'), 'baseline_f32': (work / 'plain.xml', 'f32'),
+           'ours_f32': (work / 'ours.xml', 'f32'),
            'ours_bf16': (work / 'ours.xml', 'bf16'), 'int8_f32': (work / 'int8.xml', 'f32'),
            'int8_bf16': (work / 'int8.xml', 'bf16')}
     for recipe in recipes:
@@ -91,8 +91,9 @@ def ir_variants(task: str, name: str, img_size: tuple[int, int], batch_size: int
 
 
 def profile(irs: dict[str, tuple[Path, str]], batch_size: int, img_size: tuple[int, int], rounds: int,
-            threads: int) -> tuple[dict[str, list[dict]], dict[str, float], dict[str, str]]:
-    """Per variant: the layers (name, type, kernel, precision, part, median µs) and the median wall ms per call."""
+            threads: int) -> tuple[dict[str, list[dict]], dict[str, float], dict[str, str], dict[str, torch.Tensor]]:
+    """Per variant: the layers (name, type, kernel, precision, part, median µs), the median wall ms per call, the
+    precision hint the plugin runs and the first output."""
     import openvino
     core = openvino.Core()
     x = torch.randn(batch_size, 3, *img_size).numpy()
@@ -124,11 +125,19 @@ def profile(irs: dict[str, tuple[Path, str]], batch_size: int, img_size: tuple[i
                 layers[variant][info.node_name] = {
                     'name': info.node_name, 'type': info.node_type, 'kernel': info.exec_type,
                     'precision': precision_of(info.exec_type), 'part': layer_part(info.node_name)}
+    outputs = {v: torch.from_numpy(request.get_output_tensor(0).data.copy()) for v, request in requests.items()}
     result = {}
     for variant in irs:
         result[variant] = [{**layer, 'us': statistics.median(times[variant][layer_name])}
                            for layer_name, layer in layers[variant].items()]
-    return result, {v: 1000 * statistics.median(w) for v, w in wall.items()}, hints
+    return result, {v: 1000 * statistics.median(w) for v, w in wall.items()}, hints, outputs
+
+
+def agreement(task: str, output: torch.Tensor, reference: torch.Tensor) -> float:
+    """Pose: heatmap peaks at the same pixel (per joint); classify / seg: the same argmax label (per image / pixel)."""
+    if task == 'pose':
+        return (output.flatten(2).argmax(2) == reference.flatten(2).argmax(2)).float().mean().item()
+    return (output.argmax(1) == reference.argmax(1)).float().mean().item()
 
 
 def summed(layers: list[dict], key: str) -> dict[str, float]:
@@ -172,16 +181,18 @@ def main() -> None:
     img_size = tuple(args.img_size) if args.img_size else TASK_IMG_SIZE[args.task]
     import nncf
     import openvino
-    print(f'{args.task} {name} {img_size[0]}x{img_size[1]}, batch {args.batch_size}; {machine_line(torch.device("cpu"))}'
+    cpu = machine_line(torch.device('cpu'))
+    print(f'{args.task} {name} {img_size[0]}x{img_size[1]}, batch {args.batch_size}; {cpu}'
           f' (OpenVINO threads {args.threads}); OpenVINO {openvino.__version__}, NNCF {nncf.__version__}')
     with tempfile.TemporaryDirectory() as work:
         irs = ir_variants(args.task, name, img_size, args.batch_size, args.calibration, Path(work), args.recipes)
-        profiles, wall, hints = profile(irs, args.batch_size, img_size, args.rounds, args.threads)
+        profiles, wall, hints, outputs = profile(irs, args.batch_size, img_size, args.rounds, args.threads)
     base = wall['baseline']
-    print(f'\n{"variant":<14}{"hint run":>9}{"wall ms":>10}{"x base":>8}{"layers ms":>11}')
+    print(f'\n{"variant":<14}{"hint run":>9}{"wall ms":>10}{"x base":>8}{"layers ms":>11}{"agree % f32":>13}')
     for variant in profiles:
+        agree = 100 * agreement(args.task, outputs[variant], outputs['ours_f32'])
         print(f'{variant:<14}{hints[variant]:>9}{wall[variant]:>10.2f}{base / wall[variant]:>8.2f}'
-              f'{sum(layer["us"] for layer in profiles[variant]) / 1000:>11.2f}')
+              f'{sum(layer["us"] for layer in profiles[variant]) / 1000:>11.2f}{agree:>13.2f}')
     print_table('by op type', 'type', profiles)
     print_table('by executed precision', 'precision', profiles)
     print_table('by part of the network', 'part', profiles, limit=20)
