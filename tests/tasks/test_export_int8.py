@@ -1,0 +1,67 @@
+"""`timm_hrnet.int8`: the precisions OpenVINO's CPU plugin executes, read from compiled float and int8 IRs of a
+tiny HRNet; `run_exported(..., precision_hint=...)` for an int8 IR's float remainder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+import timm_hrnet  # noqa: F401  (registers our hrnet_* entrypoints)
+from timm_hrnet.export import export, run_exported
+from timm_hrnet.int8 import describe_precisions, executed_precisions
+
+openvino = pytest.importorskip('openvino')
+pytest.importorskip('nncf')
+pytestmark = pytest.mark.usefixtures('single_torch_thread')
+SIZE = (64, 64)
+
+
+@pytest.fixture(scope='module')
+def irs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A float32 and an int8 (NNCF, random calibration) IR of hrnet_w18_small at 64x64, static batch 1."""
+    folder = tmp_path_factory.mktemp('irs')
+    model = timm.create_model('hrnet_w18_small').eval()
+    generator = torch.Generator().manual_seed(0)
+    calibration = [torch.randn(1, 3, *SIZE, generator=generator) for _ in range(3)]
+    common = dict(input_size=SIZE, dynamic=False, check=False)
+    return {'float32': export(model, folder / 'f32', 'openvino', **common).path,
+            'int8': export(model, folder / 'int8', 'openvino', dtype='int8', calibration=calibration, **common).path}
+
+
+def _compiled(path: Path, hint: str) -> object:
+    return openvino.Core().compile_model(str(path), 'CPU', {'INFERENCE_PRECISION_HINT': hint})
+
+
+def test_float_ir_under_f32_hint_runs_every_convolution_in_f32(irs: dict[str, Path]) -> None:
+    counts = executed_precisions(_compiled(irs['float32'], 'f32'))
+    assert set(counts['Convolution']) == {'f32'}
+    assert counts['Convolution']['f32'] >= 50  # hrnet_w18_small has about 90 convolutions (some fused away)
+    assert not any('int8' in by_precision for by_precision in counts.values())
+
+
+def test_int8_ir_runs_its_convolutions_in_int8(irs: dict[str, Path]) -> None:
+    counts = executed_precisions(_compiled(irs['int8'], 'f32'))
+    convolutions = counts['Convolution']
+    assert convolutions['int8'] >= 50
+    assert convolutions['int8'] == sum(convolutions.values())  # NNCF leaves no convolution of HRNet in float
+    line = describe_precisions(_compiled(irs['int8'], 'f32'))
+    assert line.startswith('convolutions/matmuls: int8 ') and '; other layers: ' in line
+
+
+def test_bf16_hint_reaches_the_float_remainder_only_where_the_cpu_has_bf16(irs: dict[str, Path]) -> None:
+    compiled = _compiled(irs['int8'], 'bf16')
+    has_bf16 = 'BF16' in openvino.Core().get_property('CPU', 'OPTIMIZATION_CAPABILITIES')
+    other = {p for layer_type, by_precision in executed_precisions(compiled).items()
+             if not layer_type.startswith(('Convolution', 'FullyConnected')) for p in by_precision}
+    assert ('bf16' in other) == has_bf16
+
+
+def test_run_exported_takes_a_precision_hint(irs: dict[str, Path]) -> None:
+    x = torch.randn(1, 3, *SIZE, generator=torch.Generator().manual_seed(1))
+    plain = run_exported(irs['int8'], 'openvino', 'int8')(x)[0]
+    hinted = run_exported(irs['int8'], 'openvino', 'int8', precision_hint='bf16')(x)[0]
+    assert hinted.shape == plain.shape == (1, 1000)
+    # bf16 rounding of the adds / resizes between int8 convolutions: close to, not equal to, the f32 remainder
+    assert ((hinted - plain).abs().max() / plain.abs().max()).item() < 0.2
