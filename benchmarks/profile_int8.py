@@ -9,7 +9,6 @@ Profiled, on the same weights (random, with random BatchNorm statistics) and inp
   ours_bf16     the same IR, bf16 hint (on a CPU without bf16 the plugin runs f32)
   int8_f32      `export(..., dtype='int8')` (NNCF, random calibration inputs), f32 hint for what stays in float
   int8_bf16     the same int8 IR, bf16 hint for what stays in float
-  (more with --recipes: the int8 recipes of timm_hrnet.int8, profiled the same way)
 
 A layer's time is its median `real_time` over the profiled calls (robust to a shared machine's bursts); `wall` is
 the median wall-clock time of a call, variants interleaved round by round; `agree` compares each variant's output
@@ -62,7 +61,7 @@ def precision_of(exec_type: str) -> str:
 
 
 def ir_variants(task: str, name: str, img_size: tuple[int, int], batch_size: int, calibration_count: int,
-                work: Path, recipes: list[str]) -> dict[str, tuple[Path, str]]:
+                work: Path) -> dict[str, tuple[Path, str]]:
     """Each variant as (IR path, OpenVINO precision hint)."""
     import openvino
     ours, reference = build_models(task, name)
@@ -82,11 +81,6 @@ def ir_variants(task: str, name: str, img_size: tuple[int, int], batch_size: int
            'ours_f32': (work / 'ours.xml', 'f32'),
            'ours_bf16': (work / 'ours.xml', 'bf16'), 'int8_f32': (work / 'int8.xml', 'f32'),
            'int8_bf16': (work / 'int8.xml', 'bf16')}
-    for recipe in recipes:
-        from timm_hrnet.int8 import quantize_openvino_ir
-        path = work / f'int8_{recipe}.xml'
-        quantize_openvino_ir(work / 'ours.xml', path, calibration, recipe)
-        irs[f'int8_{recipe}'] = (path, 'bf16')
     return irs
 
 
@@ -174,7 +168,6 @@ def main() -> None:
     parser.add_argument('--rounds', type=int, default=9, help='profiled calls per variant (interleaved)')
     parser.add_argument('--calibration', type=int, default=8, help='random calibration images for NNCF')
     parser.add_argument('--threads', type=int, default=torch.get_num_threads())
-    parser.add_argument('--recipes', nargs='*', default=[], help='also profile these timm_hrnet.int8 recipes')
     parser.add_argument('--json', help='write the per-layer profiles and wall times here')
     args = parser.parse_args()
     name = args.model or TASK_MODELS[args.task][0]
@@ -185,7 +178,7 @@ def main() -> None:
     print(f'{args.task} {name} {img_size[0]}x{img_size[1]}, batch {args.batch_size}; {cpu}'
           f' (OpenVINO threads {args.threads}); OpenVINO {openvino.__version__}, NNCF {nncf.__version__}')
     with tempfile.TemporaryDirectory() as work:
-        irs = ir_variants(args.task, name, img_size, args.batch_size, args.calibration, Path(work), args.recipes)
+        irs = ir_variants(args.task, name, img_size, args.batch_size, args.calibration, Path(work))
         profiles, wall, hints, outputs = profile(irs, args.batch_size, img_size, args.rounds, args.threads)
     base = wall['baseline']
     print(f'\n{"variant":<14}{"hint run":>9}{"wall ms":>10}{"x base":>8}{"layers ms":>11}{"agree % f32":>13}')
