@@ -146,10 +146,10 @@ def print_table(title: str, key: str, profiles: dict[str, list[dict]], limit: in
     sums = {v: summed(layers, key) for v, layers in profiles.items()}
     keys = sorted({k for s in sums.values() for k in s}, key=lambda k: -max(s.get(k, 0.0) for s in sums.values()))
     print(f'\n{title} (ms per call, sum of per-layer medians)')
-    print(f'{"":<26}' + ''.join(f'{v:>12}' for v in profiles))
+    print(f'{"":<26}' + ''.join(f'{v:>14}' for v in profiles))
     for k in keys[:limit]:
-        print(f'{k:<26}' + ''.join(f'{sums[v].get(k, 0.0) / 1000:>12.2f}' for v in profiles))
-    print(f'{"total":<26}' + ''.join(f'{sum(sums[v].values()) / 1000:>12.2f}' for v in profiles))
+        print(f'{k:<26}' + ''.join(f'{sums[v].get(k, 0.0) / 1000:>14.2f}' for v in profiles))
+    print(f'{"total":<26}' + ''.join(f'{sum(sums[v].values()) / 1000:>14.2f}' for v in profiles))
 
 
 def float_layers_in_int8(layers: list[dict]) -> list[dict]:
