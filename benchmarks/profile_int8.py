@@ -18,6 +18,7 @@ precision is what ran, not what was asked: the convolutions of an int8 IR that r
     python benchmarks/profile_int8.py --task classify               # hrnet_w18 224x224, batch 1
     python benchmarks/profile_int8.py --task pose --batch-size 8    # pose W32 256x192
     python benchmarks/profile_int8.py --task seg --img-size 256 512 # seg W48 (default 512x1024)
+    python benchmarks/profile_int8.py --from-json profile.json      # the tables of a saved profile again
 """
 from __future__ import annotations
 
@@ -55,9 +56,10 @@ def layer_part(name: str) -> str:
 
 
 def precision_of(exec_type: str) -> str:
-    """'brgconv_avx512_1x1_I8' -> 'I8'; 'jit_avx512_bf16' -> 'bf16'; 'undef' for nodes without a kernel."""
-    suffix = exec_type.rsplit('_', 1)[-1]
-    return suffix if suffix in ('I8', 'U8', 'f32', 'bf16', 'f16', 'i32', 'i64') else 'other'
+    """'brgconv_avx512_1x1_I8' -> 'int8'; 'jit_avx512_bf16' -> 'bf16'; 'other' for kernels without a suffix."""
+    suffix = exec_type.rsplit('_', 1)[-1].lower()
+    names = {'i8': 'int8', 'u8': 'int8', 'f32': 'f32', 'bf16': 'bf16', 'f16': 'f16', 'i32': 'i32', 'i64': 'i64'}
+    return names.get(suffix, 'other')
 
 
 def ir_variants(task: str, name: str, img_size: tuple[int, int], batch_size: int, calibration_count: int,
@@ -134,10 +136,16 @@ def agreement(task: str, output: torch.Tensor, reference: torch.Tensor) -> float
     return (output.argmax(1) == reference.argmax(1)).float().mean().item()
 
 
+def exchange_op(layer: dict) -> str:
+    """Exchange-unit layers by op type ('-' for the rest of the network), to price the resizes and adds."""
+    return f'exchange {layer["type"]}' if layer['part'].endswith('exchange') else '-'
+
+
 def summed(layers: list[dict], key: str) -> dict[str, float]:
     totals: dict[str, float] = defaultdict(float)
     for layer in layers:
-        totals[layer[key]] += layer['us']
+        totals[exchange_op(layer) if key == 'exchange' else layer[key]] += layer['us']
+    totals.pop('-', None)
     return dict(sorted(totals.items(), key=lambda item: -item[1]))
 
 
@@ -149,14 +157,15 @@ def print_table(title: str, key: str, profiles: dict[str, list[dict]], limit: in
     print(f'{"":<26}' + ''.join(f'{v:>14}' for v in profiles))
     for k in keys[:limit]:
         print(f'{k:<26}' + ''.join(f'{sums[v].get(k, 0.0) / 1000:>14.2f}' for v in profiles))
-    print(f'{"total":<26}' + ''.join(f'{sum(sums[v].values()) / 1000:>14.2f}' for v in profiles))
+    if key != 'exchange':
+        print(f'{"total":<26}' + ''.join(f'{sum(sums[v].values()) / 1000:>14.2f}' for v in profiles))
 
 
 def float_layers_in_int8(layers: list[dict]) -> list[dict]:
     """Convolutions (and matmuls) of an int8 IR that ran in a float kernel."""
     return [layer for layer in layers if layer['type'] in ('Convolution', 'FullyConnected', 'MatMul',
                                                            'GroupConvolution', 'Deconvolution')
-            and layer['precision'] not in ('I8', 'U8')]
+            and layer['precision'] != 'int8']
 
 
 def main() -> None:
@@ -169,35 +178,53 @@ def main() -> None:
     parser.add_argument('--calibration', type=int, default=8, help='random calibration images for NNCF')
     parser.add_argument('--threads', type=int, default=torch.get_num_threads())
     parser.add_argument('--json', help='write the per-layer profiles and wall times here')
+    parser.add_argument('--from-json', help='print the tables of a profile written with --json, run nothing')
     args = parser.parse_args()
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        print(saved.get('header', args.from_json))
+        report(saved['profiles'], saved['wall_ms'], saved['hints'], saved.get('agreement', {}))
+        return
     name = args.model or TASK_MODELS[args.task][0]
     img_size = tuple(args.img_size) if args.img_size else TASK_IMG_SIZE[args.task]
     import nncf
     import openvino
     cpu = machine_line(torch.device('cpu'))
-    print(f'{args.task} {name} {img_size[0]}x{img_size[1]}, batch {args.batch_size}; {cpu}'
-          f' (OpenVINO threads {args.threads}); OpenVINO {openvino.__version__}, NNCF {nncf.__version__}')
+    header = (f'{args.task} {name} {img_size[0]}x{img_size[1]}, batch {args.batch_size}; {cpu}'
+              f' (OpenVINO threads {args.threads}); OpenVINO {openvino.__version__}, NNCF {nncf.__version__}')
+    print(header)
     with tempfile.TemporaryDirectory() as work:
         irs = ir_variants(args.task, name, img_size, args.batch_size, args.calibration, Path(work))
         profiles, wall, hints, outputs = profile(irs, args.batch_size, img_size, args.rounds, args.threads)
+    agreements = {v: agreement(args.task, outputs[v], outputs['ours_f32']) for v in profiles}
+    report(profiles, wall, hints, agreements)
+    if args.json:
+        Path(args.json).write_text(json.dumps({'args': vars(args), 'header': header, 'wall_ms': wall, 'hints': hints,
+                                               'agreement': agreements, 'profiles': profiles}, indent=1))
+
+
+def report(profiles: dict[str, list[dict]], wall: dict[str, float], hints: dict[str, str],
+           agreements: dict[str, float]) -> None:
+    """The tables: wall time and ratios, then milliseconds by op type, precision, network part, exchange op."""
+    for layers in profiles.values():
+        for layer in layers:  # from the kernel and name, so that profiles saved by older versions read alike
+            layer['precision'], layer['part'] = precision_of(layer['kernel']), layer_part(layer['name'])
     base = wall['baseline']
     print(f'\n{"variant":<14}{"hint run":>9}{"wall ms":>10}{"x base":>8}{"layers ms":>11}{"agree % f32":>13}')
     for variant in profiles:
-        agree = 100 * agreement(args.task, outputs[variant], outputs['ours_f32'])
+        agree = f'{100 * agreements[variant]:.2f}' if variant in agreements else '-'
         print(f'{variant:<14}{hints[variant]:>9}{wall[variant]:>10.2f}{base / wall[variant]:>8.2f}'
-              f'{sum(layer["us"] for layer in profiles[variant]) / 1000:>11.2f}{agree:>13.2f}')
+              f'{sum(layer["us"] for layer in profiles[variant]) / 1000:>11.2f}{agree:>13}')
     print_table('by op type', 'type', profiles)
     print_table('by executed precision', 'precision', profiles)
     print_table('by part of the network', 'part', profiles, limit=20)
+    print_table('exchange units by op type', 'exchange', profiles)
     for variant in (v for v in profiles if v.startswith('int8')):
         stay = float_layers_in_int8(profiles[variant])
         print(f'\n{variant}: {len(stay)} convolution / matmul layers ran in float, '
               f'{sum(layer["us"] for layer in stay) / 1000:.2f} ms:')
         for layer in sorted(stay, key=lambda layer: -layer['us'])[:8]:
             print(f'  {layer["us"] / 1000:7.3f} ms  {layer["kernel"]:<26} {layer["name"][:80]}')
-    if args.json:
-        Path(args.json).write_text(json.dumps({'args': vars(args), 'wall_ms': wall, 'hints': hints,
-                                               'profiles': profiles}, indent=1))
 
 
 if __name__ == '__main__':
