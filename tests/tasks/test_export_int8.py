@@ -3,6 +3,7 @@ tiny HRNet; `run_exported(..., precision_hint=...)` for an int8 IR's float remai
 (`timm_hrnet.export_choice`) with the timer injected, so the choice does not depend on this machine's speed."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,14 @@ def test_auto_with_fewer_calibration_images_than_the_static_batch_is_one_line(
         export_auto(tiny_classifier, tmp_path / 'model.xml', 'openvino', calibration=_calibration(2),
                     input_size=SIZE, dynamic=False, batch_size=4, timer=_timer({}))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_benchmark_says_which_precision_torch_runs_in(capsys: pytest.CaptureFixture) -> None:
+    common = ['benchmark', '--model', 'hrnet_w18_small', '--batch-size', '1', '--img-size', '32', '--steps', '1',
+              '--device', 'cpu']
+    assert main([*common, '--dtype', 'bfloat16', '--fused']) == 0
+    line = capsys.readouterr().out.strip()
+    assert f'; runs in bfloat16 (torch CPU kernels: {torch.backends.cpu.get_cpu_capability()})' in line
+    assert main([*common, '--amp', '--json']) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result['executed_precision'].startswith('bfloat16 convolutions/matmuls, float32 elsewhere (autocast)')
