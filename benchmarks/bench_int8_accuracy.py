@@ -144,7 +144,7 @@ def main() -> None:
                 got = batched(lambda b, run=run: run(b)[0], crops_t, 8)
                 agree = (got.flatten(2).argmax(2) == heatmaps.flatten(2).argmax(2)).float().mean().item() * 100
                 label = f'{fmt}, {hint} remainder' if hint else fmt
-                print(f'  {label:<24}{agree:.1f} % of joints, heatmap rel err {rel(got, heatmaps):.2e}')
+                print(f'  {label:<25}{agree:.1f} % of joints, heatmap rel err {rel(got, heatmaps):.2e}')
 
 
 def _random_pose_checkpoint() -> dict[str, Tensor]:
