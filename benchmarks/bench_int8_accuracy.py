@@ -1,9 +1,9 @@
 """int8 accuracy, measured rather than assumed: an HRNet classifier trained here on a real image dataset that a
 package on the package index ships (scikit-learn's handwritten digits: 1797 8x8 greyscale scans, upsampled to
 64x64 RGB), then exported with `timm_hrnet.export` and run in its runtime; top-1 on the held-out split for
-PyTorch float32, ONNX float32, onnxruntime int8, OpenVINO float32 / bf16 / int8; the relative error of the logits
-and of the `features_only` maps, and the heatmap argmax agreement of a pose model (random weights, on
-scikit-learn's two sample photos) under int8.
+PyTorch float32, ONNX float32, onnxruntime int8, OpenVINO float32 / bf16 / int8 (its float remainder in f32, and in
+bf16); the relative error of the logits and of the `features_only` maps, and the heatmap argmax agreement of a pose
+model (random weights, on scikit-learn's two sample photos) under int8.
 
     python benchmarks/bench_int8_accuracy.py              # about 3 minutes on 2 cores (needs scikit-learn)
 """
