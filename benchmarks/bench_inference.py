@@ -50,6 +50,7 @@ import timm_hrnet  # noqa: F401  (registers our hrnet_* entrypoints in timm)
 from timm_hrnet import HRNetPose, HRNetSeg
 from timm_hrnet.export import export
 from timm_hrnet.fused import optimize_for_inference
+from timm_hrnet.int8 import describe_precisions
 from timm_hrnet.tools.benchmark import DTYPES
 from timm_hrnet.variants import resolve_variant
 
@@ -195,6 +196,7 @@ def runtime_variant(variant: str, reference: nn.Module, ours: nn.Module, dtype_n
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         session = onnxruntime.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
+        print(f'{variant} executes {"int8 (QDQ pairs fused into int8 kernels)" if int8 else "float32"} in onnxruntime')
         return lambda x: torch.from_numpy(session.run(None, {'image': x.numpy()})[0])
     import openvino
     core = openvino.Core()
@@ -207,6 +209,7 @@ def runtime_variant(variant: str, reference: nn.Module, ours: nn.Module, dtype_n
     actual = compiled.get_property('INFERENCE_PRECISION_HINT').to_string()
     if actual != precision:  # a CPU without bf16 instructions runs the bf16 hint in f32
         print(f'{variant}: OpenVINO runs precision {actual} for the requested {precision} on this CPU')
+    print(f'{variant} ({dtype_name}) executes {describe_precisions(compiled)}')
     return lambda x: torch.from_numpy(compiled(x.numpy())[0])
 
 

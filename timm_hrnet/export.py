@@ -205,8 +205,13 @@ def _export_openvino(onnx_path: Path, xml_path: Path, dtype: str, calibration: l
     ov.save_model(ov_model, str(xml_path), compress_to_fp16=dtype == 'float16')
 
 
-def run_exported(path: str | os.PathLike, fmt: str, dtype: str = 'float32') -> Callable[[Tensor], list[Tensor]]:
-    """A function running an exported file in its runtime on the CPU: NCHW float32 tensor in, outputs out."""
+def run_exported(path: str | os.PathLike, fmt: str, dtype: str = 'float32',
+                 precision_hint: str | None = None) -> Callable[[Tensor], list[Tensor]]:
+    """A function running an exported file in its runtime on the CPU: NCHW float32 tensor in, outputs out.
+
+    `precision_hint` (OpenVINO): the precision of what is not int8, instead of the dtype's ('bf16' runs an int8
+    IR's float remainder, the exchange units' adds and resizes, in bf16 on CPUs with bf16: docs/export.md).
+    """
     path = Path(path)
     if fmt == 'onnx':
         ort = _require('onnxruntime')
@@ -215,7 +220,7 @@ def run_exported(path: str | os.PathLike, fmt: str, dtype: str = 'float32') -> C
         return lambda x: [torch.from_numpy(np.asarray(o)).float()
                           for o in session.run(None, {'image': x.numpy().astype(input_dtype)})]
     ov = _require('openvino')
-    config = {'INFERENCE_PRECISION_HINT': _OPENVINO_PRECISION[dtype]}
+    config = {'INFERENCE_PRECISION_HINT': precision_hint or _OPENVINO_PRECISION[dtype]}
     compiled = ov.Core().compile_model(str(path), 'CPU', config)
     return lambda x: [torch.from_numpy(np.asarray(o)).float() for o in compiled(x.numpy()).to_tuple()]
 

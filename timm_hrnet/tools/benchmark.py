@@ -33,6 +33,16 @@ __all__ = ['add_arguments', 'benchmark', 'run']
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
 
+def _executed_precision(device: torch.device, dtype: str, amp: bool) -> str:
+    """What the kernels compute in: autocast runs convolutions and matmuls in the low precision and the rest in
+    float32; on CPU the instruction set torch dispatches to says whether bf16 is native or emulated."""
+    low = 'float16' if device.type == 'cuda' else 'bfloat16'
+    precision = f'{low} convolutions/matmuls, float32 elsewhere (autocast)' if amp else dtype
+    if device.type == 'cpu':
+        return f'{precision} (torch CPU kernels: {torch.backends.cpu.get_cpu_capability()})'
+    return precision
+
+
 def _peak_rss_bytes() -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == 'darwin' else peak * 1024  # Linux reports KiB, macOS bytes
@@ -109,6 +119,7 @@ def benchmark(
         'fused': fused,
         'amp': amp,
         'dtype': dtype,
+        'executed_precision': _executed_precision(device, dtype, amp),
         'steps': steps,
         'images_per_second': steps * batch_size / elapsed,
         'ms_per_batch': 1000 * elapsed / steps,
@@ -150,5 +161,5 @@ def run(args: argparse.Namespace) -> int:
         memory_label = 'CUDA max allocated' if cuda_memory else 'peak RSS growth'
         print(f'{result["model"]} on {result["device"]}, batch {result["batch_size"]}, input {result["input_size"]}: '
               f'{result["images_per_second"]:.1f} images/s, {result["ms_per_batch"]:.2f} ms/batch, '
-              f'{memory_label} {result["peak_memory_mib"]:.1f} MiB')
+              f'{memory_label} {result["peak_memory_mib"]:.1f} MiB; runs in {result["executed_precision"]}')
     return 0

@@ -9,6 +9,7 @@ from torch import nn
 
 from timm_hrnet.classification import UnknownModelError, get_model
 from timm_hrnet.export import DTYPES, FORMATS, ExportError, ExportReport, export
+from timm_hrnet.export_choice import AutoChoice, export_auto
 from timm_hrnet.outputs import check_not_an_input, check_writable
 from timm_hrnet.tasks.pose import create_pose_model
 from timm_hrnet.tasks.segmentation import create_seg_model
@@ -37,7 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--features-only', action='store_true', help='with --model: the multi-scale backbone')
     parser.add_argument('--out', required=True, help='output file (.onnx, or .xml + .bin for openvino)')
     parser.add_argument('--format', choices=FORMATS, default='onnx')
-    parser.add_argument('--dtype', choices=DTYPES, default='float32')
+    parser.add_argument('--dtype', choices=(*DTYPES, 'auto'), default='float32',
+                        help='auto: export each precision, time them here, keep the fastest within the accuracy '
+                             'rule (needs --calibration)')
     parser.add_argument('--calibration', help='int8: a folder of images like the ones the model will see')
     parser.add_argument('--img-size', type=image_size, nargs='+', metavar='SIZE',
                         help='export size: one value (square) or height width; default: the model\'s')
@@ -86,20 +89,37 @@ def run(args: argparse.Namespace) -> int:
     sources = [s for s in (args.pose, args.seg, args.checkpoint, args.calibration) if s and '://' not in s]
     check_not_an_input(args.out, sources)
     check_writable(args.out)  # a read-only or missing folder is found before the export's minutes
+    if args.dtype == 'auto' and args.decode:
+        raise CliError('--dtype auto chooses among plain exports; give --dtype with --decode')
+    if args.dtype == 'auto' and not args.calibration:
+        raise CliError('--dtype auto needs --calibration: a folder of images like the ones the model will see '
+                       '(the int8 candidate is calibrated and every candidate judged on them)')
     model = _model(args)
     size = None if args.img_size is None else (args.img_size * 2)[:2]
+    choice: AutoChoice | None = None
     try:
-        report = export(model, args.out, args.format, dtype=args.dtype, input_size=size, dynamic=not args.static,
-                        batch_size=args.batch_size, calibration=args.calibration, check=not args.no_check,
-                        decode=args.decode, progress=not args.no_progress)
+        if args.dtype == 'auto':
+            choice = export_auto(model, args.out, args.format, input_size=size, dynamic=not args.static,
+                                 batch_size=args.batch_size, calibration=args.calibration, check=not args.no_check,
+                                 progress=not args.no_progress)
+            report = choice.report
+        else:
+            report = export(model, args.out, args.format, dtype=args.dtype, input_size=size, dynamic=not args.static,
+                            batch_size=args.batch_size, calibration=args.calibration, check=not args.no_check,
+                            decode=args.decode, progress=not args.no_progress)
     except ExportError as error:
         raise CliError(str(error)) from error
+    if choice is not None and not args.json:
+        print(f'dtype auto chose {choice.reason}')
     if args.json:
         print_json(json.dumps(dict(
             path=str(report.path), format=report.format, dtype=report.dtype, input_size=list(report.input_size),
             dynamic=report.dynamic, batch_size=report.batch_size, outputs=list(report.outputs),
             checks=[dict(size=list(c.size), max_rel_diff=c.max_rel_diff, agreement=c.agreement)
                     for c in report.checks],
+            **({} if choice is None else {'auto': dict(reason=choice.reason, candidates=[
+                dict(dtype=c.dtype, seconds_per_call=c.seconds_per_call, agreement=c.agreement, accepted=c.accepted)
+                for c in choice.candidates])}),
         ), indent=2))
     else:
         _print(report)
