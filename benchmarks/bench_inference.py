@@ -12,8 +12,9 @@ plain bf16 model's (`timm_eager`, `ours_eager`). FLOPs are counted once with tor
 (convolutions and matmuls, per image); the achieved GFLOP/s is compared with a square matmul of the same dtype
 timed in the same rounds.
 
-`--task pose` / `--task seg` time the task models instead (HRNetPose W32 with 17 COCO joints at 256x192, HRNetSeg
-W48 with 19 Cityscapes classes at 512x1024; random weights, random BatchNorm statistics). timm has no such models,
+`--task pose` / `--task seg` / `--task ocr` time the task models instead (HRNetPose W32 with 17 COCO joints at
+256x192, HRNetSeg W48 and HRNetOCR W48 (OCR widths 512 / 256) with 19 Cityscapes classes at 512x1024; random weights,
+random BatchNorm statistics). timm has no such models,
 so there are no `timm_*` variants: the deployer's baseline (`x OV`) is OpenVINO on a plain `torch.onnx.export` of
 the unfused task model (`openvino_plain_export`), and `diff` compares with that model run eagerly in float32.
 
@@ -21,6 +22,7 @@ the unfused task model (`openvino_plain_export`), and `diff` compares with that 
     python benchmarks/bench_inference.py                          # CPU bf16 + fp32, hrnet_w18 + hrnet_w48, batch 1, 8
     python benchmarks/bench_inference.py --task pose              # pose W32 256x192, CPU bf16 + fp32, batch 1, 8
     python benchmarks/bench_inference.py --task seg               # seg W48 512x1024 (--img-size H W to change)
+    python benchmarks/bench_inference.py --task ocr               # HRNet-W48 + OCR 512x1024
     python benchmarks/bench_inference.py --device cuda            # CUDA bf16, batch 1 and 256 (see run_cuda.sh)
 """
 from __future__ import annotations
@@ -47,7 +49,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import timm_hrnet  # noqa: F401  (registers our hrnet_* entrypoints in timm)
-from timm_hrnet import HRNetPose, HRNetSeg
+from timm_hrnet import HRNetOCR, HRNetPose, HRNetSeg
 from timm_hrnet.export import export
 from timm_hrnet.fused import optimize_for_inference
 from timm_hrnet.int8 import describe_precisions
@@ -63,13 +65,15 @@ VARIANTS = (
     'openvino_timm_export', 'openvino_plain_export', 'openvino_ours', 'openvino_ours_int8',
     'openvino_timm_export_static', 'openvino_plain_export_static', 'openvino_ours_static', 'openvino_ours_int8_static',
 )
-TASKS = ('classify', 'pose', 'seg')
+TASKS = ('classify', 'pose', 'seg', 'ocr')
 # per task: the variants that apply (timm has no pose/seg HRNet, so tasks compare with a plain ONNX export of the
 # unfused model instead), the default models and input size (height, width)
 TASK_VARIANTS = {'classify': tuple(v for v in VARIANTS if 'plain_export' not in v)}
-TASK_VARIANTS['pose'] = TASK_VARIANTS['seg'] = tuple(v for v in VARIANTS if 'timm' not in v and 'padded' not in v)
-TASK_MODELS = {'classify': ['hrnet_w18', 'hrnet_w48'], 'pose': ['hrnet_w32'], 'seg': ['hrnet_w48']}
-TASK_IMG_SIZE = {'classify': (224, 224), 'pose': (256, 192), 'seg': (512, 1024)}
+TASK_VARIANTS['pose'] = TASK_VARIANTS['seg'] = TASK_VARIANTS['ocr'] = tuple(
+    v for v in VARIANTS if 'timm' not in v and 'padded' not in v)
+TASK_MODELS = {'classify': ['hrnet_w18', 'hrnet_w48'], 'pose': ['hrnet_w32'], 'seg': ['hrnet_w48'],
+               'ocr': ['hrnet_w48']}
+TASK_IMG_SIZE = {'classify': (224, 224), 'pose': (256, 192), 'seg': (512, 1024), 'ocr': (512, 1024)}
 # deployment runtimes on CPU, run on exported files (skipped with a note when the runtime is not installed):
 # onnxruntime in float32 only (it has no bf16 convolutions on CPU), OpenVINO in the case's dtype (bf16 as its
 # precision hint), int8 from random calibration inputs (speed only; accuracy: benchmarks/bench_int8_accuracy.py);
@@ -78,7 +82,8 @@ TASK_IMG_SIZE = {'classify': (224, 224), 'pose': (256, 192), 'seg': (512, 1024)}
 RUNTIME_VARIANTS = tuple(v for v in VARIANTS if v.startswith(('ort_', 'openvino_')))
 RUNTIME_MODULE = {'ort': 'onnxruntime', 'openvino': 'openvino'}
 # what a deployer would pick: OpenVINO on the built-in's ONNX export, or on the unfused task model's
-DEPLOY_BASELINE = {'classify': 'openvino_timm_export', 'pose': 'openvino_plain_export', 'seg': 'openvino_plain_export'}
+DEPLOY_BASELINE = {'classify': 'openvino_timm_export', 'pose': 'openvino_plain_export', 'seg': 'openvino_plain_export',
+                   'ocr': 'openvino_plain_export'}
 CUDA_ONLY = tuple(v for v in VARIANTS if v.endswith(('cudagraph', 'cudagraphs')))
 BASELINES = ('timm_compile', 'timm_compile_cudagraphs')  # the built-in's compiled modes; the fastest is the baseline
 
@@ -106,7 +111,8 @@ class Result:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--task', choices=TASKS, default='classify',
-                        help='classifiers (vs timm\'s built-in), pose (HRNetPose, COCO) or seg (HRNetSeg, Cityscapes)')
+                        help='classifiers (vs timm\'s built-in), pose (HRNetPose, COCO), seg (HRNetSeg, Cityscapes) '
+                             'or ocr (HRNetOCR, Cityscapes)')
     parser.add_argument('--models', nargs='+',
                         help='default: hrnet_w18 hrnet_w48 (classify), hrnet_w32 (pose), hrnet_w48 (seg)')
     parser.add_argument('--batch-sizes', nargs='+', type=int, help='default: 1 8 on CPU, 1 256 on CUDA')
@@ -256,6 +262,8 @@ def build_models(task: str, name: str) -> tuple[nn.Module, nn.Module]:
     spec = resolve_variant(name)
     if task == 'pose':
         model: nn.Module = HRNetPose(replace(spec, multi_scale_output=False), num_joints=17)
+    elif task == 'ocr':  # the official HRNetV2-W48 + OCR (OCR widths 512 / 256)
+        model = HRNetOCR(replace(spec, upsample='bilinear'), num_classes=19)
     else:
         model = HRNetSeg(replace(spec, upsample='bilinear'), num_classes=19)
     model = randomize_batchnorm(model).eval()

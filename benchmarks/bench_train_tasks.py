@@ -1,8 +1,10 @@
-"""Training step cost of the task models: steps/s and peak step memory of HRNet-W32 pose at 256x192 and HRNetV2-W48
-segmentation at 512x1024 crops, without and with gradient checkpointing (full and selective recomputation).
+"""Training step cost of the task models: steps/s and peak step memory of HRNet-W32 pose at 256x192, HRNetV2-W48
+segmentation and HRNetV2-W48 + OCR at 512x1024 crops, without and with gradient checkpointing (full and selective
+recomputation).
 
 A step is what `timm_hrnet.tasks.training` runs per batch: forward, the task loss (JointsMSELoss on Gaussian-like
-targets with joint weights; cross-entropy ignoring 255, logits upsampled to the labels), backward and the recipe's
+targets with joint weights; cross-entropy ignoring 255, logits upsampled to the labels; OCR: the OCR logits' loss plus
+0.4 x the auxiliary logits', as train-seg --head ocr), backward and the recipe's
 optimizer step (Adam for pose, SGD with momentum and weight decay for segmentation). Data loading is left out
 (random batches made once). Variants are timed in interleaved rounds after a warm-up step (median reported), in one
 process, all with the same weights.
@@ -13,6 +15,7 @@ sum of the profiler's memory events (as benchmarks/bench_train_memory.py).
 
     python benchmarks/bench_train_tasks.py                          # CPU, batch 2, both tasks, 2 timed rounds
     python benchmarks/bench_train_tasks.py --tasks pose --rounds 5
+    python benchmarks/bench_train_tasks.py --tasks seg ocr --modes none   # the cost of the OCR head
     python benchmarks/bench_train_tasks.py --device cuda --amp --batch-size 8 --rounds 10
 """
 from __future__ import annotations
@@ -29,7 +32,7 @@ from bench_train_memory import median_seconds, peak_step_bytes  # the same measu
 from torch import Tensor, nn
 
 from timm_hrnet.tasks.pose import HRNetPose
-from timm_hrnet.tasks.segmentation import HRNetSeg
+from timm_hrnet.tasks.segmentation import HRNetOCR, HRNetSeg
 from timm_hrnet.tasks.training.losses import JointsMSELoss, SegCrossEntropy
 from timm_hrnet.variants import resolve_variant
 
@@ -38,7 +41,9 @@ TASKS = {
     # task: (variant, input (height, width), what)
     'pose': ('hrnet_w32', (256, 192), 'HRNet-W32 pose, 17 joints'),
     'seg': ('hrnet_w48', (512, 1024), 'HRNetV2-W48 segmentation, 19 classes'),
+    'ocr': ('hrnet_w48', (512, 1024), 'HRNetV2-W48 + OCR segmentation, 19 classes'),
 }
+AUX_WEIGHT = 0.4  # the official OCR recipe's auxiliary loss weight
 
 
 def parse_args() -> argparse.Namespace:
@@ -66,8 +71,15 @@ def build(task: str) -> tuple[nn.Module, Callable[[nn.Module, dict[str, Tensor]]
         model: nn.Module = HRNetPose(dataclasses.replace(spec, multi_scale_output=False), 17)
         criterion = JointsMSELoss()
         return model, lambda m, b: criterion(m(b['image']), b['target'], b['target_weight']), 'adam'
-    model = HRNetSeg(dataclasses.replace(spec, upsample='bilinear'), 19)
     seg_loss = SegCrossEntropy()
+    if task == 'ocr':
+        model = HRNetOCR(dataclasses.replace(spec, upsample='bilinear'), 19)
+
+        def ocr_loss(m: nn.Module, b: dict[str, Tensor]) -> Tensor:
+            logits, aux = m(b['image'], aux=True)
+            return seg_loss(logits, b['label']) + AUX_WEIGHT * seg_loss(aux, b['label'])
+        return model, ocr_loss, 'sgd'
+    model = HRNetSeg(dataclasses.replace(spec, upsample='bilinear'), 19)
     return model, lambda m, b: seg_loss(m(b['image']), b['label']), 'sgd'
 
 
