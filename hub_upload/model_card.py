@@ -544,7 +544,7 @@ def _download_lines(repo_id: str, with_config: bool = False) -> tuple[str, str, 
 
 
 def _pose_usage(repo_id: str, config: Mapping[str, Any]) -> str:
-    codec = config.get('codec', config.get('decoding', 'official'))
+    codec = config.get('codec', 'official')
     python_download, shell_download, local = _download_lines(repo_id, with_config=codec != 'official')
     channels, height, width = config['input_size']
     joints = config['num_joints']

@@ -19,7 +19,7 @@ import timm.models._factory
 from timm.models import register_model
 from torch import nn
 
-from .checkpoints import read_checkpoint_object
+from .checkpoints import one_line, read_checkpoint_object
 from .timm_compat import registry_tables
 
 __all__ = ['register_hrnet', 'unregister_model', 'wrap_timm_checkpoint_loading']
@@ -55,12 +55,6 @@ def _is_ours(model: nn.Module) -> bool:
     return type(model).__module__.startswith('timm_hrnet') or str(cfg.get('architecture', '')).startswith('hrnet')
 
 
-def _one_line(error: BaseException, limit: int = 600) -> str:
-    text = ' '.join(str(error).split())
-    text = f'{type(error).__name__}: {text}' if text else type(error).__name__
-    return text if len(text) <= limit else text[:limit - 3] + '...'
-
-
 def wrap_timm_checkpoint_loading() -> None:
     """Make `create_model(..., checkpoint_path=...)` failures on our models one line naming the file; a timm
     release without `_factory.load_checkpoint` keeps timm's behaviour."""
@@ -78,7 +72,7 @@ def wrap_timm_checkpoint_loading() -> None:
             read_checkpoint_object(checkpoint_path)  # the file itself unreadable: our reader's line names it
             architecture = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture', type(model).__name__)
             raise ValueError(f"checkpoint_path '{checkpoint_path}' does not load into {architecture}: "
-                             f'{_one_line(error)}') from error
+                             f'{type(error).__name__}: {one_line(error, limit=600)}') from error
 
     load_checkpoint._timm_hrnet_wrapped = True  # type: ignore[attr-defined]
     timm.models._factory.load_checkpoint = load_checkpoint

@@ -347,8 +347,7 @@ def test_exported_config_beside_the_weights(tiny_checkpoint: dict, tmp_path: Pat
     (folder / 'config.json').write_text(json.dumps(dict(config, num_joints=5)))
     with pytest.raises(ValueError, match='config.json describes 5 joints, .*model.safetensors.* has 17'):
         create_pose_model(folder / 'model.safetensors')
-    (folder / 'config.json').write_text(json.dumps({k: v for k, v in config.items() if k != 'codec'}
-                                                   | dict(decoding='mmpose')))  # as written before codecs
+    (folder / 'config.json').write_text(json.dumps(dict(config, codec='mmpose')))
     assert create_pose_model(folder / 'model.safetensors').codec.spec == 'mmpose'
     (folder / 'config.json').write_text(json.dumps(dict(config, codec='dark:4')))
     with pytest.raises(ValueError, match="config.json: codec: the blur kernel size must be a positive odd integer"):

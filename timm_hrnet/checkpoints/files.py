@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import pickle
 import re
@@ -13,7 +14,7 @@ import safetensors.torch
 import torch
 from timm.models import clean_state_dict
 
-__all__ = ['PICKLE_SUFFIXES', 'read_checkpoint_object', 'unwrap_state_dict', 'load_checkpoint_file']
+__all__ = ['PICKLE_SUFFIXES', 'one_line', 'read_checkpoint_object', 'unwrap_state_dict', 'load_checkpoint_file']
 
 PICKLE_SUFFIXES = ('.pth', '.pt', '.bin', '.ckpt', '.tar')
 # wrapper keys of training checkpoints, most preferred first (EMA weights first, as timm's load_checkpoint does)
@@ -31,6 +32,7 @@ class TrainingStatePlaceholder:
         self.state = state
 
 
+@functools.cache
 def _plain_data_globals() -> list[Any]:
     """What a weights-only load may reconstruct besides tensors: timm's argparse.Namespace; numpy arrays, dtypes and
     scalars (mmengine's Runner keeps the dataset's metainfo in meta['dataset_meta'] as numpy arrays), by numpy's own
@@ -57,7 +59,7 @@ def read_checkpoint_object(path: str | os.PathLike) -> Any:
         try:
             return safetensors.torch.load_file(path, device='cpu')
         except Exception as e:  # safetensors raises its own SafetensorError for corrupt headers
-            raise ValueError(f"'{path}' is not a readable safetensors file: {_one_line(e)}") from e
+            raise ValueError(f"'{path}' is not a readable safetensors file: {one_line(e)}") from e
     if path.suffix not in PICKLE_SUFFIXES:
         raise ValueError(
             f"unsupported checkpoint extension '{path.suffix}' for '{path}'; expected .safetensors or one of "
@@ -72,7 +74,7 @@ def read_checkpoint_object(path: str | os.PathLike) -> Any:
             unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
         except Exception as not_torch:  # noqa: BLE001 - garbage fails in any of the unpickler's ways
             if not stopped_at:
-                raise ValueError(f"'{path}' is not a readable PyTorch checkpoint: {_one_line(not_torch)}") from e
+                raise ValueError(f"'{path}' is not a readable PyTorch checkpoint: {one_line(not_torch)}") from e
             unsafe = stopped_at
         allowed = {g[1] if isinstance(g, tuple) else f'{g.__module__}.{g.__qualname__}' for g in _plain_data_globals()}
         unsafe = [name for name in unsafe if name not in allowed] or unsafe  # else: misused, e.g. called
@@ -82,10 +84,10 @@ def read_checkpoint_object(path: str | os.PathLike) -> Any:
             f"with weights_only=False yourself, then save their state dict as .safetensors"
         ) from e
     except Exception as e:  # noqa: BLE001 - truncated or garbage files raise KeyError, IndexError, EOFError, ...
-        raise ValueError(f"'{path}' is not a readable PyTorch checkpoint: {_one_line(e)}") from e
+        raise ValueError(f"'{path}' is not a readable PyTorch checkpoint: {one_line(e)}") from e
 
 
-def _one_line(error: BaseException, limit: int = 300) -> str:
+def one_line(error: BaseException, limit: int = 300) -> str:
     """A loader's message (torch's run over several lines, a KeyError's is just the key) as one short line."""
     text = ' '.join(str(error).split())
     text = f'{type(error).__name__}: {text}' if isinstance(error, (KeyError, IndexError)) or not text else text

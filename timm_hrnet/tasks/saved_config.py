@@ -89,8 +89,7 @@ def _size(value: Any, length: int, where: str) -> tuple[int, ...]:
 
 def _pose_fields(data: Mapping[str, Any], where: str) -> dict[str, Any]:
     """Input size (`input_size_hw`, else `input_size` [C, H, W]), keypoint set (`keypoint_set`, else the built-in
-    set `keypoints` names) and heatmap codec (`codec`, or `decoding` as configs before codecs named it) of a pose
-    config; a set with another joint count is an error."""
+    set `keypoints` names) and heatmap codec (`codec`) of a pose config; a set with another joint count is an error."""
     size = None
     if data.get('input_size_hw') is not None:
         size = _size(data['input_size_hw'], 2, f'{where}: input_size_hw')
@@ -111,10 +110,9 @@ def _pose_fields(data: Mapping[str, Any], where: str) -> dict[str, Any]:
         keypoints = KEYPOINT_SETS.get(data['keypoints']) if isinstance(data.get('keypoints'), str) else None
         if keypoints is not None and joints is not None and keypoints.num_joints != joints:
             keypoints = None  # a name only, of no built-in set of this size
-    key = 'codec' if data.get('codec') is not None else 'decoding'
-    codec = data.get(key)
+    codec = data.get('codec')
     if codec is not None:
-        codec = parse_codec(codec, f'{where}: {key}').spec
+        codec = parse_codec(codec, f'{where}: codec').spec
     return dict(input_size=(size[0], size[1]) if size else None, keypoints=keypoints, codec=codec)
 
 
