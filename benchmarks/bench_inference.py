@@ -50,7 +50,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import timm_hrnet  # noqa: F401  (registers our hrnet_* entrypoints in timm)
 from timm_hrnet import HRNetOCR, HRNetPose, HRNetSeg
-from timm_hrnet.export import export
+from timm_hrnet.export import compile_openvino, export
 from timm_hrnet.fused import optimize_for_inference
 from timm_hrnet.int8 import describe_precisions
 from timm_hrnet.tools.benchmark import DTYPES
@@ -59,6 +59,7 @@ from timm_hrnet.variants import resolve_variant
 VARIANTS = (
     'timm_eager', 'timm_channels_last', 'timm_compile', 'timm_compile_cudagraphs',
     'ours_eager', 'ours_fused', 'ours_fused_channels_last', 'ours_fused_compile',
+    'ours_fused_compile_max_autotune', 'ours_fused_onednn_graph',
     'ours_fused_cudagraph', 'ours_fused_compile_cudagraphs',
     'ours_padded_channels_last', 'ours_padded_compile', 'ours_padded_cudagraph',
     'ort_timm_export', 'ort_plain_export', 'ort_ours', 'ort_ours_int8',
@@ -150,10 +151,11 @@ def parse_args() -> argparse.Namespace:
         args.models = args.models[:1]
         args.batch_sizes = args.batch_sizes or [64 if on_cuda else 8]
         args.rounds, args.iters, args.warmup = 2, 1, 1
-        args.variants = args.variants or [v for v in cpu_default if 'compile' not in v]
+        args.variants = args.variants or [v for v in cpu_default if 'compile' not in v and 'onednn' not in v]
     args.batch_sizes = args.batch_sizes or ([1, 256] if on_cuda else [1, 8])
     args.dtypes = args.dtypes or (['bfloat16'] if on_cuda else ['bfloat16', 'float32'])
-    args.variants = args.variants or list(applicable if on_cuda else cpu_default)
+    # oneDNN Graph is a CPU fuser
+    args.variants = args.variants or list([v for v in applicable if 'onednn' not in v] if on_cuda else cpu_default)
     missing = {v for v in args.variants if v in RUNTIME_VARIANTS and not _installed(RUNTIME_MODULE[v.split('_')[0]])}
     if missing:
         print(f'skipped (runtime not installed): {", ".join(sorted(missing))}')
@@ -210,8 +212,7 @@ def runtime_variant(variant: str, reference: nn.Module, ours: nn.Module, dtype_n
     if static and ov_model.inputs[0].get_partial_shape().is_dynamic:
         ov_model.reshape([batch_size, 3, *img_size])
     precision = 'bf16' if dtype_name == 'bfloat16' else 'f32'
-    compiled = core.compile_model(ov_model, 'CPU', {
-        'INFERENCE_PRECISION_HINT': precision, 'INFERENCE_NUM_THREADS': threads})
+    compiled = compile_openvino(ov_model, {'INFERENCE_PRECISION_HINT': precision, 'INFERENCE_NUM_THREADS': threads})
     actual = compiled.get_property('INFERENCE_PRECISION_HINT').to_string()
     if actual != precision:  # a CPU without bf16 instructions runs the bf16 hint in f32
         print(f'{variant}: OpenVINO runs precision {actual} for the requested {precision} on this CPU')
@@ -291,6 +292,13 @@ def build_variants(
     def compiled(model: nn.Module, mode: str | None = None) -> Callable[[Tensor], Tensor]:
         return torch.compile(model, dynamic=False, mode=mode)
 
+    def onednn_graph(model: nn.Module) -> Callable[[Tensor], Tensor]:
+        """TorchScript's oneDNN Graph (LLGA) fuser on a traced, frozen model: torch's fusion outside inductor."""
+        torch.jit.enable_onednn_fusion(True)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            return torch.jit.freeze(torch.jit.trace(model.eval(), example.to(memory_format=torch.channels_last)))
+
     builders: dict[str, Callable[[], tuple[Callable[[Tensor], Tensor], bool]]] = {
         'timm_eager': lambda: (prepared(copy.deepcopy(reference), False), False),
         'timm_channels_last': lambda: (prepared(copy.deepcopy(reference), True), True),
@@ -301,6 +309,8 @@ def build_variants(
         'ours_fused': lambda: (fused(False), False),
         'ours_fused_channels_last': lambda: (fused(True), True),
         'ours_fused_compile': lambda: (compiled(fused(True)), True),
+        'ours_fused_compile_max_autotune': lambda: (compiled(fused(True), 'max-autotune'), True),
+        'ours_fused_onednn_graph': lambda: (onednn_graph(fused(True)), True),
         'ours_fused_cudagraph': lambda: (cuda_graphed(fused(True), example), True),
         'ours_fused_compile_cudagraphs': lambda: (compiled(fused(True), 'reduce-overhead'), True),
         'ours_padded_channels_last': lambda: (fused(True, padded=True), True),

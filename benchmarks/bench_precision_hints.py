@@ -16,7 +16,7 @@ import torch
 from bench_common import machine_line, randomize_batchnorm
 
 import timm_hrnet  # noqa: F401  (registers our hrnet_* entrypoints in timm)
-from timm_hrnet.export import export
+from timm_hrnet.export import compile_openvino, export
 
 
 def main() -> None:
@@ -27,11 +27,9 @@ def main() -> None:
     parser.add_argument('--rounds', type=int, default=7)
     parser.add_argument('--threads', type=int, default=torch.get_num_threads())
     args = parser.parse_args()
-    import openvino
     print(f'{args.model} {args.img_size}x{args.img_size}, batch {args.batch_size}; {machine_line(torch.device("cpu"))}')
     model = randomize_batchnorm(timm.create_model(args.model)).eval()
     shape = (args.batch_size, 3, args.img_size, args.img_size)
-    core = openvino.Core()
     requests = {}
     with tempfile.TemporaryDirectory() as work:
         common = dict(input_size=shape[2:], dynamic=False, batch_size=args.batch_size, check=False)
@@ -40,7 +38,7 @@ def main() -> None:
                          calibration=[torch.randn(shape) for _ in range(max(1, 8 // args.batch_size))]).path
         for name, path, hint in (('f32', float_ir, 'f32'), ('bf16', float_ir, 'bf16'), ('int8', int8_ir, 'f32')):
             for perf_count in (False, True):
-                compiled = core.compile_model(str(path), 'CPU', {
+                compiled = compile_openvino(path, {
                     'INFERENCE_PRECISION_HINT': hint, 'PERF_COUNT': perf_count, 'INFERENCE_NUM_THREADS': args.threads})
                 requests[f'{name}{" PERF_COUNT" if perf_count else ""}'] = compiled.create_infer_request()
     x = torch.randn(shape).numpy()

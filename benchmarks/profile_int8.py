@@ -38,7 +38,7 @@ from bench_common import machine_line
 from bench_inference import TASK_IMG_SIZE, TASK_MODELS, build_models
 
 import timm_hrnet  # noqa: F401  (registers our hrnet_* entrypoints in timm)
-from timm_hrnet.export import export
+from timm_hrnet.export import compile_openvino, export
 
 
 def layer_part(name: str) -> str:
@@ -98,8 +98,8 @@ def profile(irs: dict[str, tuple[Path, str]], batch_size: int, img_size: tuple[i
         model = core.read_model(str(path))
         if model.inputs[0].get_partial_shape().is_dynamic:
             model.reshape([batch_size, 3, *img_size])
-        compiled = core.compile_model(model, 'CPU', {'PERF_COUNT': True, 'INFERENCE_PRECISION_HINT': hint,
-                                                     'INFERENCE_NUM_THREADS': threads})
+        compiled = compile_openvino(model, {'PERF_COUNT': True, 'INFERENCE_PRECISION_HINT': hint,
+                                            'INFERENCE_NUM_THREADS': threads})
         hints[variant] = compiled.get_property('INFERENCE_PRECISION_HINT').to_string()
         requests[variant] = compiled.create_infer_request()
         for _ in range(2):

@@ -27,8 +27,10 @@ from tqdm import tqdm
 from .fused import is_inference_optimized, optimize_for_inference
 from .images import UnreadableImageError, image_to_tensor, list_images, open_image
 from .outputs import check_writable, temporary_folder
+from .signal_stack import keep_signal_stack
 
-__all__ = ['FORMATS', 'DTYPES', 'ExportError', 'ExportCheck', 'ExportReport', 'export', 'run_exported']
+__all__ = ['FORMATS', 'DTYPES', 'ExportError', 'ExportCheck', 'ExportReport', 'compile_openvino', 'export',
+           'run_exported']
 
 FORMATS = ('onnx', 'openvino')
 DTYPES = ('float32', 'float16', 'bfloat16', 'int8')
@@ -76,7 +78,8 @@ class ExportReport:
         return max((c.max_rel_diff for c in self.checks), default=float('nan'))
 
 
-def _require(name: str) -> Any:
+def require_runtime(name: str) -> Any:
+    """The runtime module `name`, or an ExportError saying which extra installs it."""
     module, install = _INSTALL[name]
     try:
         return importlib.import_module(module)
@@ -84,7 +87,8 @@ def _require(name: str) -> Any:
         raise ExportError(f'{name} is not installed: {install}') from error
 
 
-def _input_size(model: nn.Module, input_size: Sequence[int] | None) -> tuple[int, int]:
+def export_input_size(model: nn.Module, input_size: Sequence[int] | None) -> tuple[int, int]:
+    """(height, width) an export traces at: the given size, else the model's task or pretrained size, else 512x1024."""
     if input_size is not None:
         return int(input_size[-2]), int(input_size[-1])
     task_size = getattr(model, 'input_size', None)  # pose models: (height, width)
@@ -130,7 +134,7 @@ def calibration_inputs(model: nn.Module, folder: str | os.PathLike, size: tuple[
     return inputs
 
 
-def _batched(inputs: list[Tensor], batch_size: int) -> list[Tensor]:
+def calibration_batches(inputs: list[Tensor], batch_size: int) -> list[Tensor]:
     """Calibration inputs regrouped into batches of a static export's batch size (a remainder is dropped)."""
     samples = [sample for x in inputs for sample in x.split(1)]
     if len(samples) < batch_size:
@@ -176,7 +180,7 @@ def _export_onnx(model: nn.Module, example: Tensor, path: Path, names: tuple[str
 
 def _quantize_onnx(source: Path, target: Path, calibration: list[Tensor], progress: bool) -> None:
     """Static QDQ int8 with onnxruntime (per-channel weights, as its x86 kernels prefer)."""
-    _require('onnxruntime')
+    require_runtime('onnxruntime')
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -196,13 +200,24 @@ def _quantize_onnx(source: Path, target: Path, calibration: list[Tensor], progre
 
 
 def _export_openvino(onnx_path: Path, xml_path: Path, dtype: str, calibration: list[Tensor] | None) -> None:
-    ov = _require('openvino')
+    ov = require_runtime('openvino')
     ov_model = ov.convert_model(str(onnx_path))
     if dtype == 'int8':
-        nncf = _require('nncf')
-        ov_model = nncf.quantize(ov_model, nncf.Dataset(calibration, lambda x: x.numpy()),
-                                 subset_size=len(calibration))
+        nncf = require_runtime('nncf')
+        with keep_signal_stack():  # NNCF compiles the model to collect its statistics
+            ov_model = nncf.quantize(ov_model, nncf.Dataset(calibration, lambda x: x.numpy()),
+                                     subset_size=len(calibration))
     ov.save_model(ov_model, str(xml_path), compress_to_fp16=dtype == 'float16')
+
+
+def compile_openvino(model: Any, config: dict[str, Any] | None = None) -> Any:
+    """`openvino.Core().compile_model(model, 'CPU', config)` (an IR path or an `openvino.Model`), leaving the calling
+    thread's alternate signal stack as it was: without that, two compiled models freed first-in, first-out leave it
+    unmapped and the next handled signal crashes the process (timm_hrnet/signal_stack.py)."""
+    ov = require_runtime('openvino')
+    source = str(model) if isinstance(model, (str, os.PathLike)) else model
+    with keep_signal_stack():
+        return ov.Core().compile_model(source, 'CPU', config or {})
 
 
 def run_exported(path: str | os.PathLike, fmt: str, dtype: str = 'float32',
@@ -214,14 +229,12 @@ def run_exported(path: str | os.PathLike, fmt: str, dtype: str = 'float32',
     """
     path = Path(path)
     if fmt == 'onnx':
-        ort = _require('onnxruntime')
+        ort = require_runtime('onnxruntime')
         session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
         input_dtype = np.float16 if dtype == 'float16' else np.float32
         return lambda x: [torch.from_numpy(np.asarray(o)).float()
                           for o in session.run(None, {'image': x.numpy().astype(input_dtype)})]
-    ov = _require('openvino')
-    config = {'INFERENCE_PRECISION_HINT': precision_hint or _OPENVINO_PRECISION[dtype]}
-    compiled = ov.Core().compile_model(str(path), 'CPU', config)
+    compiled = compile_openvino(path, {'INFERENCE_PRECISION_HINT': precision_hint or _OPENVINO_PRECISION[dtype]})
     return lambda x: [torch.from_numpy(np.asarray(o)).float() for o in compiled(x.numpy()).to_tuple()]
 
 
@@ -302,13 +315,13 @@ def export(
                           'a dynamic one runs any batch')
     if decode and not hasattr(model, 'forward_keypoints'):
         raise ExportError('decode=True exports the keypoints of a pose model; this model has no heatmap decoding')
-    _require('onnx')  # both formats go through ONNX
+    require_runtime('onnx')  # both formats go through ONNX
     if format == 'openvino':
-        _require('openvino')
+        require_runtime('openvino')
     if dtype == 'int8':
-        _require('onnxruntime' if format == 'onnx' else 'nncf')
+        require_runtime('onnxruntime' if format == 'onnx' else 'nncf')
     if check and format == 'onnx':
-        _require('onnxruntime')
+        require_runtime('onnxruntime')
 
     target = Path(path)
     if format == 'onnx' and target.suffix != '.onnx':
@@ -323,14 +336,14 @@ def export(
     fused = reference if is_inference_optimized(reference) else optimize_for_inference(reference)
     if decode:
         reference, fused = _DecodedPose(reference), _DecodedPose(fused)
-    size = _input_size(model, input_size)
+    size = export_input_size(model, input_size)
     channels = _in_chans(model)
     pose = getattr(model, 'num_joints', None) is not None and not decode
     calibration_data: list[Tensor] | None = None
     if dtype == 'int8':
         calibration_data = (calibration_inputs(model, calibration, size, progress=progress)
                             if isinstance(calibration, (str, os.PathLike)) else [t.float() for t in calibration])
-        calibration_data = _batched(calibration_data, batch_size)
+        calibration_data = calibration_batches(calibration_data, batch_size)
     half_graph = format == 'onnx' and dtype == 'float16'
     example = torch.randn(batch_size, channels, *size)
     with torch.no_grad():

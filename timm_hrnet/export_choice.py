@@ -24,11 +24,11 @@ from torch import Tensor, nn
 from .export import (
     ExportError,
     ExportReport,
-    _batched,
-    _input_size,
-    _require,
+    calibration_batches,
     calibration_inputs,
     export,
+    export_input_size,
+    require_runtime,
     run_exported,
 )
 from .outputs import check_writable, temporary_folder
@@ -57,7 +57,7 @@ def candidate_dtypes(fmt: str) -> list[str]:
     """float32, bfloat16 where OpenVINO runs it natively on this CPU, and int8."""
     if fmt == 'onnx':
         return ['float32', 'int8']
-    ov = _require('openvino')
+    ov = require_runtime('openvino')
     native_bf16 = 'BF16' in ov.Core().get_property('CPU', 'OPTIMIZATION_CAPABILITIES')
     return ['float32', *(['bfloat16'] if native_bf16 else []), 'int8']
 
@@ -108,10 +108,11 @@ def export_auto(
     target = Path(path)
     check_writable(target)
     if isinstance(calibration, (str, os.PathLike)):
-        inputs = calibration_inputs(model, calibration, _input_size(model, input_size), progress=progress)
+        inputs = calibration_inputs(model, calibration, export_input_size(model, input_size), progress=progress)
     else:
         inputs = [t.float() for t in calibration]
-    batches = _batched(inputs, batch_size if not dynamic else 1)  # a set smaller than the static batch: one line
+    # a set smaller than the static batch: one line
+    batches = calibration_batches(inputs, batch_size if not dynamic else 1)
     pose = getattr(model, 'num_joints', None) is not None
     suffix = '.onnx' if format == 'onnx' else '.xml'
     with temporary_folder(target) as work:

@@ -124,7 +124,9 @@ def test_crop_geometry_equals_mmposes_warp_matrix(index: int) -> None:
             assert close == same
 
 
-_DECODING_TOLERANCE = {'dark': 1e-5, 'dark0': 1e-5, 'udp': 1e-3, 'udp0': 1e-4}
+# The UDP rules solve near-singular Hessians on these border peaks, which magnify float32 rounding that differs
+# between CPUs (udp0_k5: within 1e-4 on an AVX-512 Xeon, 1.8e-4 off on AMD Zen 4); the rules differ by more than 10 px.
+_DECODING_TOLERANCE = {'dark': 1e-5, 'dark0': 1e-5, 'udp': 1e-3, 'udp0': 1e-3}
 
 
 @pytest.mark.parametrize('key', ['dark_k3', 'dark_k5', 'dark_k11', 'dark0_k3', 'dark0_k5', 'dark0_k11', 'udp_k3',
