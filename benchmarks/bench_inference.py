@@ -292,14 +292,23 @@ def build_variants(
     def compiled(model: nn.Module, mode: str | None = None) -> Callable[[Tensor], Tensor]:
         return torch.compile(model, dynamic=False, mode=mode)
 
-    def onednn_graph(model: nn.Module) -> Callable[[Tensor], Tensor]:
-        """TorchScript's oneDNN Graph (LLGA) fuser on a traced, frozen model: torch's fusion outside inductor."""
+    def onednn_graph(model: nn.Module) -> Callable[[Tensor], Tensor] | None:
+        """TorchScript's oneDNN Graph (LLGA) fuser on a traced, frozen model: torch's fusion outside inductor.
+        None, with the fuser's error printed, where it fails on this model and dtype."""
         torch.jit.enable_onednn_fusion(True)
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            return torch.jit.freeze(torch.jit.trace(model.eval(), example.to(memory_format=torch.channels_last)))
+        channels_last = example.to(memory_format=torch.channels_last)
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter('ignore')
+                scripted = torch.jit.freeze(torch.jit.trace(model.eval(), channels_last))
+                for _ in range(2):  # the fuser compiles on the first calls
+                    scripted(channels_last)
+        except RuntimeError as error:
+            print(f'ours_fused_onednn_graph ({dtype}): the oneDNN Graph fuser failed: {error}')
+            return None
+        return scripted
 
-    builders: dict[str, Callable[[], tuple[Callable[[Tensor], Tensor], bool]]] = {
+    builders: dict[str, Callable[[], tuple[Callable[[Tensor], Tensor] | None, bool]]] = {
         'timm_eager': lambda: (prepared(copy.deepcopy(reference), False), False),
         'timm_channels_last': lambda: (prepared(copy.deepcopy(reference), True), True),
         'timm_compile': lambda: (compiled(prepared(copy.deepcopy(reference), True)), True),
@@ -327,7 +336,8 @@ def build_variants(
                 built[variant] = (run, 'float32')
         else:
             model, channels_last = builders[variant]()
-            built[variant] = (model, 'channels_last' if channels_last else 'nchw')
+            if model is not None:
+                built[variant] = (model, 'channels_last' if channels_last else 'nchw')
     return built, reference.to(device)
 
 
