@@ -18,13 +18,7 @@ from timm_hrnet.tools.cli import main
 
 openvino = pytest.importorskip('openvino')
 pytest.importorskip('nncf')
-TORCH_VERSION = tuple(int(part) for part in torch.__version__.split('+')[0].split('.')[:2])
-# At the floor (torch 2.6) these tests left their xdist worker dying on its next subprocess.run: OpenVINO's CPU
-# plugin had left the worker's alternate signal stack unmapped (timm_hrnet/signal_stack.py; the same crash hit the
-# newest environment's workers in CI). Compiles now go through export.compile_openvino, which prevents it; the skip
-# below the torch 2.7 stays until a floor run has confirmed that.
-pytestmark = [pytest.mark.usefixtures('single_torch_thread'),
-              pytest.mark.skipif(TORCH_VERSION < (2, 7), reason='int8 choice tests run from torch 2.7 on (see above)')]
+pytestmark = pytest.mark.usefixtures('single_torch_thread')
 SIZE = (64, 64)
 
 
