@@ -1,5 +1,5 @@
 """Helpers shared by the hub_upload test modules (no tests here): hashes, directory snapshots, manifests, a fake Hub
-API and a local HTTP server that can serve ranges and cut a download short."""
+API, a local HTTP server that can serve ranges and cut a download short, and the model a card's snippet builds."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
+import torch
+from huggingface_hub import ModelCard
 from huggingface_hub.errors import HfHubHTTPError
 
 
@@ -122,3 +124,15 @@ def serve(payload: bytes, cut_after: int | None = None) -> Iterator[SimpleNamesp
     finally:
         server.shutdown()
         server.server_close()
+
+
+def as_the_card_says(repo: Path, weights: Path) -> torch.nn.Module:
+    """The model the card's Python snippet builds, run as written up to the model, the download replaced by
+    `weights` (the card's own text, executed)."""
+    snippet = ModelCard.load(repo / 'README.md').text.split('```python\n', 1)[1].split('```', 1)[0]
+    lines = snippet.splitlines()
+    lines = lines[:next(i for i, line in enumerate(lines) if line.startswith('model = ')) + 1]
+    code = '\n'.join(f'weights = {str(weights)!r}' if line.startswith('weights = ') else line for line in lines)
+    namespace: dict = {}
+    exec(code, namespace)  # noqa: S102  (the card's own text)
+    return namespace['model']

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import relative_diff
+from hub_common import as_the_card_says
 from huggingface_hub import ModelCard
 
 from hub_upload.__main__ import main
@@ -19,18 +20,6 @@ FIXTURES = Path(__file__).resolve().parents[1] / 'fixtures' / 'ocr'
 SOURCES = {'official': FIXTURES / 'official_ocr_reduced.pth', 'mmseg': FIXTURES / 'mmseg_ocrnet_hr_reduced.pth'}
 IMAGE = ['--image-size', '64']
 pytestmark = pytest.mark.usefixtures('single_torch_thread')
-
-
-def as_the_card_says(repo: Path, weights: Path) -> torch.nn.Module:
-    """The model the card's Python snippet builds, run as written up to the model, the download replaced by
-    `weights`."""
-    snippet = ModelCard.load(repo / 'README.md').text.split('```python\n', 1)[1].split('```', 1)[0]
-    lines = snippet.splitlines()
-    lines = lines[:next(i for i, line in enumerate(lines) if line.startswith('model = ')) + 1]
-    code = '\n'.join(f'weights = {str(weights)!r}' if line.startswith('weights = ') else line for line in lines)
-    namespace: dict = {}
-    exec(code, namespace)  # noqa: S102  (the card's own text)
-    return namespace['model']
 
 
 @pytest.mark.parametrize('layout', ['official', 'mmseg'])

@@ -19,7 +19,7 @@ import safetensors
 import torch
 import yaml
 from helpers import relative_diff
-from hub_common import leftovers
+from hub_common import as_the_card_says, leftovers
 from huggingface_hub import ModelCard
 from task_reference import official_shapes, random_checkpoint, tiny_extra
 
@@ -123,18 +123,6 @@ def bare_weights(repo: Path, tmp_path: Path) -> Path:
     folder = tmp_path / 'downloaded'
     folder.mkdir()
     return Path(shutil.copy(repo / 'model.safetensors', folder))
-
-
-def as_the_card_says(repo: Path, weights: Path) -> torch.nn.Module:
-    """The model the card's Python snippet builds, run as written up to the model, the download replaced by
-    `weights` (the official keys; the architecture read with mmseg's layout, mmpose's decoding passed)."""
-    snippet = ModelCard.load(repo / 'README.md').text.split('```python\n', 1)[1].split('```', 1)[0]
-    lines = snippet.splitlines()
-    lines = lines[:next(i for i, line in enumerate(lines) if line.startswith('model = ')) + 1]
-    code = '\n'.join(f'weights = {str(weights)!r}' if line.startswith('weights = ') else line for line in lines)
-    namespace: dict = {}
-    exec(code, namespace)  # noqa: S102  (the card's own text)
-    return namespace['model']
 
 
 def test_mmseg_checkpoint_becomes_a_repo_that_loads_back(seg_repo: Path, sources: dict[str, Path],

@@ -9,37 +9,14 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
-from PIL import Image
+from training_data import FAST, make_seg_data
 
 from timm_hrnet.tasks.segmentation import HRNetOCR, create_seg_model
 from timm_hrnet.tasks.training import SegAugmentation, load_seg_model, train_seg
 from timm_hrnet.tasks.training.seg_training import build_seg_model
 from timm_hrnet.tools.cli import main
 
-FAST = dict(init='hrnet_w18_small', pretrained=False, workers=0, progress=False, tensorboard=False)
 OFFICIAL = Path(__file__).resolve().parents[2] / 'fixtures' / 'ocr' / 'official_ocr_reduced.pth'
-
-
-def make_discs(folder: Path, count: int = 8, size: int = 80, seed: int = 0) -> tuple[Path, Path]:
-    """`count` noisy images with a red disc (class 1) and a blue square (class 2) on background (class 0)."""
-    rng = np.random.default_rng(seed)
-    for sub in ('images', 'labels'):
-        (folder / sub).mkdir(parents=True)
-    yy, xx = np.mgrid[0:size, 0:size]
-    for k in range(count):
-        image = rng.integers(20, 80, size=(size, size, 3)).astype(np.uint8)
-        labels = np.zeros((size, size), np.uint8)
-        side = rng.uniform(0.25, 0.4) * size
-        x0, y0 = rng.uniform(0, size - side, 2)
-        square = (xx >= x0) & (xx < x0 + side) & (yy >= y0) & (yy < y0 + side)
-        radius = rng.uniform(0.14, 0.2) * size
-        x, y = rng.uniform(radius, size - radius, 2)
-        disc = (xx - x) ** 2 + (yy - y) ** 2 <= radius ** 2
-        image[square], labels[square] = (40, 60, 200), 2
-        image[disc], labels[disc] = (200, 40, 40), 1
-        Image.fromarray(image).save(folder / 'images' / f'{k:03d}.png')
-        Image.fromarray(labels, mode='L').save(folder / 'labels' / f'{k:03d}.png')
-    return folder / 'images', folder / 'labels'
 
 
 def weights(path: str | Path) -> dict[str, torch.Tensor]:
@@ -49,7 +26,7 @@ def weights(path: str | Path) -> dict[str, torch.Tensor]:
 def test_ocr_training_overfits(tmp_path: Path) -> None:
     """8 images, random scale 0.8-1.2, 64x64 crops, flip, SGD with poly decay, 120 steps: train-set mIoU >= 0.9 from
     the OCR logits; the exported files load back as the same HRNetOCR."""
-    images, labels = make_discs(tmp_path / 'data')
+    images, labels = make_seg_data(tmp_path / 'data')
     result = train_seg(images, labels, num_classes=3, head='ocr', ocr_channels=(64, 32), val_image_dir=images,
                        val_label_dir=labels, output_dir=str(tmp_path / 'run'), crop_size=(64, 64),
                        augmentation=SegAugmentation(scale_range=(0.8, 1.2)), epochs=60, batch_size=4, lr=0.1,
@@ -69,7 +46,7 @@ def test_ocr_training_overfits(tmp_path: Path) -> None:
 
 def test_the_loss_is_the_official_weighted_sum(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """One step's logged loss is CE(OCR logits) + aux_weight x CE(auxiliary logits) of the initial model."""
-    images, labels = make_discs(tmp_path / 'data', count=2, size=48)
+    images, labels = make_seg_data(tmp_path / 'data', count=2, size=(48, 48))
     settings = dict(num_classes=3, head='ocr', ocr_channels=(32, 16), crop_size=(48, 48), epochs=1, batch_size=2,
                     lr=0.01,
                     augmentation=SegAugmentation.none(), **FAST)
@@ -83,7 +60,7 @@ def test_the_loss_is_the_official_weighted_sum(tmp_path: Path, monkeypatch: pyte
 
 def test_stopped_ocr_run_resumes_bit_identical(tmp_path: Path) -> None:
     """OCR head, OHEM on its logits, SGD momentum, poly decay: stopped mid-epoch and resumed, the same weights."""
-    images, labels = make_discs(tmp_path / 'data', count=4, size=56)
+    images, labels = make_seg_data(tmp_path / 'data', count=4, size=(56, 56))
     settings = dict(num_classes=3, head='ocr', ocr_channels=(32, 16), crop_size=(48, 48), epochs=2, batch_size=2,
                     lr=0.01, ohem=True, **FAST)
     full = train_seg(images, labels, output_dir=str(tmp_path / 'full'), **settings)
@@ -109,7 +86,7 @@ def test_fine_tuning_an_official_ocr_checkpoint(tmp_path: Path) -> None:
 
 
 def test_train_seg_cli_trains_an_ocr_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    images, labels = make_discs(tmp_path / 'data', count=2, size=48)
+    images, labels = make_seg_data(tmp_path / 'data', count=2, size=(48, 48))
     out = tmp_path / 'run'
     assert main(['train-seg', '--images', str(images), '--labels', str(labels), '--num-classes', '3', '--head', 'ocr',
                  '--init', 'hrnet_w18_small', '--scratch', '--crop-size', '48x48', '--epochs', '1', '--batch-size',
